@@ -38,7 +38,7 @@ class SystemClock:
 
 
 def utc(dt: datetime) -> datetime:
-    """Normalise a datetime to aware UTC (naive values are taken to be UTC, as SQLite returns them)."""
+    """Aware UTC; naive values are taken to be UTC (as SQLite returns them)."""
     if dt.tzinfo is None:
         return dt.replace(tzinfo=UTC)
     return dt.astimezone(UTC)

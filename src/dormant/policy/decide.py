@@ -45,7 +45,8 @@ def decide(session: SessionView, policy: PolicySettings, now: datetime) -> Decis
             Decision(
                 Action.DELETE,
                 session.state_since + _s(policy.delete_after),
-                f"asleep for {format_duration(policy.delete_after)} (since {_iso(session.state_since)})",
+                f"asleep for {format_duration(policy.delete_after)} "
+                f"(since {_iso(session.state_since)})",
                 "asleep_too_long",
             )
         )

@@ -1,4 +1,4 @@
-"""Durations as people write them: ``90``, ``"90s"``, ``"15m"``, ``"24h"``, ``"7d"``, ``"1h30m"``."""
+"""Durations as people write them: ``90``, ``"90s"``, ``"15m"``, ``"24h"``, ``"1h30m"``."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ def parse_duration(value: object, *, name: str = "duration") -> float:
         elif text and _PART.sub("", text) == "":
             seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
         else:
-            raise InvalidInput(f"{name}: cannot read {value!r} as a duration (try '90s', '15m', '24h')")
+            raise InvalidInput(
+                f"{name}: cannot read {value!r} as a duration (try '90s', '15m', '24h')"
+            )
     else:
         raise InvalidInput(f"{name}: expected seconds or a duration like '15m', got {value!r}")
     if not math.isfinite(seconds) or seconds < 0:

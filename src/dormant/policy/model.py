@@ -81,7 +81,10 @@ _CATEGORY = {
         k: Category.PRESENCE
         for k in (ActivityKind.NAVIGATION, ActivityKind.FOCUS, ActivityKind.VISIBILITY)
     },
-    **{k: Category.KEEPALIVE for k in (ActivityKind.PING, ActivityKind.PONG, ActivityKind.HEARTBEAT)},
+    **{
+        k: Category.KEEPALIVE
+        for k in (ActivityKind.PING, ActivityKind.PONG, ActivityKind.HEARTBEAT)
+    },
 }
 
 

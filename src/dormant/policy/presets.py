@@ -25,7 +25,9 @@ def preset(name: str) -> PolicySettings:
         ) from None
 
 
-def build_policy(base: str = DEFAULT_PRESET, overrides: dict[str, Any] | None = None) -> PolicySettings:
+def build_policy(
+    base: str = DEFAULT_PRESET, overrides: dict[str, Any] | None = None
+) -> PolicySettings:
     """A preset with overrides applied (the shape of ``[policies.NAME]`` in dormant.toml)."""
     settings = preset(base)
     return settings.with_overrides(overrides) if overrides else settings

@@ -65,7 +65,8 @@ class PolicySettings:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise InvalidInput(
-                f"unknown policy setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+                f"unknown policy setting(s): {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
             )
         values = self.to_dict()
         for key, raw in overrides.items():
@@ -75,7 +76,16 @@ class PolicySettings:
 
 def _coerce(key: str, raw: Any) -> Any:
     if key == "wake_on_activity":
-        if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        if isinstance(raw, str) and raw.lower() in (
+            "true",
+            "1",
+            "yes",
+            "on",
+            "false",
+            "0",
+            "no",
+            "off",
+        ):
             return raw.lower() in ("true", "1", "yes", "on")
         return raw
     if key == "missed_pongs":

@@ -1,0 +1,938 @@
+"""The engine: applies events to sessions, asks the policy what is next, runs operations.
+
+Signals (API, gateway) call the public methods. Every change to a session is read fresh from the
+store, changed, and written back with its timeline entries and its next decision, under a
+per-session lock (one writer per session in this process; optimistic versions guard the rest).
+Runtime calls happen only after an intent row is written, in background tasks, with retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dormant.clock import Clock
+from dormant.engine.deadlines import Deadlines
+from dormant.engine.ids import container_name, new_session_id
+from dormant.engine.notify import EngineEvent, Listener
+from dormant.engine.ports import PortAllocator
+from dormant.engine.retry import Backoff, call_with_retry
+from dormant.engine.templates import Catalog, Template
+from dormant.errors import (
+    Conflict,
+    DormantError,
+    InvalidInput,
+    NotFound,
+    PermanentError,
+    TemporaryError,
+)
+from dormant.policy import (
+    Action,
+    ActivityKind,
+    ActivityTimes,
+    Category,
+    Decision,
+    Level,
+    PolicySettings,
+    State,
+    apply_activity,
+    decide,
+    level,
+)
+from dormant.runtimes import ContainerInfo, ContainerSpec, Runtime
+from dormant.store.base import Store
+from dormant.store.records import InstanceRecord, NewEvent, SessionRecord
+
+log = logging.getLogger("dormant.engine")
+
+#: Activity stamped this far in the future is a client clock error, not a plan.
+MAX_CLOCK_SKEW = timedelta(seconds=60)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    flush_interval: float = 1.0
+    runtime_concurrency: int = 8
+    backoff: Backoff = field(default_factory=Backoff)
+    instance_heartbeat: float = 10.0
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        runtimes: dict[str, Runtime],
+        catalog: Catalog,
+        clock: Clock,
+        ports: PortAllocator,
+        settings: EngineSettings | None = None,
+    ) -> None:
+        self.store = store
+        self.runtimes = runtimes
+        self.catalog = catalog
+        self.clock = clock
+        self.ports = ports
+        self.settings = settings or EngineSettings()
+        self.deadlines = Deadlines()
+        self.listeners: list[Listener] = []
+        self._state: dict[str, State] = {}
+        self._pending: dict[str, ActivityTimes] = {}
+        self._warned: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.settings.runtime_concurrency)
+        self._delete_requested: set[str] = set()
+        self.events_applied = 0
+        self.lateness: list[float] = []
+
+    # lifecycle of the engine itself -------------------------------------------------------
+
+    async def load(self) -> int:
+        """Resume every live session's deadline from the store; returns how many."""
+        rows = await self.store.live_schedule()
+        now = self.clock.now()
+        for sid, state, next_at in rows:
+            self._state[sid] = State(state)
+            # A session without a stored deadline is re-decided at once.
+            self.deadlines.set(sid, next_at or now)
+        return len(rows)
+
+    async def start(self) -> None:
+        await self.heartbeat()
+        self._loops = [
+            asyncio.create_task(self._schedule_loop(), name="dormant-scheduler"),
+            asyncio.create_task(self._flush_loop(), name="dormant-flusher"),
+            asyncio.create_task(self._heartbeat_loop(), name="dormant-heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._loops = []
+        await self.drain()
+        await self.flush()
+        with contextlib.suppress(DormantError, OSError):
+            await self.store.remove_instance(self.settings.instance_id)
+
+    async def drain(self) -> None:
+        """Wait for every operation in flight (tests and graceful shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def heartbeat(self) -> None:
+        now = self.clock.now()
+        await self.store.heartbeat_instance(
+            InstanceRecord(self.settings.instance_id, socket.gethostname(), os.getpid(), now, now)
+        )
+
+    # reading ------------------------------------------------------------------------------
+
+    def policy_of(self, record: SessionRecord) -> PolicySettings:
+        return PolicySettings(**record.policy)
+
+    def runtime_of(self, record: SessionRecord) -> Runtime:
+        try:
+            return self.runtimes[record.runtime]
+        except KeyError:
+            raise PermanentError(f"runtime {record.runtime!r} is not configured") from None
+
+    async def get(self, session_id: str, tenant: str | None = None) -> SessionRecord:
+        """The session as it is now (store plus activity not yet flushed); NotFound if it is
+        deleted, being deleted, or belongs to another tenant."""
+        record = await self._fresh(session_id)
+        if (
+            record is None
+            or (tenant is not None and record.tenant != tenant)
+            or record.state in (State.DELETED, State.DELETING)
+            or session_id in self._delete_requested
+        ):
+            raise NotFound(f"session {session_id} not found")
+        return record
+
+    async def get_any(self, session_id: str, tenant: str | None = None) -> SessionRecord:
+        """Like :meth:`get` but also deleted sessions (for timelines)."""
+        record = await self._fresh(session_id)
+        if record is None or (tenant is not None and record.tenant != tenant):
+            raise NotFound(f"session {session_id} not found")
+        return record
+
+    async def _fresh(self, session_id: str) -> SessionRecord | None:
+        record = await self.store.get_session(session_id)
+        if record is None:
+            return None
+        pending = self._pending.get(session_id)
+        return _merge(record, pending) if pending is not None else record
+
+    def describe(
+        self, record: SessionRecord, now: datetime | None = None
+    ) -> tuple[Level, Decision]:
+        now = now or self.clock.now()
+        policy = self.policy_of(record)
+        view = record.view()
+        return level(view, policy, now), decide(view, policy, now)
+
+    def live_count(self) -> int:
+        return len(self._state)
+
+    def busy_sessions(self) -> set[str]:
+        return {sid for sid, lock in self._locks.items() if lock.locked()}
+
+    # signals ------------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        *,
+        tenant: str,
+        user_id: str,
+        template: str | None = None,
+        policy: dict[str, Any] | None = None,
+        labels: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> SessionRecord:
+        tpl = self.catalog.template(template)
+        settings = self.catalog.policy(tpl.policy)
+        if policy:
+            settings = settings.with_overrides(policy)
+        runtime = self.runtimes.get(tpl.runtime)
+        if runtime is None:
+            raise InvalidInput(f"template {tpl.name!r} needs runtime {tpl.runtime!r}, not enabled")
+        now = self.clock.now()
+        sid = new_session_id(now)
+        name = container_name(sid)
+        port = await self.ports.allocate()
+        try:
+            record = SessionRecord(
+                id=sid,
+                tenant=tenant,
+                user_id=user_id,
+                template=tpl.name,
+                runtime=tpl.runtime,
+                policy_name=tpl.policy,
+                policy=settings.to_dict(),
+                state=State.CREATING,
+                state_since=now,
+                created_at=now,
+                container_name=name,
+                labels={**(labels or {}), **self._system_labels(sid, user_id, tenant, tpl, now)},
+                env=dict(env or {}),
+                port=port,
+            )
+            record = self._with_decision(record, now)
+            event = NewEvent(
+                "transition", "created", "create", None, State.CREATING.value, Action.NONE.value
+            )
+            op_id = await self.store.insert_session(
+                record, event, ("create", self.settings.instance_id)
+            )
+        finally:
+            self.ports.settle(port)
+        self._state[sid] = State.CREATING
+        self._log_transition(record, None, State.CREATING, "create", "created")
+        assert op_id is not None
+        self._spawn(self._run_start(sid, op_id, creating=True))
+        return record
+
+    def _system_labels(
+        self, sid: str, user_id: str, tenant: str, tpl: Template, now: datetime
+    ) -> dict[str, str]:
+        return {
+            "dormant.managed": "true",
+            "dormant.session": sid,
+            "dormant.user": user_id,
+            "dormant.tenant": tenant,
+            "dormant.template": tpl.name,
+            "dormant.instance": self.settings.instance_id,
+            "dormant.created": now.isoformat(),
+        }
+
+    def record_activity(
+        self,
+        session_id: str,
+        kind: ActivityKind,
+        at: datetime | None = None,
+        source: str = "api",
+    ) -> None:
+        """Apply activity in memory now; the store gets it at the next flush (coalesced)."""
+        state = self._state.get(session_id)
+        if state is None or session_id in self._delete_requested:
+            raise NotFound(f"session {session_id} not found")
+        now = self.clock.now()
+        if at is None or at > now:
+            if at is not None and at > now + MAX_CLOCK_SKEW:
+                raise InvalidInput("activity 'at' is in the future; check the client's clock")
+            at = now
+        previous = self._pending.get(session_id, _EMPTY)
+        self._pending[session_id] = apply_activity(previous, kind, at, source)
+        self.events_applied += 1
+        if kind.category is not Category.MEANINGFUL:
+            return
+        if session_id in self._warned:
+            self._warned.discard(session_id)
+            self.deadlines.set(session_id, now)  # re-decide at once: the warning is void
+            self._wakeup.set()
+            self._emit(EngineEvent("warning-cancelled", session_id, None, "activity", kind.value))
+        if state is State.SLEEPING:
+            self._spawn(self._wake_on_activity(session_id, kind))
+
+    async def sleep(
+        self,
+        session_id: str,
+        tenant: str | None = None,
+        code: str = "manual",
+        reason: str = "requested via API",
+    ) -> SessionRecord:
+        record = await self.get(session_id, tenant)
+        if record.state in (State.SLEEPING, State.STOPPING):
+            return record
+        if record.state is not State.RUNNING:
+            raise Conflict(
+                f"session {session_id} is {record.state.value}; only a running "
+                "session can be put to sleep"
+            )
+        self._spawn(self._run_stop(session_id, code, reason))
+        return record
+
+    async def wake(
+        self,
+        session_id: str,
+        tenant: str | None = None,
+        code: str = "manual",
+        reason: str = "requested via API",
+    ) -> SessionRecord:
+        record = await self.get(session_id, tenant)
+        if record.state in (State.RUNNING, State.STARTING, State.CREATING):
+            return record
+        if record.state is State.STOPPING:
+            raise Conflict(f"session {session_id} is stopping; wake it once it sleeps")
+        self._spawn(self._begin_wake(session_id, code, reason))
+        return record
+
+    async def delete(
+        self,
+        session_id: str,
+        tenant: str | None = None,
+        code: str = "manual",
+        reason: str = "requested via API",
+    ) -> None:
+        await self.get(session_id, tenant)
+        self._delete_requested.add(session_id)
+        self._spawn(self._run_delete(session_id, code, reason))
+
+    async def logout(self, user_id: str, tenant: str | None) -> list[str]:
+        """Delete every live session of a user now (through the policy's logout rule)."""
+        ids: list[str] = []
+        after: str | None = None
+        while True:
+            page = await self.store.list_sessions(
+                tenant=tenant, user_id=user_id, after_id=after, limit=500
+            )
+            if not page:
+                break
+            ids += [r.id for r in page if r.state not in (State.DELETING, State.DELETED)]
+            after = page[-1].id
+        now = self.clock.now()
+        for sid in ids:
+            await self._mutate(
+                sid,
+                lambda r: r.replace(logged_out_at=now),
+                NewEvent("decision", "user logged out", "logout", action=Action.DELETE.value),
+            )
+            self._delete_requested.add(sid)
+            self._spawn(self._due(sid))
+        return ids
+
+    async def keepalive(
+        self, session_id: str, until: datetime, tenant: str | None = None, busy: bool = False
+    ) -> SessionRecord:
+        record = await self.get(session_id, tenant)
+        policy = self.policy_of(record)
+        now = self.clock.now()
+        bound = policy.max_busy if busy else policy.max_keepalive
+        what = "busy" if busy else "keepalive"
+        if until <= now:
+            raise InvalidInput(f"{what} 'until' must be in the future")
+        if (until - now).total_seconds() > bound:
+            raise InvalidInput(
+                f"{what} 'until' may be at most {bound:g}s ahead (policy.max_{what})"
+            )
+        field_name = "busy_until" if busy else "keepalive_until"
+        updated = await self._mutate(
+            session_id,
+            lambda r: r.replace(**{field_name: until}),
+            NewEvent("decision", f"{what} until {until.isoformat()}", what),
+        )
+        return updated
+
+    async def connect(self, session_id: str) -> SessionRecord:
+        """A real-time client attached (hook for the gateway)."""
+        await self.get(session_id)
+        return await self._mutate(
+            session_id,
+            lambda r: r.replace(connections=r.connections + 1, ever_connected=True),
+            NewEvent("activity", "client connected", "connect"),
+        )
+
+    async def disconnect(self, session_id: str) -> SessionRecord:
+        """A real-time client left, for any reason; the last one starts the grace period."""
+        now = self.clock.now()
+        return await self._mutate(
+            session_id,
+            lambda r: r.replace(connections=max(0, r.connections - 1), last_disconnect_at=now),
+            NewEvent("activity", "client disconnected", "disconnect"),
+        )
+
+    # scheduler ----------------------------------------------------------------------------
+
+    async def tick(self) -> int:
+        """Handle everything due now; returns how many sessions were due."""
+        now = self.clock.now()
+        due = self.deadlines.pop_due(now)
+        for sid, at in due:
+            self.lateness.append((now - at).total_seconds())
+            self._spawn(self._due(sid))
+        return len(due)
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # the scheduler must outlive any one bad session
+                log.exception("scheduler tick failed")
+            next_at = self.deadlines.next_at()
+            self._wakeup.clear()
+            wait = None if next_at is None else (next_at - self.clock.now()).total_seconds()
+            if wait is not None and wait <= 0:
+                await asyncio.sleep(0)
+                continue
+            waiter = asyncio.create_task(self._wakeup.wait())
+            sleeper = asyncio.create_task(self.clock.sleep(wait if wait is not None else 3600))
+            try:
+                await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                sleeper.cancel()
+
+    async def _due(self, sid: str) -> None:
+        async with self._lock(sid):
+            record = await self._fresh(sid)
+            if record is None or not record.state.live:
+                self._forget(sid)
+                return
+            now = self.clock.now()
+            policy = self.policy_of(record)
+            decision = decide(record.view(), policy, now)
+            if not decision.due(now):
+                await self._persist_decision(record, decision)
+                return
+            log.info(
+                "decision session=%s action=%s code=%s reason=%s",
+                sid,
+                decision.action.value,
+                decision.code,
+                decision.reason,
+                extra={"session": sid, "action": decision.action.value, "code": decision.code},
+            )
+            if decision.action is Action.WARN:
+                updated = await self._save(
+                    record.replace(warned_at=now),
+                    [
+                        NewEvent(
+                            "decision", decision.reason, decision.code, action=Action.WARN.value
+                        )
+                    ],
+                )
+                self._warned.add(sid)
+                self._emit(
+                    EngineEvent(
+                        "warning", sid, updated, decision.code, decision.reason, decision=decision
+                    )
+                )
+                return
+        if decision.action is Action.SLEEP:
+            await self._run_stop(sid, decision.code, decision.reason)
+        elif decision.action is Action.DELETE:
+            await self._run_delete(sid, decision.code, decision.reason)
+
+    async def _persist_decision(self, record: SessionRecord, decision: Decision) -> None:
+        if record.next_action != decision.action.value or record.next_action_at != decision.at:
+            await self._save(record, [])
+        else:
+            self.deadlines.set(record.id, decision.at)
+
+    # activity coalescing ------------------------------------------------------------------
+
+    async def flush(self) -> int:
+        """Write buffered activity: one write per session, ``max(old, new)``."""
+        if not self._pending:
+            return 0
+        batch, self._pending = self._pending, {}
+        try:
+            await self.store.flush_activity(batch)
+        except DormantError:
+            for sid, times in batch.items():  # keep them for the next flush
+                self._pending[sid] = _merge_times(times, self._pending.get(sid))
+            raise
+        return len(batch)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.flush_interval)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("activity flush failed; will retry")
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.instance_heartbeat)
+            try:
+                await self.heartbeat()
+            except Exception:
+                log.exception("instance heartbeat failed")
+
+    # operations ---------------------------------------------------------------------------
+
+    async def _run_start(
+        self,
+        sid: str,
+        op_id: int | None,
+        *,
+        creating: bool,
+        code: str = "create",
+        reason: str = "created",
+    ) -> None:
+        """create (idempotent) + start, then ``running``; the intent row is written already."""
+        async with self._lock(sid):
+            record = await self.store.get_session(sid)
+            if record is None or record.state not in (State.CREATING, State.STARTING):
+                if op_id is not None:
+                    await self._finish_op(op_id, "superseded", 0, None)
+                return
+            runtime = self.runtime_of(record)
+            spec = self._spec(record)
+            attempts = 0
+            try:
+                async with self._slots:
+                    state, n = await call_with_retry(
+                        lambda: runtime.create(spec), self.settings.backoff
+                    )
+                    attempts += n
+                    if record.state is State.CREATING:
+                        record = await self._transition(
+                            record,
+                            State.STARTING,
+                            code,
+                            "container created",
+                            runtime_state={**record.runtime_state, **state},
+                        )
+                    ready = record
+                    started, n = await call_with_retry(
+                        lambda: runtime.start(
+                            ready.container_name, {**ready.runtime_state, **state}
+                        ),
+                        self.settings.backoff,
+                    )
+                    attempts += n
+                now = self.clock.now()
+                record = await self._transition(
+                    record,
+                    State.RUNNING,
+                    code,
+                    reason,
+                    runtime_state=started,
+                    state_since=now,
+                    warned_at=None,
+                    error=None,
+                )
+            except DormantError as exc:
+                await self._fail(record, exc, op_id, attempts)
+                return
+            if op_id is not None:
+                await self._finish_op(op_id, "done", attempts, None)
+
+    async def _begin_wake(self, sid: str, code: str, reason: str) -> None:
+        async with self._lock(sid):
+            record = await self.store.get_session(sid)
+            if record is None or record.state not in (State.SLEEPING, State.FAILED):
+                return
+            op_id = await self._intent(record, "start")
+            await self._transition(record, State.STARTING, code, reason, error=None)
+        await self._run_start(sid, op_id, creating=False, code=code, reason=reason)
+
+    async def _wake_on_activity(self, sid: str, kind: ActivityKind) -> None:
+        record = await self.store.get_session(sid)
+        if record is None or record.state is not State.SLEEPING:
+            return
+        if not self.policy_of(record).wake_on_activity:
+            return
+        await self._begin_wake(sid, "activity", f"woken by {kind.value} activity")
+
+    async def _run_stop(self, sid: str, code: str, reason: str) -> None:
+        async with self._lock(sid):
+            record = await self.store.get_session(sid)
+            if record is None or record.state not in (State.RUNNING, State.STOPPING):
+                return
+            if record.state is State.RUNNING:
+                # Re-decide from fresh state: activity may have arrived since this was scheduled.
+                if code not in ("manual", "reconcile") and not self._still_due(record, code):
+                    return
+                op_id = await self._intent(record, "stop")
+                record = await self._transition(
+                    record, State.STOPPING, code, reason, action=Action.SLEEP.value
+                )
+            else:
+                op_id = await self._intent(record, "stop")
+            runtime = self.runtime_of(record)
+            try:
+                async with self._slots:
+                    state, attempts = await call_with_retry(
+                        lambda: runtime.stop(record.container_name, dict(record.runtime_state)),
+                        self.settings.backoff,
+                    )
+                await self._transition(
+                    record,
+                    State.SLEEPING,
+                    code,
+                    reason,
+                    runtime_state=state,
+                    state_since=self.clock.now(),
+                    connections=0,
+                    warned_at=None,
+                )
+            except DormantError as exc:
+                await self._fail(record, exc, op_id, 0)
+                return
+            self._warned.discard(sid)
+            await self._finish_op(op_id, "done", attempts, None)
+
+    def _still_due(self, record: SessionRecord, code: str) -> bool:
+        pending = self._pending.get(record.id)
+        fresh = _merge(record, pending) if pending is not None else record
+        decision = decide(fresh.view(), self.policy_of(fresh), self.clock.now())
+        if decision.due(self.clock.now()) and decision.action is Action.SLEEP:
+            return True
+        log.info(
+            "sleep skipped session=%s code=%s: no longer due (%s)", record.id, code, decision.reason
+        )
+        self.deadlines.set(record.id, decision.at)
+        return False
+
+    async def _run_delete(self, sid: str, code: str, reason: str) -> None:
+        async with self._lock(sid):
+            record = await self.store.get_session(sid)
+            if record is None or record.state is State.DELETED:
+                self._forget(sid)
+                return
+            op_id = await self._intent(record, "remove")
+            if record.state is not State.DELETING:
+                record = await self._transition(
+                    record, State.DELETING, code, reason, action=Action.DELETE.value
+                )
+            runtime = self.runtime_of(record)
+            try:
+                async with self._slots:
+                    _, attempts = await call_with_retry(
+                        lambda: runtime.remove(record.container_name, dict(record.runtime_state)),
+                        self.settings.backoff,
+                    )
+            except DormantError as exc:
+                # Never mark deleted what may still have a container: stay in ``deleting``
+                # and let the reconciler finish it.
+                await self._finish_op(op_id, "failed", 0, str(exc))
+                log.warning("delete of %s failed, reconciler will retry: %s", sid, exc)
+                return
+            now = self.clock.now()
+            await self._transition(
+                record,
+                State.DELETED,
+                code,
+                reason,
+                port=None,
+                deleted_at=now,
+                end_reason=reason,
+                connections=0,
+            )
+            await self._finish_op(op_id, "done", attempts, None)
+        self._forget(sid)
+
+    async def _fail(
+        self, record: SessionRecord, exc: DormantError, op_id: int | None, attempts: int
+    ) -> None:
+        message = str(exc)
+        if isinstance(exc, TemporaryError):
+            message = f"gave up after retries: {message}"
+        fresh = await self.store.get_session(record.id) or record
+        if fresh.state.live and fresh.state is not State.DELETING:
+            await self._transition(fresh, State.FAILED, "error", message, error=message)
+        if op_id is not None:
+            await self._finish_op(op_id, "failed", attempts, message)
+
+    async def remove_container(self, runtime_name: str, info: ContainerInfo, reason: str) -> None:
+        """Remove a container no live session owns (reconciler)."""
+        runtime = self.runtimes[runtime_name]
+        async with self._slots:
+            await call_with_retry(lambda: runtime.remove(info.name, {}), self.settings.backoff)
+        self._emit(
+            EngineEvent("orphan-removed", info.session_id or info.name, None, "orphan", reason)
+        )
+        log.info("orphan removed name=%s session=%s: %s", info.name, info.session_id, reason)
+
+    async def resume(self, sid: str) -> None:
+        """Finish a session left in a transitional state (after a crash)."""
+        record = await self.store.get_session(sid)
+        if record is None:
+            return
+        reason = f"resumed after restart (was {record.state.value})"
+        if record.state in (State.CREATING, State.STARTING):
+            op_id = await self._intent(record, "start")
+            self._spawn(
+                self._run_start(
+                    sid,
+                    op_id,
+                    creating=record.state is State.CREATING,
+                    code="reconcile",
+                    reason=reason,
+                )
+            )
+        elif record.state is State.STOPPING:
+            self._spawn(self._run_stop(sid, "reconcile", reason))
+        elif record.state is State.DELETING:
+            self._delete_requested.add(sid)
+            self._spawn(self._run_delete(sid, "reconcile", reason))
+
+    async def mark_vanished(self, sid: str, status: str) -> None:
+        """A running session's container is gone or stopped behind dormant's back: it is
+        asleep now (wake brings it back), and the policy takes it from there."""
+        async with self._lock(sid):
+            record = await self.store.get_session(sid)
+            if record is None or record.state is not State.RUNNING:
+                return
+            await self._transition(
+                record,
+                State.SLEEPING,
+                "container_exited",
+                f"container {status} unexpectedly; marked sleeping",
+                state_since=self.clock.now(),
+                connections=0,
+                action=Action.SLEEP.value,
+            )
+
+    async def stop_stray(self, sid: str) -> None:
+        """A sleeping session's container runs: stop it again."""
+        async with self._lock(sid):
+            record = await self.store.get_session(sid)
+            if record is None or record.state is not State.SLEEPING:
+                return
+            runtime = self.runtime_of(record)
+            await call_with_retry(
+                lambda: runtime.stop(record.container_name, dict(record.runtime_state)),
+                self.settings.backoff,
+            )
+
+    # plumbing -----------------------------------------------------------------------------
+
+    def _spec(self, record: SessionRecord) -> ContainerSpec:
+        tpl = self.catalog.templates.get(record.template) or Template(name=record.template)
+        return ContainerSpec(
+            name=record.container_name,
+            session_id=record.id,
+            labels=dict(record.labels),
+            port=record.port,
+            command=list(tpl.command) if tpl.command else None,
+            image=tpl.image,
+            env={**tpl.env, **record.env},
+            container_port=tpl.port,
+            resources=tpl.resources,
+            start_timeout=tpl.start_timeout,
+            stop_timeout=tpl.stop_timeout,
+        )
+
+    async def _intent(self, record: SessionRecord, kind: str) -> int:
+        return await self.store.insert_operation(
+            record.id,
+            kind,
+            record.container_name,
+            record.labels,
+            self.settings.instance_id,
+            self.clock.now(),
+        )
+
+    async def _finish_op(self, op_id: int, status: str, attempts: int, error: str | None) -> None:
+        await self.store.finish_operation(op_id, status, attempts, error, self.clock.now())
+
+    async def _transition(
+        self,
+        record: SessionRecord,
+        to: State,
+        code: str,
+        reason: str,
+        action: str | None = None,
+        **changes: Any,
+    ) -> SessionRecord:
+        now = self.clock.now()
+        changes.setdefault("state_since", now)
+        updated = record.replace(state=to, **changes)
+        event = NewEvent("transition", reason, code, record.state.value, to.value, action)
+        saved = await self._save(updated, [event], expected=record.version)
+        self._state[record.id] = to
+        self._log_transition(saved, record.state, to, code, reason)
+        self._emit(
+            EngineEvent("transition", saved.id, saved, code, reason, record.state.value, to.value)
+        )
+        return saved
+
+    async def _save(
+        self, record: SessionRecord, events: list[NewEvent], expected: int | None = None
+    ) -> SessionRecord:
+        """Write with the next decision; on a version conflict (a concurrent activity flush)
+        re-read, re-apply our fields and retry."""
+        now = self.clock.now()
+        version = record.version if expected is None else expected
+        candidate = self._with_decision(record, now)
+        for _ in range(5):
+            try:
+                saved = await self.store.update_session(candidate, version, events, now)
+            except Conflict:
+                current = await self.store.get_session(record.id)
+                if current is None:
+                    raise
+                candidate = self._with_decision(_reapply(current, candidate), now)
+                version = current.version
+                continue
+            self.deadlines.set(saved.id, saved.next_action_at if saved.state.live else None)
+            self._wakeup.set()
+            return saved
+        raise Conflict(f"session {record.id} keeps changing; try again")
+
+    async def _mutate(
+        self, sid: str, change: Callable[[SessionRecord], SessionRecord], event: NewEvent
+    ) -> SessionRecord:
+        async with self._lock(sid):
+            record = await self._fresh(sid)
+            if record is None or record.state in (State.DELETED, State.DELETING):
+                raise NotFound(f"session {sid} not found")
+            return await self._save(change(record), [event])
+
+    def _with_decision(self, record: SessionRecord, now: datetime) -> SessionRecord:
+        if not record.state.live:
+            return record.replace(next_action=None, next_action_at=None, next_action_reason=None)
+        decision = decide(record.view(), self.policy_of(record), now)
+        return record.replace(
+            next_action=decision.action.value,
+            next_action_at=decision.at,
+            next_action_reason=decision.reason,
+        )
+
+    def _lock(self, sid: str) -> asyncio.Lock:
+        lock = self._locks.get(sid)
+        if lock is None:
+            lock = self._locks[sid] = asyncio.Lock()
+        return lock
+
+    def _forget(self, sid: str) -> None:
+        self._state.pop(sid, None)
+        self._pending.pop(sid, None)
+        self._warned.discard(sid)
+        self._delete_requested.discard(sid)
+        self.deadlines.discard(sid)
+        lock = self._locks.get(sid)
+        if lock is not None and not lock.locked():
+            del self._locks[sid]
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("session operation failed")
+
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _emit(self, event: EngineEvent) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("engine listener failed")
+
+    def _log_transition(
+        self, record: SessionRecord, old: State | None, new: State, code: str, reason: str
+    ) -> None:
+        log.info(
+            "transition session=%s %s -> %s code=%s reason=%s",
+            record.id,
+            old.value if old else "-",
+            new.value,
+            code,
+            reason,
+            extra={
+                "session": record.id,
+                "from": old.value if old else None,
+                "to": new.value,
+                "code": code,
+            },
+        )
+
+
+_EMPTY = ActivityTimes()
+
+
+def _merge_times(a: ActivityTimes, b: ActivityTimes | None) -> ActivityTimes:
+    if b is None:
+        return a
+    newer = b if (b.last_activity_at or _MIN) > (a.last_activity_at or _MIN) else a
+    seen = max((t for t in (a.last_seen_at, b.last_seen_at) if t is not None), default=None)
+    return ActivityTimes(
+        newer.last_activity_at, newer.last_activity_kind, newer.last_activity_source, seen
+    )
+
+
+def _merge(record: SessionRecord, times: ActivityTimes | None) -> SessionRecord:
+    if times is None:
+        return record
+    merged = _merge_times(
+        ActivityTimes(
+            record.last_activity_at,
+            record.last_activity_kind,
+            record.last_activity_source,
+            record.last_seen_at,
+        ),
+        times,
+    )
+    return record.replace(
+        last_activity_at=merged.last_activity_at,
+        last_activity_kind=merged.last_activity_kind,
+        last_activity_source=merged.last_activity_source,
+        last_seen_at=merged.last_seen_at,
+    )
+
+
+def _reapply(current: SessionRecord, ours: SessionRecord) -> SessionRecord:
+    """Our write on top of a row that changed only by an activity flush."""
+    return _merge(
+        ours,
+        ActivityTimes(
+            current.last_activity_at,
+            current.last_activity_kind,
+            current.last_activity_source,
+            current.last_seen_at,
+        ),
+    )
+
+
+_MIN = datetime.min.replace(tzinfo=UTC)

@@ -1,0 +1,295 @@
+"""The ``process`` runtime: each session is a local process group.
+
+Sleep stops the group, wake starts the command again in the same work directory, delete removes
+the group and the directory. Every process carries ``DORMANT_RUNTIME_ROOT``, ``DORMANT_CONTAINER``
+and ``DORMANT_SESSION`` in its environment and its pid and start time are recorded on disk, so a
+restarted dormant finds its processes, also ones whose directory is gone (orphans).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from dormant.errors import InvalidInput, RuntimeFailure
+from dormant.runtimes.base import (
+    MANAGED_LABEL,
+    SESSION_LABEL,
+    ContainerInfo,
+    ContainerSpec,
+    ContainerStatus,
+    Runtime,
+)
+
+DEFAULT_COMMAND = [
+    sys.executable,
+    "-m",
+    "http.server",
+    "{port}",
+    "--bind",
+    "127.0.0.1",
+    "--directory",
+    "{workdir}",
+]
+_PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
+_LOG_TAIL = 2000
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """Start time in clock ticks since boot; ``None`` if the pid is gone or a zombie."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def _proc_environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    env = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode(errors="replace")] = value.decode(errors="replace")
+    return env
+
+
+class ProcessRuntime(Runtime):
+    name: ClassVar[str] = "process"
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._children: dict[str, asyncio.subprocess.Process] = {}
+
+    # layout ---------------------------------------------------------------------------------
+
+    def _dir(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith("."):
+            raise InvalidInput(f"invalid container name {name!r}")
+        return self.root / name
+
+    def _read_json(self, path: Path) -> dict[str, Any] | None:
+        try:
+            data = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _alive_pid(self, name: str) -> int | None:
+        record = self._read_json(self._dir(name) / "pid.json")
+        if record is None:
+            return None
+        pid = int(record["pid"])
+        if _proc_start_time(pid) != record.get("start_time"):
+            return None  # exited, or the pid was reused by something else
+        return pid
+
+    def _marked_pids(self, name: str | None = None) -> dict[int, str]:
+        """Processes whose environment marks them as ours (optionally for one container)."""
+        found: dict[int, str] = {}
+        root = str(self.root)
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            env = _proc_environ(int(entry.name))
+            if env.get("DORMANT_RUNTIME_ROOT") != root:
+                continue
+            container = env.get("DORMANT_CONTAINER", "")
+            if (name is None or container == name) and _proc_start_time(int(entry.name)):
+                found[int(entry.name)] = container
+        return found
+
+    # contract -------------------------------------------------------------------------------
+
+    async def create(self, spec: ContainerSpec) -> dict[str, Any]:
+        if spec.port is None:
+            raise InvalidInput("the process runtime needs a port for every session")
+        directory = self._dir(spec.name)
+        existing = self._read_json(directory / "spec.json")
+        if existing is not None and existing.get("session_id") != spec.session_id:
+            raise RuntimeFailure(
+                f"{spec.name} already exists for session {existing.get('session_id')}"
+            )
+        (directory / "work").mkdir(parents=True, exist_ok=True)
+        data = asdict(spec)
+        data["created_at"] = spec.labels.get("dormant.created", "")
+        tmp = directory / "spec.json.tmp"
+        tmp.write_text(json.dumps(data))
+        tmp.replace(directory / "spec.json")
+        return {"dir": str(directory)}
+
+    async def start(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
+        directory = self._dir(name)
+        spec = self._read_json(directory / "spec.json")
+        if spec is None:
+            raise RuntimeFailure(f"{name} does not exist (create it first)")
+        if (pid := self._alive_pid(name)) is not None:
+            return {**state, "pid": pid}
+        port = int(spec["port"])
+        workdir = directory / "work"
+        values = {"port": str(port), "workdir": str(workdir), "session": spec["session_id"]}
+        command = [part.format(**values) for part in (spec["command"] or DEFAULT_COMMAND)]
+        env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
+        env.update(spec["env"])
+        env.update(
+            PORT=str(port),
+            DORMANT_SESSION=spec["session_id"],
+            DORMANT_CONTAINER=name,
+            DORMANT_RUNTIME_ROOT=str(self.root),
+        )
+        log = open(directory / "log.txt", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command,
+                cwd=workdir,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot run {command[0]!r}: {exc.strerror}") from exc
+        finally:
+            log.close()
+        self._children[name] = proc
+        record = {"pid": proc.pid, "start_time": _proc_start_time(proc.pid)}
+        (directory / "pid.json").write_text(json.dumps(record))
+        await self._wait_ready(name, proc, port, float(spec["start_timeout"]))
+        return {**state, "pid": proc.pid}
+
+    async def _wait_ready(
+        self, name: str, proc: asyncio.subprocess.Process, port: int, timeout: float
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if proc.returncode is not None:
+                raise RuntimeFailure(
+                    f"process exited with code {proc.returncode} while starting; "
+                    f"last output: {self._log_tail(name)}"
+                )
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                pass
+            else:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+                return
+            if loop.time() > deadline:
+                await self.stop(name, {})
+                raise RuntimeFailure(
+                    f"process did not answer on port {port} within {timeout:g}s; "
+                    f"last output: {self._log_tail(name)}"
+                )
+            await asyncio.sleep(0.02)
+
+    def _log_tail(self, name: str) -> str:
+        try:
+            data = (self._dir(name) / "log.txt").read_bytes()[-_LOG_TAIL:]
+        except FileNotFoundError:
+            return "(no output)"
+        return data.decode(errors="replace").strip() or "(no output)"
+
+    async def stop(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
+        spec = self._read_json(self._dir(name) / "spec.json") or {}
+        timeout = float(spec.get("stop_timeout", 5.0))
+        pids = set(self._marked_pids(name))
+        if (pid := self._alive_pid(name)) is not None:
+            pids.add(pid)
+        await self._terminate(pids, timeout)
+        self._children.pop(name, None)
+        with contextlib.suppress(FileNotFoundError):
+            (self._dir(name) / "pid.json").unlink()
+        return {k: v for k, v in state.items() if k != "pid"}
+
+    async def _terminate(self, pids: set[int], timeout: float) -> None:
+        if not pids:
+            return
+        groups = set()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                groups.add(os.getpgid(pid))
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for target in groups:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(target, sig)
+            for pid in pids:  # members that left the group still carry the mark
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + (timeout if sig == signal.SIGTERM else 5.0)
+            while loop.time() < deadline:
+                if all(_proc_start_time(p) is None for p in pids):
+                    return
+                await asyncio.sleep(0.02)
+        still = [p for p in pids if _proc_start_time(p) is not None]
+        if still:
+            raise RuntimeFailure(f"processes {still} survived SIGKILL")
+
+    async def remove(self, name: str, state: dict[str, Any]) -> None:
+        await self.stop(name, state)
+        directory = self._dir(name)
+        if directory.exists():
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+
+    async def inspect(self, name: str) -> ContainerInfo | None:
+        spec = self._read_json(self._dir(name) / "spec.json")
+        if spec is None:
+            marked = self._marked_pids(name)
+            if not marked:
+                return None
+            return self._stray_info(name, next(iter(marked)))
+        pid = self._alive_pid(name)
+        return ContainerInfo(
+            name=name,
+            labels=dict(spec["labels"]),
+            status=ContainerStatus.RUNNING if pid else ContainerStatus.STOPPED,
+            created_at=_parse_time(spec.get("created_at")),
+            detail={"pid": pid, "port": spec["port"]},
+        )
+
+    def _stray_info(self, name: str, pid: int) -> ContainerInfo:
+        env = _proc_environ(pid)
+        labels = {MANAGED_LABEL: "true"}
+        if "DORMANT_SESSION" in env:
+            labels[SESSION_LABEL] = env["DORMANT_SESSION"]
+        return ContainerInfo(name, labels, ContainerStatus.RUNNING, None, {"pid": pid})
+
+    async def list_managed(self) -> list[ContainerInfo]:
+        infos: dict[str, ContainerInfo] = {}
+        for entry in sorted(self.root.iterdir()):
+            if entry.is_dir() and (info := await self.inspect(entry.name)) is not None:
+                infos[entry.name] = info
+        for pid, name in self._marked_pids().items():
+            if name and name not in infos:
+                infos[name] = self._stray_info(name, pid)
+        return list(infos.values())
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -1,0 +1,132 @@
+"""The store is the truth between signals and runtimes. This is its contract."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from datetime import datetime
+
+from dormant.policy import ActivityTimes, State
+from dormant.store.records import (
+    ApiKeyRecord,
+    EventRecord,
+    InstanceRecord,
+    NewEvent,
+    OperationRecord,
+    SessionRecord,
+)
+
+
+class Store(abc.ABC):
+    """Durable sessions, operations (intent log), timelines, API keys and instances.
+
+    - ``update_session`` is optimistic: it writes only if the row still has ``expected_version``
+      and raises :class:`dormant.errors.Conflict` otherwise; the caller re-reads and retries.
+    - A session change and its timeline entries are written in one transaction.
+    - ``flush_activity`` is commutative (``last_activity_at = max(old, new)``), so it needs no
+      version check and may interleave with any other write.
+    """
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # sessions
+    @abc.abstractmethod
+    async def insert_session(
+        self, record: SessionRecord, event: NewEvent, intent: tuple[str, str] | None
+    ) -> int | None:
+        """Insert a session, its first timeline entry and (optionally) an operation intent
+        ``(kind, instance_id)`` atomically; returns the operation id."""
+
+    @abc.abstractmethod
+    async def get_session(self, session_id: str) -> SessionRecord | None: ...
+
+    @abc.abstractmethod
+    async def update_session(
+        self,
+        record: SessionRecord,
+        expected_version: int,
+        events: Sequence[NewEvent] = (),
+        now: datetime | None = None,
+    ) -> SessionRecord: ...
+
+    @abc.abstractmethod
+    async def list_sessions(
+        self,
+        *,
+        tenant: str | None = None,
+        user_id: str | None = None,
+        state: State | None = None,
+        after_id: str | None = None,
+        limit: int = 100,
+        include_deleted: bool = False,
+    ) -> list[SessionRecord]: ...
+
+    @abc.abstractmethod
+    async def live_schedule(self) -> list[tuple[str, str, datetime | None]]:
+        """``(id, state, next_action_at)`` of every live session (for resuming deadlines)."""
+
+    @abc.abstractmethod
+    async def flush_activity(self, batch: dict[str, ActivityTimes]) -> None: ...
+
+    @abc.abstractmethod
+    async def used_ports(self) -> set[int]: ...
+
+    @abc.abstractmethod
+    async def count_by_state(self, tenant: str | None) -> dict[str, int]: ...
+
+    # operations
+    @abc.abstractmethod
+    async def insert_operation(
+        self,
+        session_id: str,
+        kind: str,
+        container_name: str,
+        labels: dict[str, str],
+        instance_id: str,
+        now: datetime,
+    ) -> int: ...
+
+    @abc.abstractmethod
+    async def finish_operation(
+        self, op_id: int, status: str, attempts: int, error: str | None, now: datetime
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def pending_operations(self) -> list[OperationRecord]: ...
+
+    # timeline
+    @abc.abstractmethod
+    async def add_events(
+        self, session_id: str, events: Sequence[NewEvent], now: datetime
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def list_events(self, session_id: str, limit: int = 500) -> list[EventRecord]: ...
+
+    @abc.abstractmethod
+    async def event_counts(self, tenant: str | None) -> dict[str, dict[str, int]]:
+        """``{action: {code: n}}`` over transitions caused by decisions and requests."""
+
+    # api keys
+    @abc.abstractmethod
+    async def insert_key(self, record: ApiKeyRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_keys(self) -> list[ApiKeyRecord]: ...
+
+    @abc.abstractmethod
+    async def revoke_key(self, key_id: str, now: datetime) -> bool: ...
+
+    # instances
+    @abc.abstractmethod
+    async def heartbeat_instance(self, record: InstanceRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def live_instances(self, since: datetime) -> list[InstanceRecord]: ...
+
+    @abc.abstractmethod
+    async def remove_instance(self, instance_id: str) -> None: ...

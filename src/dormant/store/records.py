@@ -1,0 +1,138 @@
+"""What the store hands out: plain frozen records, independent of SQLAlchemy."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Self
+
+from dormant.policy import SessionView, State
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    id: str
+    tenant: str
+    user_id: str
+    template: str
+    runtime: str
+    policy_name: str
+    policy: dict[str, Any]
+    state: State
+    state_since: datetime
+    created_at: datetime
+    container_name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    port: int | None = None
+    runtime_state: dict[str, Any] = field(default_factory=dict)
+    last_activity_at: datetime | None = None
+    last_activity_kind: str | None = None
+    last_activity_source: str | None = None
+    last_seen_at: datetime | None = None
+    connections: int = 0
+    ever_connected: bool = False
+    last_disconnect_at: datetime | None = None
+    busy_until: datetime | None = None
+    keepalive_until: datetime | None = None
+    warned_at: datetime | None = None
+    logged_out_at: datetime | None = None
+    next_action: str | None = None
+    next_action_at: datetime | None = None
+    next_action_reason: str | None = None
+    end_reason: str | None = None
+    deleted_at: datetime | None = None
+    version: int = 1
+
+    def view(self) -> SessionView:
+        return SessionView(
+            state=self.state,
+            created_at=self.created_at,
+            state_since=self.state_since,
+            last_activity_at=self.last_activity_at,
+            last_activity_kind=self.last_activity_kind,
+            last_seen_at=self.last_seen_at,
+            connections=self.connections,
+            ever_connected=self.ever_connected,
+            last_disconnect_at=self.last_disconnect_at,
+            busy_until=self.busy_until,
+            keepalive_until=self.keepalive_until,
+            warned_at=self.warned_at,
+            logged_out_at=self.logged_out_at,
+        )
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+    def to_row(self) -> dict[str, Any]:
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        row["state"] = self.state.value
+        return row
+
+    @classmethod
+    def from_row(cls, row: Any) -> SessionRecord:
+        data = dict(row._mapping)
+        data["state"] = State(data["state"])
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class OperationRecord:
+    id: int
+    session_id: str
+    kind: str
+    container_name: str
+    labels: dict[str, str]
+    status: str
+    attempts: int
+    error: str | None
+    instance_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    id: int
+    session_id: str
+    at: datetime
+    type: str
+    from_state: str | None
+    to_state: str | None
+    action: str | None
+    code: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A timeline entry to write together with a session change."""
+
+    type: str  # "transition" | "decision" | "activity" | "operation"
+    reason: str
+    code: str | None = None
+    from_state: str | None = None
+    to_state: str | None = None
+    action: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    id: str
+    hash: str
+    tenant: str
+    admin: bool
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    id: str
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime

@@ -1,0 +1,143 @@
+"""Tables. Alembic migrations in ``migrations/`` create exactly these; keep the two in step."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC in, aware UTC out, whatever the database keeps (SQLite keeps naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant", String(100), nullable=False),
+    Column("user_id", String(200), nullable=False),
+    Column("template", String(100), nullable=False),
+    Column("runtime", String(50), nullable=False),
+    Column("policy_name", String(100), nullable=False),
+    Column("policy", JSON, nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("env", JSON, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("state_since", UTCDateTime(), nullable=False),
+    Column("error", Text),
+    Column("port", Integer),
+    Column("container_name", String(100), nullable=False),
+    Column("runtime_state", JSON, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("last_activity_at", UTCDateTime()),
+    Column("last_activity_kind", String(40)),
+    Column("last_activity_source", String(40)),
+    Column("last_seen_at", UTCDateTime()),
+    Column("connections", Integer, nullable=False, default=0),
+    Column("ever_connected", Boolean, nullable=False, default=False),
+    Column("last_disconnect_at", UTCDateTime()),
+    Column("busy_until", UTCDateTime()),
+    Column("keepalive_until", UTCDateTime()),
+    Column("warned_at", UTCDateTime()),
+    Column("logged_out_at", UTCDateTime()),
+    Column("next_action", String(20)),
+    Column("next_action_at", UTCDateTime()),
+    Column("next_action_reason", Text),
+    Column("end_reason", Text),
+    Column("deleted_at", UTCDateTime()),
+    Column("version", Integer, nullable=False, default=1),
+    Index("ix_sessions_next_action_at", "next_action_at"),
+    Index("ix_sessions_tenant_user", "tenant", "user_id"),
+    Index("ix_sessions_state", "state"),
+    Index("ux_sessions_port", "port", unique=True),
+)
+
+operations = Table(
+    "operations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(40), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("container_name", String(100), nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("error", Text),
+    Column("instance_id", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_operations_status", "status"),
+    Index("ix_operations_session", "session_id"),
+)
+
+session_events = Table(
+    "session_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(40), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("type", String(20), nullable=False),
+    Column("from_state", String(20)),
+    Column("to_state", String(20)),
+    Column("action", String(20)),
+    Column("code", String(40)),
+    Column("reason", Text, nullable=False),
+    Index("ix_session_events_session", "session_id", "id"),
+    Index("ix_session_events_code", "type", "code"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(24), primary_key=True),
+    Column("hash", String(64), nullable=False),
+    Column("tenant", String(100), nullable=False),
+    Column("admin", Boolean, nullable=False, default=False),
+    Column("name", String(200), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime()),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("heartbeat_at", UTCDateTime(), nullable=False),
+)

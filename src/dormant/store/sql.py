@@ -1,0 +1,378 @@
+"""The SQLAlchemy (async) store: SQLite by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, case, event, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from dormant.errors import Conflict, TemporaryError
+from dormant.policy import ActivityTimes, State
+from dormant.store.base import Store
+from dormant.store.records import (
+    ApiKeyRecord,
+    EventRecord,
+    InstanceRecord,
+    NewEvent,
+    OperationRecord,
+    SessionRecord,
+)
+from dormant.store.schema import (
+    UTCDateTime,
+    api_keys,
+    instances,
+    operations,
+    session_events,
+    sessions,
+)
+
+
+def make_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+def _event_rows(session_id: str, events: Sequence[NewEvent], now: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "session_id": session_id,
+            "at": now,
+            "type": e.type,
+            "from_state": e.from_state,
+            "to_state": e.to_state,
+            "action": e.action,
+            "code": e.code,
+            "reason": e.reason,
+        }
+        for e in events
+    ]
+
+
+class SqlStore(Store):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(select(1))
+
+    # sessions -------------------------------------------------------------------------------
+
+    async def insert_session(
+        self, record: SessionRecord, event: NewEvent, intent: tuple[str, str] | None
+    ) -> int | None:
+        op_id: int | None = None
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(sessions).values(**record.to_row()))
+                await conn.execute(
+                    insert(session_events), _event_rows(record.id, [event], record.created_at)
+                )
+                if intent is not None:
+                    kind, instance_id = intent
+                    result = await conn.execute(
+                        insert(operations).values(
+                            session_id=record.id,
+                            kind=kind,
+                            container_name=record.container_name,
+                            labels=record.labels,
+                            status="pending",
+                            attempts=0,
+                            instance_id=instance_id,
+                            created_at=record.created_at,
+                            updated_at=record.created_at,
+                        )
+                    )
+                    pk = result.inserted_primary_key
+                    op_id = int(pk[0]) if pk is not None else None
+        except IntegrityError as exc:
+            raise Conflict(f"session {record.id} or port {record.port} already taken") from exc
+        except OperationalError as exc:
+            raise TemporaryError(f"store unavailable: {exc.orig}") from exc
+        return op_id
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(sessions).where(sessions.c.id == session_id))).first()
+        return SessionRecord.from_row(row) if row is not None else None
+
+    async def update_session(
+        self,
+        record: SessionRecord,
+        expected_version: int,
+        events: Sequence[NewEvent] = (),
+        now: datetime | None = None,
+    ) -> SessionRecord:
+        new = record.replace(version=expected_version + 1)
+        values = new.to_row()
+        del values["id"]
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    update(sessions)
+                    .where(sessions.c.id == record.id, sessions.c.version == expected_version)
+                    .values(**values)
+                )
+                if result.rowcount != 1:
+                    raise Conflict(f"session {record.id} changed concurrently; re-read and retry")
+                if events:
+                    await conn.execute(
+                        insert(session_events),
+                        _event_rows(record.id, events, now or record.state_since),
+                    )
+        except IntegrityError as exc:
+            raise Conflict(f"session {record.id}: {exc.orig}") from exc
+        except OperationalError as exc:
+            raise TemporaryError(f"store unavailable: {exc.orig}") from exc
+        return new
+
+    async def list_sessions(
+        self,
+        *,
+        tenant: str | None = None,
+        user_id: str | None = None,
+        state: State | None = None,
+        after_id: str | None = None,
+        limit: int = 100,
+        include_deleted: bool = False,
+    ) -> list[SessionRecord]:
+        query = select(sessions).order_by(sessions.c.id).limit(limit)
+        if tenant is not None:
+            query = query.where(sessions.c.tenant == tenant)
+        if user_id is not None:
+            query = query.where(sessions.c.user_id == user_id)
+        if state is not None:
+            query = query.where(sessions.c.state == state.value)
+        elif not include_deleted:
+            query = query.where(sessions.c.state != State.DELETED.value)
+        if after_id is not None:
+            query = query.where(sessions.c.id > after_id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [SessionRecord.from_row(r) for r in rows]
+
+    async def live_schedule(self) -> list[tuple[str, str, datetime | None]]:
+        query = select(sessions.c.id, sessions.c.state, sessions.c.next_action_at).where(
+            sessions.c.state != State.DELETED.value
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(r.id, r.state, r.next_action_at) for r in rows]
+
+    async def flush_activity(self, batch: dict[str, ActivityTimes]) -> None:
+        if not batch:
+            return
+        at = bindparam("b_at", type_=UTCDateTime())
+        seen = bindparam("b_seen", type_=UTCDateTime())
+        newer = and_(
+            at.is_not(None),
+            or_(sessions.c.last_activity_at.is_(None), sessions.c.last_activity_at < at),
+        )
+        stmt = (
+            update(sessions)
+            .where(sessions.c.id == bindparam("b_id"), sessions.c.state != State.DELETED.value)
+            .values(
+                last_activity_at=case((newer, at), else_=sessions.c.last_activity_at),
+                last_activity_kind=case(
+                    (newer, bindparam("b_kind")), else_=sessions.c.last_activity_kind
+                ),
+                last_activity_source=case(
+                    (newer, bindparam("b_source")), else_=sessions.c.last_activity_source
+                ),
+                last_seen_at=case(
+                    (
+                        and_(
+                            seen.is_not(None),
+                            or_(sessions.c.last_seen_at.is_(None), sessions.c.last_seen_at < seen),
+                        ),
+                        seen,
+                    ),
+                    else_=sessions.c.last_seen_at,
+                ),
+                version=sessions.c.version + 1,
+            )
+        )
+        params = [
+            {
+                "b_id": sid,
+                "b_at": t.last_activity_at,
+                "b_kind": t.last_activity_kind,
+                "b_source": t.last_activity_source,
+                "b_seen": t.last_seen_at,
+            }
+            for sid, t in batch.items()
+        ]
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(stmt, params)
+        except OperationalError as exc:
+            raise TemporaryError(f"store unavailable: {exc.orig}") from exc
+
+    async def used_ports(self) -> set[int]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(select(sessions.c.port).where(sessions.c.port.is_not(None)))
+            ).all()
+        return {int(r.port) for r in rows}
+
+    async def count_by_state(self, tenant: str | None) -> dict[str, int]:
+        query = select(sessions.c.state, func.count()).group_by(sessions.c.state)
+        if tenant is not None:
+            query = query.where(sessions.c.tenant == tenant)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    # operations -----------------------------------------------------------------------------
+
+    async def insert_operation(
+        self,
+        session_id: str,
+        kind: str,
+        container_name: str,
+        labels: dict[str, str],
+        instance_id: str,
+        now: datetime,
+    ) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                insert(operations).values(
+                    session_id=session_id,
+                    kind=kind,
+                    container_name=container_name,
+                    labels=labels,
+                    status="pending",
+                    attempts=0,
+                    instance_id=instance_id,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            pk = result.inserted_primary_key
+            assert pk is not None
+            return int(pk[0])
+
+    async def finish_operation(
+        self, op_id: int, status: str, attempts: int, error: str | None, now: datetime
+    ) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(operations)
+                .where(operations.c.id == op_id)
+                .values(status=status, attempts=attempts, error=error, updated_at=now)
+            )
+
+    async def pending_operations(self) -> list[OperationRecord]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(operations)
+                    .where(operations.c.status == "pending")
+                    .order_by(operations.c.id)
+                )
+            ).all()
+        return [OperationRecord(**dict(r._mapping)) for r in rows]
+
+    # timeline -------------------------------------------------------------------------------
+
+    async def add_events(self, session_id: str, events: Sequence[NewEvent], now: datetime) -> None:
+        if not events:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(session_events), _event_rows(session_id, events, now))
+
+    async def list_events(self, session_id: str, limit: int = 500) -> list[EventRecord]:
+        query = (
+            select(session_events)
+            .where(session_events.c.session_id == session_id)
+            .order_by(session_events.c.id)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [EventRecord(**dict(r._mapping)) for r in rows]
+
+    async def event_counts(self, tenant: str | None) -> dict[str, dict[str, int]]:
+        query = (
+            select(session_events.c.action, session_events.c.code, func.count())
+            .where(session_events.c.type == "transition", session_events.c.action.is_not(None))
+            .group_by(session_events.c.action, session_events.c.code)
+        )
+        if tenant is not None:
+            query = query.join(sessions, sessions.c.id == session_events.c.session_id).where(
+                sessions.c.tenant == tenant
+            )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        out: dict[str, dict[str, int]] = {}
+        for action, code, n in rows:
+            out.setdefault(str(action), {})[str(code)] = int(n)
+        return out
+
+    # api keys -------------------------------------------------------------------------------
+
+    async def insert_key(self, record: ApiKeyRecord) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(api_keys).values(**dataclasses.asdict(record)))
+
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        return ApiKeyRecord(**dict(row._mapping)) if row is not None else None
+
+    async def list_keys(self) -> list[ApiKeyRecord]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(api_keys).order_by(api_keys.c.created_at))).all()
+        return [ApiKeyRecord(**dict(r._mapping)) for r in rows]
+
+    async def revoke_key(self, key_id: str, now: datetime) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+        return bool(result.rowcount)
+
+    # instances ------------------------------------------------------------------------------
+
+    async def heartbeat_instance(self, record: InstanceRecord) -> None:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(instances)
+                .where(instances.c.id == record.id)
+                .values(heartbeat_at=record.heartbeat_at)
+            )
+            if result.rowcount == 0:
+                await conn.execute(insert(instances).values(**dataclasses.asdict(record)))
+
+    async def live_instances(self, since: datetime) -> list[InstanceRecord]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(select(instances).where(instances.c.heartbeat_at >= since))
+            ).all()
+        return [InstanceRecord(**dict(r._mapping)) for r in rows]
+
+    async def remove_instance(self, instance_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(instances.delete().where(instances.c.id == instance_id))
