@@ -70,7 +70,11 @@ def test_inactivity_is_measured_from_last_meaningful_activity() -> None:
 
 @pytest.mark.parametrize(
     ("name", "after", "text"),
-    [("aggressive", minutes(5), "5m"), ("balanced", minutes(15), "15m"), ("conservative", minutes(30), "30m")],
+    [
+        ("aggressive", minutes(5), "5m"),
+        ("balanced", minutes(15), "15m"),
+        ("conservative", minutes(30), "30m"),
+    ],
 )
 def test_each_preset_sleeps_after_its_own_period(name: str, after: timedelta, text: str) -> None:
     d = decide(running(last_activity_at=T0), preset(name), T0)
@@ -189,7 +193,10 @@ def test_warning_before_a_keepalive_expires() -> None:
 def test_last_connection_closing_starts_the_grace_period() -> None:
     gone = T0 + minutes(5)
     session = running(
-        last_activity_at=T0 + minutes(1), ever_connected=True, connections=0, last_disconnect_at=gone
+        last_activity_at=T0 + minutes(1),
+        ever_connected=True,
+        connections=0,
+        last_disconnect_at=gone,
     )
     d = decide(session, BALANCED, gone)
     assert d.action is Action.SLEEP
@@ -228,7 +235,9 @@ def test_grace_counts_from_a_wake_after_the_disconnect() -> None:
 
 def test_a_reconnect_cancels_the_grace() -> None:
     gone = T0 + minutes(5)
-    session = running(last_activity_at=T0, ever_connected=True, connections=1, last_disconnect_at=gone)
+    session = running(
+        last_activity_at=T0, ever_connected=True, connections=1, last_disconnect_at=gone
+    )
     d = decide(session, BALANCED, gone + timedelta(seconds=10))
     assert d.code != "disconnect_grace"
     assert not d.due(gone + timedelta(seconds=30))
@@ -244,7 +253,9 @@ def test_a_session_that_never_connected_has_no_grace() -> None:
 
 def test_the_inactivity_sleep_wins_when_it_comes_before_the_grace_ends() -> None:
     gone = T0 + minutes(14) + timedelta(seconds=50)
-    session = running(last_activity_at=T0, ever_connected=True, connections=0, last_disconnect_at=gone)
+    session = running(
+        last_activity_at=T0, ever_connected=True, connections=0, last_disconnect_at=gone
+    )
     d = decide(session, BALANCED, gone)
     assert d.action is Action.SLEEP
     assert d.code == "inactivity"
@@ -254,7 +265,9 @@ def test_the_inactivity_sleep_wins_when_it_comes_before_the_grace_ends() -> None
 def test_custom_grace_period() -> None:
     policy = BALANCED.with_overrides({"disconnect_grace": "2m"})
     gone = T0 + minutes(1)
-    session = running(last_activity_at=T0, ever_connected=True, connections=0, last_disconnect_at=gone)
+    session = running(
+        last_activity_at=T0, ever_connected=True, connections=0, last_disconnect_at=gone
+    )
     d = decide(session, policy, gone)
     assert d.code == "disconnect_grace"
     assert_threshold(d, gone + minutes(2))
@@ -296,7 +309,9 @@ def test_keepalive_past_the_inactivity_sleep_postpones_a_disconnected_session() 
 # --- busy and keep-alive ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("field", "word"), [("busy_until", "busy"), ("keepalive_until", "kept alive")])
+@pytest.mark.parametrize(
+    ("field", "word"), [("busy_until", "busy"), ("keepalive_until", "kept alive")]
+)
 def test_protection_postpones_the_inactivity_sleep(field: str, word: str) -> None:
     until = T0 + timedelta(hours=1)
     d = decide(running(last_activity_at=T0, **{field: until}), BALANCED, T0 + minutes(30))

@@ -75,7 +75,9 @@ def sessions(draw: st.DrawFn, *, logout: bool = True) -> SessionView:
     if state is State.RUNNING:
         last = draw(st.none() | st.builds(lambda d: created + d, spans))
     else:
-        last = draw(st.none() | st.builds(lambda d: since - d, spans).map(lambda t: max(t, created)))
+        last = draw(
+            st.none() | st.builds(lambda d: since - d, spans).map(lambda t: max(t, created))
+        )
     connections = draw(st.integers(min_value=0, max_value=5))
     ever = connections > 0 or draw(st.booleans())
     return SessionView(

@@ -93,7 +93,6 @@ class Engine:
         self._slots = asyncio.Semaphore(self.settings.runtime_concurrency)
         self._delete_requested: set[str] = set()
         self.events_applied = 0
-        self.lateness: list[float] = []
 
     # lifecycle of the engine itself -------------------------------------------------------
 
@@ -232,7 +231,7 @@ class Engine:
             )
             record = self._with_decision(record, now)
             event = NewEvent(
-                "transition", "created", "create", None, State.CREATING.value, Action.NONE.value
+                "transition", "created", "create", None, State.CREATING.value, "create"
             )
             op_id = await self.store.insert_session(
                 record, event, ("create", self.settings.instance_id)
@@ -401,7 +400,7 @@ class Engine:
         now = self.clock.now()
         due = self.deadlines.pop_due(now)
         for sid, at in due:
-            self.lateness.append((now - at).total_seconds())
+            self._emit(EngineEvent("due", sid, None, seconds=(now - at).total_seconds()))
             self._spawn(self._due(sid))
         return len(due)
 
@@ -569,7 +568,7 @@ class Engine:
             if record is None or record.state not in (State.SLEEPING, State.FAILED):
                 return
             op_id = await self._intent(record, "start")
-            await self._transition(record, State.STARTING, code, reason, error=None)
+            await self._transition(record, State.STARTING, code, reason, action="wake", error=None)
         await self._run_start(sid, op_id, creating=False, code=code, reason=reason)
 
     async def _wake_on_activity(self, sid: str, kind: ActivityKind) -> None:

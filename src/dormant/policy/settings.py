@@ -31,8 +31,12 @@ class PolicySettings:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("missed_pongs", "wake_on_activity") or value is None:
+            if f.name in ("missed_pongs", "wake_on_activity"):
                 continue
+            if value is None:
+                if f.name == "max_lifetime":
+                    continue
+                raise InvalidInput(f"policy.{f.name}: a duration is required")
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise InvalidInput(f"policy.{f.name}: expected a duration, got {value!r}")
             if not math.isfinite(value) or value < 0 or value > MAX_DURATION:
@@ -89,9 +93,9 @@ def _coerce(key: str, raw: Any) -> Any:
             return raw.lower() in ("true", "1", "yes", "on")
         return raw
     if key == "missed_pongs":
-        if isinstance(raw, str) and raw.strip().isdigit():
+        if isinstance(raw, str) and raw.strip().isdecimal() and raw.strip().isascii():
             return int(raw)
         return raw
-    if key == "max_lifetime" and (raw is None or raw in ("", "off", "none")):
+    if key == "max_lifetime" and (raw is None or str(raw).strip().lower() in ("", "off", "none")):
         return None
     return parse_duration(raw, name=f"policy.{key}")

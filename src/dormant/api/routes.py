@@ -1,0 +1,216 @@
+"""REST routes under ``/v1`` (see DESIGN.md, Interfaces)."""
+
+from typing import Annotated, TypeVar
+
+from fastapi import APIRouter, Depends, Header, Query, Response
+
+from dormant.api.auth import Principal, RateLimiter, authenticate
+from dormant.api.schemas import (
+    Accepted,
+    ActivityIn,
+    CreateSession,
+    EventList,
+    EventOut,
+    LastActivity,
+    LogoutOut,
+    NextAction,
+    SessionList,
+    SessionOut,
+    Stats,
+    UntilIn,
+)
+from dormant.engine import Engine
+from dormant.errors import InvalidInput
+from dormant.policy import Level, State, parse_kind
+from dormant.reconciler import Reconciler
+from dormant.store.records import SessionRecord
+
+E = TypeVar("E", State, Level)
+
+
+def session_out(engine: Engine, record: SessionRecord, public_host: str) -> SessionOut:
+    lvl, decision = engine.describe(record)
+    running = record.state is State.RUNNING and record.port is not None
+    return SessionOut(
+        id=record.id,
+        tenant=record.tenant,
+        user_id=record.user_id,
+        template=record.template,
+        policy=record.policy_name,
+        state=record.state.value,
+        level=lvl.value,
+        url=f"http://{public_host}:{record.port}/" if running else None,
+        port=record.port,
+        connections=record.connections,
+        created_at=record.created_at,
+        state_since=record.state_since,
+        last_activity=LastActivity(
+            at=record.last_activity_at,
+            kind=record.last_activity_kind,
+            source=record.last_activity_source,
+        ),
+        last_seen_at=record.last_seen_at,
+        keepalive_until=record.keepalive_until,
+        busy_until=record.busy_until,
+        next_action=NextAction(
+            action=decision.action.value, at=decision.at, reason=decision.reason
+        ),
+        labels=record.labels,
+        error=record.error,
+    )
+
+
+def build_router(
+    engine: Engine, reconciler: Reconciler, limiter: RateLimiter, public_host: str = "127.0.0.1"
+) -> APIRouter:
+    async def principal(
+        x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
+    ) -> Principal:
+        who = await authenticate(engine.store, x_api_key)
+        limiter.check(who.key_id)
+        return who
+
+    Who = Annotated[Principal, Depends(principal)]
+    router = APIRouter(prefix="/v1")
+
+    def out(record: SessionRecord) -> SessionOut:
+        return session_out(engine, record, public_host)
+
+    @router.post("/sessions", status_code=201, response_model=SessionOut)
+    async def create_session(body: CreateSession, who: Who, response: Response) -> SessionOut:
+        record = await engine.create_session(
+            tenant=who.tenant,
+            user_id=body.user_id,
+            template=body.template,
+            policy=body.policy,
+            labels=body.labels,
+            env=body.env,
+        )
+        response.headers["Location"] = f"/v1/sessions/{record.id}"
+        return out(record)
+
+    @router.get("/sessions", response_model=SessionList)
+    async def list_sessions(
+        who: Who,
+        user_id: str | None = None,
+        state: str | None = None,
+        level: str | None = None,
+        cursor: str | None = Query(default=None, max_length=64),
+        limit: int = Query(default=100, ge=1, le=500),
+    ) -> SessionList:
+        want_state = _enum(State, state, "state")
+        want_level = _enum(Level, level, "level")
+        items: list[SessionOut] = []
+        after = cursor
+        more = False
+        while len(items) < limit:
+            page = await engine.store.list_sessions(
+                tenant=who.scope,
+                user_id=user_id,
+                state=want_state,
+                after_id=after,
+                limit=limit,
+            )
+            for record in page:
+                after = record.id
+                if record.state is State.DELETING:
+                    continue
+                session = out(record)
+                if want_level is None or session.level == want_level.value:
+                    items.append(session)
+                    if len(items) == limit:
+                        break
+            more = len(page) == limit
+            if not more:
+                break
+        return SessionList(items=items, next_cursor=after if more and items else None)
+
+    @router.get("/sessions/{session_id}", response_model=SessionOut)
+    async def get_session(session_id: str, who: Who) -> SessionOut:
+        return out(await engine.get(session_id, who.scope))
+
+    @router.post("/sessions/{session_id}/activity", status_code=202, response_model=Accepted)
+    async def activity(session_id: str, body: ActivityIn, who: Who) -> Accepted:
+        record = await engine.get(session_id, who.scope)
+        engine.record_activity(session_id, parse_kind(body.kind), body.at, source="api")
+        return Accepted(id=session_id, state=record.state.value, accepted="activity")
+
+    @router.post("/sessions/{session_id}/sleep", status_code=202, response_model=Accepted)
+    async def sleep(session_id: str, who: Who) -> Accepted:
+        record = await engine.sleep(session_id, who.scope)
+        return Accepted(id=session_id, state=record.state.value, accepted="sleep")
+
+    @router.post("/sessions/{session_id}/wake", status_code=202, response_model=Accepted)
+    async def wake(session_id: str, who: Who) -> Accepted:
+        record = await engine.wake(session_id, who.scope)
+        return Accepted(id=session_id, state=record.state.value, accepted="wake")
+
+    @router.post("/sessions/{session_id}/keepalive", status_code=202, response_model=SessionOut)
+    async def keepalive(session_id: str, body: UntilIn, who: Who) -> SessionOut:
+        return out(await engine.keepalive(session_id, body.until, who.scope, busy=False))
+
+    @router.post("/sessions/{session_id}/busy", status_code=202, response_model=SessionOut)
+    async def busy(session_id: str, body: UntilIn, who: Who) -> SessionOut:
+        return out(await engine.keepalive(session_id, body.until, who.scope, busy=True))
+
+    @router.delete("/sessions/{session_id}", status_code=202, response_model=Accepted)
+    async def delete(session_id: str, who: Who) -> Accepted:
+        await engine.delete(session_id, who.scope)
+        return Accepted(id=session_id, state=State.DELETING.value, accepted="delete")
+
+    @router.get("/sessions/{session_id}/events", response_model=EventList)
+    async def events(session_id: str, who: Who) -> EventList:
+        await engine.get_any(session_id, who.scope)
+        rows = await engine.store.list_events(session_id)
+        return EventList(
+            session_id=session_id,
+            items=[
+                EventOut(
+                    at=e.at,
+                    type=e.type,
+                    from_state=e.from_state,
+                    to_state=e.to_state,
+                    action=e.action,
+                    code=e.code,
+                    reason=e.reason,
+                )
+                for e in rows
+            ],
+        )
+
+    @router.post("/users/{user_id}/logout", response_model=LogoutOut)
+    async def logout(user_id: str, who: Who) -> LogoutOut:
+        deleted = await engine.logout(user_id, who.scope)
+        return LogoutOut(user_id=user_id, deleted=deleted)
+
+    @router.get("/stats", response_model=Stats)
+    async def stats(who: Who) -> Stats:
+        by_state = await engine.store.count_by_state(who.scope)
+        by_level = {lvl.value: 0 for lvl in Level}
+        after = None
+        while True:
+            page = await engine.store.list_sessions(
+                tenant=who.scope, after_id=after, limit=1000, state=State.RUNNING
+            )
+            for record in page:
+                by_level[engine.describe(record)[0].value] += 1
+            if len(page) < 1000:
+                break
+            after = page[-1].id
+        return Stats(
+            sessions_by_state=by_state,
+            sessions_by_level=by_level,
+            transitions_by_reason=await engine.store.event_counts(who.scope),
+            orphans_removed=reconciler.orphans_removed,
+        )
+
+    return router
+
+
+def _enum(cls: type[E], value: str | None, name: str) -> E | None:
+    if value is None:
+        return None
+    try:
+        return cls(value)
+    except ValueError:
+        raise InvalidInput(f"{name} must be one of: {', '.join(v.value for v in cls)}") from None

@@ -1,0 +1,130 @@
+"""Request and response bodies. Requests reject unknown fields and bound every value."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_RESERVED_ENV = ("PORT", "DORMANT_")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateSession(Strict):
+    user_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._@:+-]+$")
+    template: str | None = Field(default=None, min_length=1, max_length=100)
+    policy: dict[str, Any] | None = None
+    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    env: dict[str, str] = Field(default_factory=dict, max_length=64)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            if not _LABEL_KEY.match(key):
+                raise ValueError(f"label key {key!r} must be 1-63 of A-Z a-z 0-9 . _ / -")
+            if key.startswith("dormant."):
+                raise ValueError(f"label key {key!r}: the dormant. prefix is reserved")
+            if len(value) > 256:
+                raise ValueError(f"label {key!r}: value longer than 256 characters")
+        return labels
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            if not _ENV_KEY.match(key):
+                raise ValueError(f"env name {key!r} is not a valid variable name")
+            if key == "PORT" or key.startswith("DORMANT_"):
+                raise ValueError(f"env name {key!r} is reserved")
+            if len(value) > 4096 or "\0" in value:
+                raise ValueError(f"env {key!r}: value too long or contains NUL")
+        return env
+
+
+class ActivityIn(Strict):
+    kind: str = Field(min_length=1, max_length=40)
+    at: AwareDatetime | None = None
+
+
+class UntilIn(Strict):
+    until: AwareDatetime
+
+
+class LastActivity(BaseModel):
+    at: datetime | None
+    kind: str | None
+    source: str | None
+
+
+class NextAction(BaseModel):
+    action: str
+    at: datetime | None
+    reason: str
+
+
+class SessionOut(BaseModel):
+    id: str
+    tenant: str
+    user_id: str
+    template: str
+    policy: str
+    state: str
+    level: str
+    url: str | None
+    port: int | None
+    connections: int
+    created_at: datetime
+    state_since: datetime
+    last_activity: LastActivity
+    last_seen_at: datetime | None
+    keepalive_until: datetime | None
+    busy_until: datetime | None
+    next_action: NextAction
+    labels: dict[str, str]
+    error: str | None
+
+
+class SessionList(BaseModel):
+    items: list[SessionOut]
+    next_cursor: str | None
+
+
+class EventOut(BaseModel):
+    at: datetime
+    type: str
+    from_state: str | None
+    to_state: str | None
+    action: str | None
+    code: str | None
+    reason: str
+
+
+class EventList(BaseModel):
+    session_id: str
+    items: list[EventOut]
+
+
+class Accepted(BaseModel):
+    id: str
+    state: str
+    accepted: str
+
+
+class LogoutOut(BaseModel):
+    user_id: str
+    deleted: list[str]
+
+
+class Stats(BaseModel):
+    sessions_by_state: dict[str, int]
+    sessions_by_level: dict[str, int]
+    transitions_by_reason: dict[str, dict[str, int]]
+    orphans_removed: int

@@ -1,0 +1,344 @@
+"""``dormant``: serve, keys, sessions, reconcile, migrate, version."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Coroutine
+from datetime import datetime
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import httpx
+import typer
+
+import dormant
+from dormant.clock import SystemClock
+from dormant.config import Settings, load_settings
+from dormant.errors import DormantError
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Runs per-user containers only while people use them.",
+)
+keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (works on the database).")
+sessions_app = typer.Typer(no_args_is_help=True, help="Manage sessions (talks to the server).")
+app.add_typer(keys_app, name="keys")
+app.add_typer(sessions_app, name="sessions")
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="dormant.toml path")]
+
+
+def _settings(config: str | None) -> Settings:
+    try:
+        return load_settings(config)
+    except DormantError as exc:
+        _die(str(exc))
+
+
+def _die(message: str, code: int = 1) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except DormantError as exc:
+        _die(str(exc))
+
+
+@app.command()
+def version() -> None:
+    """Print dormant's version."""
+    typer.echo(dormant.__version__)
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Listen address")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port")] = None,
+) -> None:
+    """Run the API, the scheduler and the reconciler (migrates the database first)."""
+    import uvicorn
+
+    from dormant.logs import setup_logging
+    from dormant.server import create_app
+
+    settings = _settings(config)
+    if host:
+        settings = settings.model_copy(update={"host": host})
+    if port:
+        settings = settings.model_copy(update={"port": port})
+    setup_logging(settings.log_level, settings.log_format)
+    application = create_app(settings)
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def migrate(config: ConfigOpt = None) -> None:
+    """Bring the database schema up to date."""
+    from dormant.store.migrate import upgrade
+
+    settings = _settings(config)
+    upgrade(settings.database_url)
+    typer.echo(f"database at {settings.database_url} is up to date")
+
+
+@app.command()
+def reconcile(
+    config: ConfigOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print the plan")] = False,
+) -> None:
+    """Converge containers and sessions once (orphans, vanished containers, interrupted ops)."""
+    from dormant.server import build_services
+    from dormant.store.migrate import upgrade_async
+
+    settings = _settings(config)
+
+    async def main() -> list[str]:
+        await upgrade_async(settings.database_url)
+        services = build_services(settings)
+        try:
+            steps = await services.reconciler.run(dry_run=dry_run)
+            await services.engine.drain()
+            await services.engine.flush()
+            return [s.describe() for s in steps]
+        finally:
+            await services.close()
+
+    lines = _run(main())
+    verb = "would do" if dry_run else "did"
+    typer.echo(f"reconcile {verb} {len(lines)} step(s)")
+    for line in lines:
+        typer.echo(f"  {line}")
+
+
+# keys ---------------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant the key belongs to")] = "default",
+    admin: Annotated[bool, typer.Option("--admin", help="See every tenant's sessions")] = False,
+    name: Annotated[str, typer.Option(help="A note for humans")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Create an API key and print it (it is stored hashed; this is the only time it shows)."""
+    from dormant.api.auth import create_key
+    from dormant.store import SqlStore
+    from dormant.store.migrate import upgrade_async
+
+    settings = _settings(config)
+
+    async def main() -> str:
+        await upgrade_async(settings.database_url)
+        store = SqlStore(settings.database_url)
+        try:
+            return await create_key(store, tenant, admin, name, SystemClock().now())
+        finally:
+            await store.close()
+
+    typer.echo(_run(main()))
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOpt = None) -> None:
+    """List API keys (ids, tenants, never the keys themselves)."""
+    from dormant.store import SqlStore
+    from dormant.store.migrate import upgrade_async
+
+    settings = _settings(config)
+
+    async def main() -> list[Any]:
+        await upgrade_async(settings.database_url)
+        store = SqlStore(settings.database_url)
+        try:
+            return await store.list_keys()
+        finally:
+            await store.close()
+
+    rows = _run(main())
+    typer.echo(f"{'ID':14} {'TENANT':16} {'ADMIN':6} {'CREATED':20} {'REVOKED':20} NAME")
+    for k in rows:
+        revoked = k.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if k.revoked_at else "-"
+        typer.echo(
+            f"{k.id:14} {k.tenant:16} {'yes' if k.admin else 'no':6} "
+            f"{k.created_at:%Y-%m-%d %H:%M:%S}  {revoked:20} {k.name}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, config: ConfigOpt = None) -> None:
+    """Revoke an API key by id."""
+    from dormant.store import SqlStore
+
+    settings = _settings(config)
+
+    async def main() -> bool:
+        store = SqlStore(settings.database_url)
+        try:
+            return await store.revoke_key(key_id, SystemClock().now())
+        finally:
+            await store.close()
+
+    if not _run(main()):
+        _die(f"no active key {key_id}")
+    typer.echo(f"revoked {key_id}")
+
+
+# sessions -----------------------------------------------------------------------------------
+
+UrlOpt = Annotated[str | None, typer.Option("--url", help="Server URL (DORMANT_URL)")]
+KeyOpt = Annotated[str | None, typer.Option("--api-key", help="API key (DORMANT_API_KEY)")]
+
+
+def _client(url: str | None, api_key: str | None, config: str | None) -> httpx.Client:
+    settings = _settings(config)
+    base = url or os.environ.get("DORMANT_URL") or f"http://{settings.host}:{settings.port}"
+    key = api_key or os.environ.get("DORMANT_API_KEY")
+    if not key:
+        path = settings.admin_key_file()
+        if path.exists():
+            key = path.read_text().strip()
+    if not key:
+        _die("no API key: pass --api-key, set DORMANT_API_KEY, or run next to the database")
+    return httpx.Client(base_url=base, headers={"X-API-Key": key or ""}, timeout=30)
+
+
+def _call(client: httpx.Client, method: str, path: str, **kw: Any) -> Any:
+    try:
+        response = client.request(method, path, **kw)
+    except httpx.HTTPError as exc:
+        _die(f"cannot reach the server at {client.base_url}: {exc}")
+    if response.status_code >= 400:
+        try:
+            err = response.json()["error"]
+            _die(f"{err['message']} ({err['code']}, HTTP {response.status_code})")
+        except (ValueError, KeyError, TypeError):
+            _die(f"HTTP {response.status_code}: {response.text[:200]}")
+    return response.json() if response.content else None
+
+
+def _ago(value: str | None) -> str:
+    if not value:
+        return "-"
+    at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    seconds = int((SystemClock().now() - at).total_seconds())
+    if seconds < 0:
+        return f"in {_human(-seconds)}"
+    return f"{_human(seconds)} ago"
+
+
+def _human(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@sessions_app.command("ls")
+def sessions_ls(
+    user: Annotated[str | None, typer.Option("--user")] = None,
+    state: Annotated[str | None, typer.Option("--state")] = None,
+    level: Annotated[str | None, typer.Option("--level")] = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Table of sessions: state, level, last activity, next action and why."""
+    params = {k: v for k, v in {"user_id": user, "state": state, "level": level}.items() if v}
+    rows: list[dict[str, Any]] = []
+    with _client(url, api_key, config) as client:
+        cursor = None
+        while True:
+            page = _call(
+                client,
+                "GET",
+                "/v1/sessions",
+                params={**params, **({"cursor": cursor} if cursor else {})},
+            )
+            rows += page["items"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+    header = f"{'ID':24} {'USER':14} {'STATE':9} {'LEVEL':12} {'LAST ACTIVITY':22} {'NEXT':18} WHY"
+    typer.echo(header)
+    for s in rows:
+        last = s["last_activity"]
+        act = f"{last['kind'] or '-'} {_ago(last['at'])}" if last["at"] else "-"
+        nxt = s["next_action"]
+        when = f"{nxt['action']} {_ago(nxt['at'])}" if nxt["at"] else nxt["action"]
+        typer.echo(
+            f"{s['id']:24} {s['user_id'][:14]:14} {s['state']:9} {s['level']:12} "
+            f"{act[:22]:22} {when[:18]:18} {nxt['reason']}"
+        )
+
+
+@sessions_app.command("show")
+def sessions_show(
+    session_id: str, url: UrlOpt = None, api_key: KeyOpt = None, config: ConfigOpt = None
+) -> None:
+    """A session and its timeline."""
+    import json
+
+    with _client(url, api_key, config) as client:
+        session = _call(client, "GET", f"/v1/sessions/{session_id}")
+        events = _call(client, "GET", f"/v1/sessions/{session_id}/events")
+    typer.echo(json.dumps(session, indent=2))
+    typer.echo("\ntimeline:")
+    for e in events["items"]:
+        move = f"{e['from_state'] or '-'} -> {e['to_state']}" if e["to_state"] else e["type"]
+        typer.echo(f"  {e['at']}  {move:24} [{e['code']}] {e['reason']}")
+
+
+@sessions_app.command("create")
+def sessions_create(
+    user: Annotated[str, typer.Option("--user", help="User id")],
+    template: Annotated[str | None, typer.Option("--template")] = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a session for a user."""
+    body: dict[str, Any] = {"user_id": user}
+    if template:
+        body["template"] = template
+    with _client(url, api_key, config) as client:
+        session = _call(client, "POST", "/v1/sessions", json=body)
+    typer.echo(f"{session['id']} {session['state']} port={session['port']}")
+
+
+def _simple(action: str, method: str, suffix: str) -> Any:
+    def command(
+        session_id: str, url: UrlOpt = None, api_key: KeyOpt = None, config: ConfigOpt = None
+    ) -> None:
+        with _client(url, api_key, config) as client:
+            _call(client, method, f"/v1/sessions/{session_id}{suffix}")
+        typer.echo(f"{action} requested for {session_id}")
+
+    command.__doc__ = f"Ask the server to {action} a session."
+    return command
+
+
+sessions_app.command("sleep")(_simple("sleep", "POST", "/sleep"))
+sessions_app.command("wake")(_simple("wake", "POST", "/wake"))
+sessions_app.command("rm")(_simple("delete", "DELETE", ""))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

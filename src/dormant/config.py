@@ -1,0 +1,182 @@
+"""Configuration: ``DORMANT_*`` environment variables over an optional ``dormant.toml``.
+
+With neither, dormant runs on SQLite (``./dormant.db``) with the ``process`` runtime and a default
+template. Every value is validated here, at the boundary, with an error that names the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dormant.engine import Catalog, Template
+from dormant.engine.ports import parse_port_range
+from dormant.errors import InvalidInput
+from dormant.policy import DEFAULT_PRESET, PRESETS, PolicySettings, build_policy
+from dormant.runtimes import Resources
+
+KNOWN_RUNTIMES = ("process", "docker")
+_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)b?$", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+class ResourcesConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpus: float | None = Field(default=None, gt=0, le=64)
+    memory: str | None = None
+    pids_limit: int | None = Field(default=None, ge=1, le=100_000)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = _MEMORY.match(value.strip())
+        if not match:
+            raise ValueError("memory must look like 512m or 2g")
+        size = float(match.group(1)) * _MEMORY_UNITS[match.group(2).lower()]
+        if not 4 * 1024**2 <= size <= 256 * 1024**3:
+            raise ValueError("memory must be between 4m and 256g")
+        return value.strip().lower()
+
+
+class TemplateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    runtime: str = "process"
+    command: list[str] | None = None
+    image: str | None = Field(default=None, max_length=300)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    env: dict[str, str] = Field(default_factory=dict)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    policy: str = "default"
+    start_timeout: float = Field(default=30.0, gt=0, le=600)
+    stop_timeout: float = Field(default=5.0, ge=0, le=300)
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, value: str) -> str:
+        if value not in KNOWN_RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(KNOWN_RUNTIMES)}")
+        return value
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    database_url: str = "sqlite+aiosqlite:///./dormant.db"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    port_range: str = "8000-8100"
+    reconcile_interval: float = Field(default=120.0, gt=0, le=86400)
+    data_dir: str | None = None
+    flush_interval: float = Field(default=1.0, gt=0, le=1.0)
+    runtime_concurrency: int = Field(default=8, ge=1, le=256)
+    rate_limit: float = Field(default=200.0, gt=0)
+    rate_burst: int = Field(default=400, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024**2)
+    instance_id: str | None = None
+    default_template: str = "default"
+    log_level: str = "INFO"
+    log_format: str = "json"
+    policy: str = DEFAULT_PRESET
+    templates: dict[str, TemplateConfig] = Field(default_factory=dict)
+    policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: ``DORMANT_POLICY_<SETTING>`` overrides of the default policy.
+    policy_overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("port_range")
+    @classmethod
+    def _ports(cls, value: str) -> str:
+        parse_port_range(value)
+        return value
+
+    def resolved_data_dir(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir)
+        return self.database_dir() / "dormant-data"
+
+    def database_dir(self) -> Path:
+        prefix = "sqlite+aiosqlite:///"
+        if self.database_url.startswith(prefix):
+            return Path(self.database_url[len(prefix) :]).resolve().parent
+        return Path.cwd()
+
+    def admin_key_file(self) -> Path:
+        return self.database_dir() / "dormant-admin.key"
+
+    def catalog(self) -> Catalog:
+        policies: dict[str, PolicySettings] = dict(PRESETS)
+        for name, raw in self.policies.items():
+            body = dict(raw)
+            base = str(body.pop("preset", DEFAULT_PRESET))
+            policies[name] = build_policy(base, body)
+        policies["default"] = build_policy(self.policy, self.policy_overrides)
+        if self.policy in self.policies:
+            policies["default"] = policies[self.policy].with_overrides(self.policy_overrides)
+        templates = {"default": Template(name="default", policy="default")}
+        for name, cfg in self.templates.items():
+            if cfg.policy not in policies:
+                raise InvalidInput(f"templates.{name}.policy: unknown policy {cfg.policy!r}")
+            templates[name] = Template(
+                name=name,
+                runtime=cfg.runtime,
+                command=cfg.command,
+                image=cfg.image,
+                port=cfg.port,
+                env=cfg.env,
+                resources=Resources(**cfg.resources.model_dump()),
+                policy=cfg.policy,
+                start_timeout=cfg.start_timeout,
+                stop_timeout=cfg.stop_timeout,
+            )
+        if self.default_template not in templates:
+            raise InvalidInput(f"default_template {self.default_template!r} is not defined")
+        return Catalog(
+            templates=templates, policies=policies, default_template=self.default_template
+        )
+
+
+def load_settings(
+    config: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """File (``--config`` or ``DORMANT_CONFIG``) first, environment variables over it."""
+    env = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    path = config or env.get("DORMANT_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise InvalidInput(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidInput(f"config file {path}: {exc}") from None
+    fields = set(Settings.model_fields) - {"templates", "policies", "policy_overrides"}
+    overrides: dict[str, Any] = dict(data.pop("policy_overrides", {}) or {})
+    for key, value in env.items():
+        if not key.startswith("DORMANT_") or key == "DORMANT_CONFIG":
+            continue
+        name = key[len("DORMANT_") :].lower()
+        if name in fields:
+            data[name] = value
+        elif name.startswith("policy_"):
+            overrides[name[len("policy_") :]] = value
+    data["policy_overrides"] = overrides
+    try:
+        settings = Settings(**data)
+        settings.catalog()  # validates templates and policies now, not at first use
+    except ValidationError as exc:
+        raise InvalidInput(_explain(exc)) from None
+    return settings
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid configuration: " + "; ".join(parts)

@@ -1,0 +1,78 @@
+"""Every Prometheus metric dormant exports, in one place, named ``<noun>_<verb>_<unit>``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from dormant.engine import Engine, EngineEvent
+from dormant.reconciler import Reconciler
+
+
+class Metrics:
+    def __init__(self, engine: Engine, reconciler: Reconciler) -> None:
+        self.registry = CollectorRegistry()
+        self.sessions_created_total = Counter(
+            "dormant_sessions_created_total", "Sessions created.", registry=self.registry
+        )
+        self.transitions_applied_total = Counter(
+            "dormant_transitions_applied_total",
+            "Session state transitions, by target state and reason code.",
+            ["to_state", "code"],
+            registry=self.registry,
+        )
+        self.warnings_sent_total = Counter(
+            "dormant_warnings_sent_total", "Sleep warnings sent.", registry=self.registry
+        )
+        self.orphans_removed_total = Counter(
+            "dormant_orphans_removed_total",
+            "Containers removed by the reconciler.",
+            registry=self.registry,
+        )
+        self.deadlines_late_seconds = Histogram(
+            "dormant_deadlines_late_seconds",
+            "How late the scheduler handled a due deadline.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+            registry=self.registry,
+        )
+        self.registry.register(_EngineCollector(engine, reconciler))
+        engine.listeners.append(self.observe)
+
+    def observe(self, event: EngineEvent) -> None:
+        if event.type == "transition" and event.to_state:
+            self.transitions_applied_total.labels(event.to_state, event.code).inc()
+            if event.from_state is None or event.to_state == "creating":
+                self.sessions_created_total.inc()
+        elif event.type == "warning":
+            self.warnings_sent_total.inc()
+        elif event.type == "orphan-removed":
+            self.orphans_removed_total.inc()
+        elif event.type == "due" and event.seconds is not None:
+            self.deadlines_late_seconds.observe(max(0.0, event.seconds))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _EngineCollector(Collector):
+    def __init__(self, engine: Engine, reconciler: Reconciler) -> None:
+        self.engine = engine
+        self.reconciler = reconciler
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily(
+            "dormant_sessions_live_count", "Sessions not deleted.", value=self.engine.live_count()
+        )
+        yield GaugeMetricFamily(
+            "dormant_deadlines_pending_count",
+            "Deadlines waiting in the scheduler.",
+            value=len(self.engine.deadlines),
+        )
+        yield CounterMetricFamily(
+            "dormant_activity_events_applied",
+            "Activity events applied by the engine.",
+            value=self.engine.events_applied,
+        )

@@ -1,0 +1,170 @@
+"""Wiring: settings -> store, runtimes, engine, reconciler, API, metrics; startup and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Response
+
+from dormant.api import create_api
+from dormant.api.auth import create_key
+from dormant.clock import Clock, SystemClock
+from dormant.config import Settings
+from dormant.engine import Engine, EngineSettings, PortAllocator, parse_port_range
+from dormant.metrics import Metrics
+from dormant.reconciler import Reconciler
+from dormant.runtimes import Runtime
+from dormant.runtimes.process import ProcessRuntime
+from dormant.store import SqlStore
+from dormant.store.migrate import upgrade_async
+
+log = logging.getLogger("dormant.server")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: SqlStore
+    engine: Engine
+    reconciler: Reconciler
+    runtimes: dict[str, Runtime]
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for runtime in self.runtimes.values():
+            await runtime.close()
+        await self.store.close()
+
+
+def build_runtimes(settings: Settings) -> dict[str, Runtime]:
+    wanted = {t.runtime for t in settings.catalog().templates.values()}
+    runtimes: dict[str, Runtime] = {}
+    if "process" in wanted:
+        runtimes["process"] = ProcessRuntime(settings.resolved_data_dir() / "processes")
+    # Other backends (docker) plug in through the dormant.runtimes entry points.
+    for name in wanted - {"process"}:
+        from dormant.runtimes import runtime_class
+
+        runtimes[name] = runtime_class(name)()
+    return runtimes
+
+
+def build_services(settings: Settings, clock: Clock | None = None) -> Services:
+    store = SqlStore(settings.database_url)
+    runtimes = build_runtimes(settings)
+    ports = PortAllocator(parse_port_range(settings.port_range), store.used_ports)
+    engine_settings = EngineSettings(
+        flush_interval=settings.flush_interval,
+        runtime_concurrency=settings.runtime_concurrency,
+    )
+    if settings.instance_id:
+        engine_settings = EngineSettings(
+            instance_id=settings.instance_id,
+            flush_interval=settings.flush_interval,
+            runtime_concurrency=settings.runtime_concurrency,
+        )
+    engine = Engine(
+        store, runtimes, settings.catalog(), clock or SystemClock(), ports, engine_settings
+    )
+    return Services(settings, store, engine, Reconciler(engine), runtimes)
+
+
+async def ensure_admin_key(services: Services) -> str | None:
+    """On the first start with no keys: make an admin key, keep it in a 0600 file, return it."""
+    if await services.store.list_keys():
+        return None
+    key = await create_key(
+        services.store, "default", True, "bootstrap admin", services.engine.clock.now()
+    )
+    path = services.settings.admin_key_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    os.chmod(path, 0o600)
+    return key
+
+
+async def startup(services: Services) -> None:
+    await upgrade_async(services.settings.database_url)
+    key = await ensure_admin_key(services)
+    if key is not None:
+        print(
+            f"\nCreated the first admin API key (shown once; also saved to "
+            f"{services.settings.admin_key_file()}):\n\n    {key}\n",
+            flush=True,
+        )
+    engine = services.engine
+    await engine.heartbeat()
+    loaded = await engine.load()
+    steps = await services.reconciler.run()
+    log.info("started: %d live sessions, %d reconcile steps", loaded, len(steps))
+    await engine.start()
+    services.tasks.append(
+        asyncio.create_task(services.reconciler.loop(services.settings.reconcile_interval))
+    )
+
+
+async def shutdown(services: Services) -> None:
+    for task in services.tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await services.engine.stop()
+    await services.close()
+
+
+def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
+    services = build_services(settings, clock)
+    metrics = Metrics(services.engine, services.reconciler)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await startup(services)
+        try:
+            yield
+        finally:
+            await shutdown(services)
+
+    async def ready() -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+        try:
+            await services.store.ping()
+            checks["store"] = "ok"
+        except Exception as exc:
+            checks["store"] = f"unavailable: {type(exc).__name__}"
+        for name, runtime in services.runtimes.items():
+            try:
+                await runtime.ping()
+                checks[f"runtime.{name}"] = "ok"
+            except Exception as exc:
+                checks[f"runtime.{name}"] = f"unavailable: {exc}"
+        return checks
+
+    app = create_api(
+        services.engine,
+        services.reconciler,
+        rate_limit=settings.rate_limit,
+        rate_burst=settings.rate_burst,
+        max_body_bytes=settings.max_body_bytes,
+        ready=ready,
+        lifespan=lifespan,
+    )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.state.services = services
+    return app
+
+
+def data_dir_of(settings: Settings) -> Path:
+    return settings.resolved_data_dir()

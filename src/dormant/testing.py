@@ -1,0 +1,137 @@
+"""Fakes shipped with dormant, for its own tests and for users testing code built on it.
+
+- :class:`FakeClock` travels in time (``advance``) and wakes ``sleep``-ers when it gets there.
+- :class:`FakeRuntime` keeps containers in memory and obeys the Runtime contract; failures are
+  provoked with :meth:`FakeRuntime.fail` (temporary or permanent, a number of times).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+from dormant.errors import DormantError, RuntimeFailure, RuntimeUnavailable
+from dormant.runtimes import ContainerInfo, ContainerSpec, ContainerStatus, Runtime
+
+
+class FakeClock:
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+        self._mono = 0.0
+        self._sleepers: list[tuple[datetime, asyncio.Future[None]]] = []
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self._now + timedelta(seconds=seconds), future))
+        await future
+
+    def advance(self, seconds: float | timedelta) -> datetime:
+        delta = seconds if isinstance(seconds, timedelta) else timedelta(seconds=seconds)
+        if delta < timedelta(0):
+            raise ValueError("time only moves forward")
+        self._now += delta
+        self._mono += delta.total_seconds()
+        waiting = []
+        for at, future in self._sleepers:
+            if at <= self._now:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                waiting.append((at, future))
+        self._sleepers = waiting
+        return self._now
+
+
+@dataclass
+class _Container:
+    spec: ContainerSpec
+    status: ContainerStatus = ContainerStatus.STOPPED
+    starts: int = 0
+
+
+@dataclass
+class _Failure:
+    error: DormantError
+    times: int
+
+
+@dataclass
+class FakeRuntime(Runtime):
+    """An in-memory runtime. ``calls`` records ``(method, name)`` in order."""
+
+    name: ClassVar[str] = "fake"
+    containers: dict[str, _Container] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    _failures: dict[str, deque[_Failure]] = field(default_factory=dict)
+
+    def fail(self, method: str, error: DormantError | None = None, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``method`` raise ``error`` (default: unavailable)."""
+        err = error or RuntimeUnavailable("fake engine unavailable")
+        self._failures.setdefault(method, deque()).append(_Failure(err, times))
+
+    def _check(self, method: str, name: str) -> None:
+        self.calls.append((method, name))
+        queue = self._failures.get(method)
+        if queue:
+            failure = queue[0]
+            failure.times -= 1
+            if failure.times <= 0:
+                queue.popleft()
+            raise failure.error
+
+    async def create(self, spec: ContainerSpec) -> dict[str, Any]:
+        self._check("create", spec.name)
+        existing = self.containers.get(spec.name)
+        if existing is not None and existing.spec.session_id != spec.session_id:
+            raise RuntimeFailure(f"{spec.name} belongs to another session")
+        if existing is None:
+            self.containers[spec.name] = _Container(spec)
+        return {"fake": True}
+
+    async def start(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
+        self._check("start", name)
+        container = self.containers.get(name)
+        if container is None:
+            raise RuntimeFailure(f"{name} does not exist")
+        container.status = ContainerStatus.RUNNING
+        container.starts += 1
+        return {**state, "starts": container.starts}
+
+    async def stop(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
+        self._check("stop", name)
+        container = self.containers.get(name)
+        if container is not None:
+            container.status = ContainerStatus.STOPPED
+        return state
+
+    async def remove(self, name: str, state: dict[str, Any]) -> None:
+        self._check("remove", name)
+        self.containers.pop(name, None)
+
+    async def inspect(self, name: str) -> ContainerInfo | None:
+        container = self.containers.get(name)
+        if container is None:
+            return None
+        return ContainerInfo(name, dict(container.spec.labels), container.status)
+
+    async def list_managed(self) -> list[ContainerInfo]:
+        return [
+            ContainerInfo(name, dict(c.spec.labels), c.status)
+            for name, c in self.containers.items()
+            if c.spec.labels.get("dormant.managed") == "true"
+        ]
+
+    def running(self) -> set[str]:
+        return {n for n, c in self.containers.items() if c.status is ContainerStatus.RUNNING}
