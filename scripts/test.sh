@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"; .ci/run runs exactly this).
+# Installs dormant with its dev tools into .venv, then lints, type-checks, checks layers and
+# runs unit, integration and end-to-end tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+echo "== ruff"
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/ruff format --check src tests benchmarks
+echo "== mypy (strict)"
+.venv/bin/mypy
+echo "== import-linter"
+.venv/bin/lint-imports --no-cache
+echo "== pytest"
+.venv/bin/pytest -q -p no:cacheprovider "$@"
