@@ -36,8 +36,9 @@ def answers(port: int) -> bool:
 
 def spec(name: str, port: int, command: list[str] | None = None) -> ContainerSpec:
     labels = {"dormant.managed": "true", "dormant.session": name.removeprefix("dormant-")}
-    return ContainerSpec(name, name.removeprefix("dormant-"), labels, port, command,
-                         start_timeout=10, stop_timeout=2)
+    return ContainerSpec(
+        name, name.removeprefix("dormant-"), labels, port, command, start_timeout=10, stop_timeout=2
+    )
 
 
 @pytest.fixture
@@ -51,7 +52,9 @@ async def runtime(tmp_path: Path) -> AsyncIterator[ProcessRuntime]:
         assert await rt.list_managed() == []
 
 
-async def test_lifecycle_serves_sleeps_wakes_with_files_and_removes(runtime: ProcessRuntime) -> None:
+async def test_lifecycle_serves_sleeps_wakes_with_files_and_removes(
+    runtime: ProcessRuntime,
+) -> None:
     port = free_port()
     await runtime.create(spec("dormant-s1", port))
     state = await runtime.start("dormant-s1", {})
@@ -89,7 +92,11 @@ async def test_start_is_idempotent(runtime: ProcessRuntime) -> None:
 
 
 async def test_process_exiting_at_start_fails_with_its_output(runtime: ProcessRuntime) -> None:
-    command = [sys.executable, "-c", "import sys; print('config missing: /etc/app.yml'); sys.exit(3)"]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; print('config missing: /etc/app.yml'); sys.exit(3)",
+    ]
     await runtime.create(spec("dormant-bad", free_port(), command))
     with pytest.raises(RuntimeFailure, match=r"code 3.*config missing"):
         await runtime.start("dormant-bad", {})
@@ -115,8 +122,12 @@ async def test_command_not_found_is_a_permanent_failure(runtime: ProcessRuntime)
 async def test_marked_process_without_a_directory_is_found_and_removed(
     runtime: ProcessRuntime,
 ) -> None:
-    env = {**os.environ, "DORMANT_RUNTIME_ROOT": str(runtime.root),
-           "DORMANT_CONTAINER": "dormant-stray", "DORMANT_SESSION": "stray"}
+    env = {
+        **os.environ,
+        "DORMANT_RUNTIME_ROOT": str(runtime.root),
+        "DORMANT_CONTAINER": "dormant-stray",
+        "DORMANT_SESSION": "stray",
+    }
     proc = subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
     try:
         infos = {i.name: i for i in await runtime.list_managed()}

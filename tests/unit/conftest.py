@@ -38,7 +38,10 @@ class Rig:
 
 
 def make_engine(
-    store: SqlStore, runtime: FakeRuntime, clock: FakeClock, instance: str = "test-1",
+    store: SqlStore,
+    runtime: FakeRuntime,
+    clock: FakeClock,
+    instance: str = "test-1",
     ports: range = range(30000, 30050),
 ) -> Engine:
     return Engine(

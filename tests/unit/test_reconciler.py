@@ -16,16 +16,33 @@ T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 def session(sid: str, state: State) -> SessionRecord:
     return SessionRecord(
-        id=sid, tenant="t", user_id="u", template="default", runtime="process",
-        policy_name="balanced", policy={}, state=state, state_since=T0, created_at=T0,
+        id=sid,
+        tenant="t",
+        user_id="u",
+        template="default",
+        runtime="process",
+        policy_name="balanced",
+        policy={},
+        state=state,
+        state_since=T0,
+        created_at=T0,
         container_name=f"dormant-{sid}",
     )
 
 
-def container(sid: str, status: ContainerStatus = ContainerStatus.RUNNING, *,
-              instance: str = "me", created: datetime = T0) -> ContainerInfo:
-    labels = {"dormant.managed": "true", "dormant.session": sid, "dormant.instance": instance,
-              "dormant.created": created.isoformat()}
+def container(
+    sid: str,
+    status: ContainerStatus = ContainerStatus.RUNNING,
+    *,
+    instance: str = "me",
+    created: datetime = T0,
+) -> ContainerInfo:
+    labels = {
+        "dormant.managed": "true",
+        "dormant.session": sid,
+        "dormant.instance": instance,
+        "dormant.created": created.isoformat(),
+    }
     return ContainerInfo(f"dormant-{sid}", labels, status)
 
 
@@ -33,11 +50,20 @@ def kinds(steps: list) -> list[tuple[str, str]]:  # type: ignore[type-arg]
     return sorted((s.kind, s.target) for s in steps)
 
 
-def run_plan(containers: list[ContainerInfo], sessions: list[SessionRecord], *,
-             busy: set[str] | None = None, live: set[str] | None = None) -> list:  # type: ignore[type-arg]
+def run_plan(
+    containers: list[ContainerInfo],
+    sessions: list[SessionRecord],
+    *,
+    busy: set[str] | None = None,
+    live: set[str] | None = None,
+) -> list:  # type: ignore[type-arg]
     return plan(
-        {"process": containers}, {s.id: s for s in sessions}, [],
-        busy=busy or set(), instance_id="me", live_instances=live or {"me"},
+        {"process": containers},
+        {s.id: s for s in sessions},
+        [],
+        busy=busy or set(),
+        instance_id="me",
+        live_instances=live or {"me"},
         sweep_started=T0 + timedelta(minutes=1),
     )
 
@@ -69,8 +95,10 @@ def test_container_created_after_the_sweep_began_is_left_alone() -> None:
 
 
 def test_running_session_without_container_is_marked_vanished() -> None:
-    steps = run_plan([container("b", ContainerStatus.STOPPED)],
-                     [session("a", State.RUNNING), session("b", State.RUNNING)])
+    steps = run_plan(
+        [container("b", ContainerStatus.STOPPED)],
+        [session("a", State.RUNNING), session("b", State.RUNNING)],
+    )
     assert kinds(steps) == [("mark-vanished", "a"), ("mark-vanished", "b")]
 
 
@@ -80,17 +108,19 @@ def test_sleeping_session_with_a_running_container_is_stopped() -> None:
 
 
 def test_interrupted_transitions_are_resumed_unless_in_flight_here() -> None:
-    sessions = [session(s.value, s) for s in
-                (State.CREATING, State.STARTING, State.STOPPING, State.DELETING)]
+    sessions = [
+        session(s.value, s)
+        for s in (State.CREATING, State.STARTING, State.STOPPING, State.DELETING)
+    ]
     steps = run_plan([], sessions, busy={"stopping"})
-    assert kinds(steps) == [("resume", "creating"), ("resume", "deleting"),
-                            ("resume", "starting")]
+    assert kinds(steps) == [("resume", "creating"), ("resume", "deleting"), ("resume", "starting")]
 
 
 async def test_reconcile_removes_orphans_and_resumes_interrupted_sessions(rig: Rig) -> None:
     # A container with dormant's labels but no session, as after a crash before the row landed.
-    ghost = ContainerSpec("dormant-ghost", "ghost", {"dormant.managed": "true",
-                                                     "dormant.session": "ghost"}, None)
+    ghost = ContainerSpec(
+        "dormant-ghost", "ghost", {"dormant.managed": "true", "dormant.session": "ghost"}, None
+    )
     await rig.runtime.create(ghost)
     await rig.runtime.start("dormant-ghost", {})
     # A session whose create was interrupted: row written, runtime never called.
@@ -114,8 +144,9 @@ async def test_reconcile_removes_orphans_and_resumes_interrupted_sessions(rig: R
 
 
 async def test_dry_run_changes_nothing(rig: Rig) -> None:
-    ghost = ContainerSpec("dormant-ghost", "ghost", {"dormant.managed": "true",
-                                                     "dormant.session": "ghost"}, None)
+    ghost = ContainerSpec(
+        "dormant-ghost", "ghost", {"dormant.managed": "true", "dormant.session": "ghost"}, None
+    )
     await rig.runtime.create(ghost)
     steps = await Reconciler(rig.engine).run(dry_run=True)
     assert kinds(steps) == [("remove-orphan", "dormant-ghost")]
