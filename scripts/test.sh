@@ -18,5 +18,7 @@ echo "== mypy (strict)"
 .venv/bin/mypy
 echo "== import-linter"
 .venv/bin/lint-imports --no-cache
+echo "== services"
+bash scripts/postgres-up.sh
 echo "== pytest"
 .venv/bin/pytest -q -p no:cacheprovider "$@"

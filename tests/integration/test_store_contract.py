@@ -1,0 +1,160 @@
+"""The Store contract on both databases dormant supports: SQLite (default) and real PostgreSQL."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from dormant.errors import Conflict
+from dormant.policy import ActivityTimes, State
+from dormant.store import NewEvent, SessionRecord, SqlStore
+from dormant.store.migrate import upgrade_async
+from dormant.store.records import ApiKeyRecord, InstanceRecord
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+        await upgrade_async(url)
+        s = SqlStore(url)
+        try:
+            yield s
+        finally:
+            await s.close()
+        return
+    name = f"dormant_test_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    try:
+        await upgrade_async(url)
+        s = SqlStore(url)
+        try:
+            yield s
+        finally:
+            await s.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def record(sid: str, port: int | None = None, user: str = "u1") -> SessionRecord:
+    return SessionRecord(
+        id=sid,
+        tenant="t1",
+        user_id=user,
+        template="default",
+        runtime="process",
+        policy_name="balanced",
+        policy={"sleep_after": 900.0},
+        state=State.CREATING,
+        state_since=T0,
+        created_at=T0,
+        container_name=f"dormant-{sid}",
+        labels={"dormant.managed": "true"},
+        port=port,
+        next_action_at=T0 + timedelta(minutes=15),
+    )
+
+
+async def test_insert_get_roundtrip_keeps_aware_utc_and_json(store: SqlStore) -> None:
+    op = await store.insert_session(
+        record("a1", 8000), NewEvent("transition", "created"), ("create", "i1")
+    )
+    assert op is not None
+    got = await store.get_session("a1")
+    assert got is not None
+    assert got.created_at == T0 and got.created_at.tzinfo is not None
+    assert got.policy == {"sleep_after": 900.0}
+    assert got.labels == {"dormant.managed": "true"}
+    assert [o.kind for o in await store.pending_operations()] == ["create"]
+    await store.finish_operation(op, "done", 1, None, T0)
+    assert await store.pending_operations() == []
+
+
+async def test_update_is_optimistic(store: SqlStore) -> None:
+    await store.insert_session(record("a1"), NewEvent("transition", "created"), None)
+    got = await store.get_session("a1")
+    assert got is not None
+    saved = await store.update_session(
+        got.replace(state=State.RUNNING),
+        got.version,
+        [NewEvent("transition", "up", "create", "creating", "running")],
+        T0,
+    )
+    assert saved.version == got.version + 1
+    with pytest.raises(Conflict):
+        await store.update_session(got.replace(state=State.SLEEPING), got.version)
+    fresh = await store.get_session("a1")
+    assert fresh is not None and fresh.state is State.RUNNING
+    assert [e.reason for e in await store.list_events("a1")] == ["created", "up"]
+
+
+async def test_ports_are_unique_among_sessions(store: SqlStore) -> None:
+    await store.insert_session(record("a1", 8000), NewEvent("transition", "c"), None)
+    with pytest.raises(Conflict):
+        await store.insert_session(record("a2", 8000), NewEvent("transition", "c"), None)
+    assert await store.get_session("a2") is None
+    assert await store.used_ports() == {8000}
+
+
+async def test_flush_activity_takes_the_max_and_never_goes_back(store: SqlStore) -> None:
+    await store.insert_session(record("a1"), NewEvent("transition", "c"), None)
+    late, early = T0 + timedelta(minutes=5), T0 + timedelta(minutes=1)
+    await store.flush_activity({"a1": ActivityTimes(late, "build", "api", late)})
+    await store.flush_activity({"a1": ActivityTimes(early, "chat", "api", early)})
+    await store.flush_activity({"a1": ActivityTimes(None, None, None, late + timedelta(1))})
+    got = await store.get_session("a1")
+    assert got is not None
+    assert (got.last_activity_at, got.last_activity_kind) == (late, "build")
+    assert got.last_seen_at == late + timedelta(1)
+
+
+async def test_list_pages_by_id_and_filters(store: SqlStore) -> None:
+    for i in range(5):
+        await store.insert_session(
+            record(f"a{i}", user="u1" if i < 3 else "u2"), NewEvent("transition", "c"), None
+        )
+    first = await store.list_sessions(limit=2)
+    second = await store.list_sessions(limit=2, after_id=first[-1].id)
+    assert [r.id for r in first + second] == ["a0", "a1", "a2", "a3"]
+    assert len(await store.list_sessions(user_id="u2")) == 2
+    assert await store.list_sessions(tenant="nobody") == []
+    assert await store.count_by_state("t1") == {"creating": 5}
+    assert len(await store.live_schedule()) == 5
+
+
+async def test_keys_and_instances(store: SqlStore) -> None:
+    await store.insert_key(ApiKeyRecord("k1", "h" * 64, "t1", False, "ci", T0, None))
+    assert (await store.get_key("k1")) is not None
+    assert await store.revoke_key("k1", T0) is True
+    assert await store.revoke_key("k1", T0) is False
+    key = await store.get_key("k1")
+    assert key is not None and key.revoked_at == T0
+    await store.heartbeat_instance(InstanceRecord("i1", "h", 1, T0, T0))
+    await store.heartbeat_instance(InstanceRecord("i1", "h", 1, T0, T0 + timedelta(seconds=10)))
+    assert [i.id for i in await store.live_instances(T0 + timedelta(seconds=5))] == ["i1"]
+    await store.remove_instance("i1")
+    assert await store.live_instances(T0) == []
+
+
+async def test_event_counts_group_transitions_by_action_and_reason(store: SqlStore) -> None:
+    await store.insert_session(
+        record("a1"), NewEvent("transition", "c", "create", None, "creating", "create"), None
+    )
+    await store.add_events(
+        "a1", [NewEvent("transition", "idle", "inactivity", "running", "stopping", "sleep")], T0
+    )
+    counts = await store.event_counts("t1")
+    assert counts == {"create": {"create": 1}, "sleep": {"inactivity": 1}}
