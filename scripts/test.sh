@@ -20,5 +20,12 @@ echo "== import-linter"
 .venv/bin/lint-imports --no-cache
 echo "== services"
 bash scripts/postgres-up.sh
+echo "== podman (the docker runtime's tests need it; they fail, never skip, without it)"
+if podman_env=$(bash scripts/podman-up.sh); then
+  eval "$podman_env"
+  export DORMANT_DOCKER_HOST
+else
+  echo "scripts/podman-up.sh failed: the docker runtime's tests will fail" >&2
+fi
 echo "== pytest"
 .venv/bin/pytest -q -p no:cacheprovider "$@"

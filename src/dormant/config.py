@@ -13,13 +13,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dormant.engine import Catalog, Template
 from dormant.engine.ports import parse_port_range
 from dormant.errors import InvalidInput
 from dormant.policy import DEFAULT_PRESET, PRESETS, PolicySettings, build_policy
-from dormant.runtimes import Resources
+from dormant.runtimes import ContainerSpec, Resources
 
 KNOWN_RUNTIMES = ("process", "docker")
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)b?$", re.IGNORECASE)
@@ -41,8 +48,8 @@ class ResourcesConfig(BaseModel):
         if not match:
             raise ValueError("memory must look like 512m or 2g")
         size = float(match.group(1)) * _MEMORY_UNITS[match.group(2).lower()]
-        if not 4 * 1024**2 <= size <= 256 * 1024**3:
-            raise ValueError("memory must be between 4m and 256g")
+        if not 6 * 1024**2 <= size <= 256 * 1024**3:  # Docker refuses less than 6 MiB
+            raise ValueError("memory must be between 6m and 256g")
         return value.strip().lower()
 
 
@@ -57,6 +64,13 @@ class TemplateConfig(BaseModel):
     policy: str = "default"
     start_timeout: float = Field(default=30.0, gt=0, le=600)
     stop_timeout: float = Field(default=5.0, ge=0, le=300)
+    # Isolation (docker runtime): read-only root with tmpfs mounts ({"/tmp": "size=64m"}),
+    # capabilities to drop (["ALL"]), no-new-privileges, and the network mode.
+    read_only: bool = False
+    tmpfs: dict[str, str] = Field(default_factory=dict, max_length=32)
+    cap_drop: list[str] = Field(default_factory=list, max_length=64)
+    no_new_privileges: bool = False
+    network_mode: str | None = Field(default=None, max_length=128)
 
     @field_validator("runtime")
     @classmethod
@@ -64,6 +78,39 @@ class TemplateConfig(BaseModel):
         if value not in KNOWN_RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(KNOWN_RUNTIMES)}")
         return value
+
+    @model_validator(mode="after")
+    def _docker(self) -> TemplateConfig:
+        if self.runtime == "docker":
+            from dormant.runtimes.docker import validate_spec
+
+            if not self.image:
+                raise ValueError("the docker runtime needs an image")
+            if self.port is None:
+                raise ValueError("the docker runtime needs port (the port inside the container)")
+            probe = ContainerSpec(
+                name="dormant-template-check",
+                session_id="check",
+                labels={},
+                port=1024,
+                command=self.command,
+                image=self.image,
+                env=self.env,
+                container_port=self.port,
+                resources=Resources(**self.resources.model_dump()),
+                start_timeout=self.start_timeout,
+                stop_timeout=self.stop_timeout,
+                read_only=self.read_only,
+                tmpfs=self.tmpfs,
+                cap_drop=tuple(self.cap_drop),
+                no_new_privileges=self.no_new_privileges,
+                network_mode=self.network_mode,
+            )
+            try:
+                validate_spec(probe)
+            except InvalidInput as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
 
 class Settings(BaseModel):
@@ -76,6 +123,11 @@ class Settings(BaseModel):
     data_dir: str | None = None
     flush_interval: float = Field(default=1.0, gt=0, le=1.0)
     runtime_concurrency: int = Field(default=8, ge=1, le=256)
+    #: The Docker Engine API of the docker runtime (``DORMANT_DOCKER_HOST``); default
+    #: ``DOCKER_HOST`` or ``unix:///var/run/docker.sock``.
+    docker_host: str | None = Field(default=None, max_length=500)
+    #: How long operations wait for an unreachable runtime before failing (seconds).
+    runtime_outage_patience: float = Field(default=300.0, ge=0, le=86400)
     rate_limit: float = Field(default=200.0, gt=0)
     rate_burst: int = Field(default=400, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024**2)
@@ -133,6 +185,11 @@ class Settings(BaseModel):
                 policy=cfg.policy,
                 start_timeout=cfg.start_timeout,
                 stop_timeout=cfg.stop_timeout,
+                read_only=cfg.read_only,
+                tmpfs=dict(cfg.tmpfs),
+                cap_drop=tuple(cfg.cap_drop),
+                no_new_privileges=cfg.no_new_privileges,
+                network_mode=cfg.network_mode,
             )
         if self.default_template not in templates:
             raise InvalidInput(f"default_template {self.default_template!r} is not defined")

@@ -48,8 +48,12 @@ def build_runtimes(settings: Settings) -> dict[str, Runtime]:
     runtimes: dict[str, Runtime] = {}
     if "process" in wanted:
         runtimes["process"] = ProcessRuntime(settings.resolved_data_dir() / "processes")
-    # Other backends (docker) plug in through the dormant.runtimes entry points.
-    for name in wanted - {"process"}:
+    if "docker" in wanted:
+        from dormant.runtimes.docker import DockerRuntime
+
+        runtimes["docker"] = DockerRuntime(settings.docker_host)
+    # Other backends plug in through the dormant.runtimes entry points.
+    for name in wanted - {"process", "docker"}:
         from dormant.runtimes import runtime_class
 
         runtimes[name] = runtime_class(name)()
@@ -63,12 +67,14 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     engine_settings = EngineSettings(
         flush_interval=settings.flush_interval,
         runtime_concurrency=settings.runtime_concurrency,
+        outage_patience=settings.runtime_outage_patience,
     )
     if settings.instance_id:
         engine_settings = EngineSettings(
             instance_id=settings.instance_id,
             flush_interval=settings.flush_interval,
             runtime_concurrency=settings.runtime_concurrency,
+            outage_patience=settings.runtime_outage_patience,
         )
     engine = Engine(
         store, runtimes, settings.catalog(), clock or SystemClock(), ports, engine_settings

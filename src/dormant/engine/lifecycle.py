@@ -16,7 +16,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from dormant.clock import Clock
 from dormant.engine.deadlines import Deadlines
@@ -31,6 +31,7 @@ from dormant.errors import (
     InvalidInput,
     NotFound,
     PermanentError,
+    RuntimeUnavailable,
     TemporaryError,
 )
 from dormant.policy import (
@@ -46,11 +47,12 @@ from dormant.policy import (
     decide,
     level,
 )
-from dormant.runtimes import ContainerInfo, ContainerSpec, Runtime
+from dormant.runtimes import ContainerInfo, ContainerSpec, ContainerStatus, Runtime
 from dormant.store.base import Store
 from dormant.store.records import InstanceRecord, NewEvent, SessionRecord
 
 log = logging.getLogger("dormant.engine")
+T = TypeVar("T")
 
 #: Activity stamped this far in the future is a client clock error, not a plan.
 MAX_CLOCK_SKEW = timedelta(seconds=60)
@@ -63,6 +65,9 @@ class EngineSettings:
     runtime_concurrency: int = 8
     backoff: Backoff = field(default_factory=Backoff)
     instance_heartbeat: float = 10.0
+    #: After the retry budget is spent on an unreachable runtime (RuntimeUnavailable), keep
+    #: waiting this long (probing at the backoff cap) before failing the operation.
+    outage_patience: float = 0.0
 
 
 class Engine:
@@ -230,6 +235,10 @@ class Engine:
                 port=port,
             )
             record = self._with_decision(record, now)
+            try:  # refuse what cannot work (bad values, unknown image) before anything is made
+                await runtime.check(self._spec(record))
+            except TemporaryError as exc:  # cannot tell now; the create operation will retry
+                log.warning("could not check session %s before creating it: %s", sid, exc)
             event = NewEvent(
                 "transition", "created", "create", None, State.CREATING.value, "create"
             )
@@ -525,7 +534,7 @@ class Engine:
             attempts = 0
             try:
                 async with self._slots:
-                    state, n = await call_with_retry(
+                    state, n = await self._retry(
                         lambda: runtime.create(spec), self.settings.backoff
                     )
                     attempts += n
@@ -538,7 +547,7 @@ class Engine:
                             runtime_state={**record.runtime_state, **state},
                         )
                     ready = record
-                    started, n = await call_with_retry(
+                    started, n = await self._retry(
                         lambda: runtime.start(
                             ready.container_name, {**ready.runtime_state, **state}
                         ),
@@ -597,7 +606,7 @@ class Engine:
             runtime = self.runtime_of(record)
             try:
                 async with self._slots:
-                    state, attempts = await call_with_retry(
+                    state, attempts = await self._retry(
                         lambda: runtime.stop(record.container_name, dict(record.runtime_state)),
                         self.settings.backoff,
                     )
@@ -643,7 +652,7 @@ class Engine:
             runtime = self.runtime_of(record)
             try:
                 async with self._slots:
-                    _, attempts = await call_with_retry(
+                    _, attempts = await self._retry(
                         lambda: runtime.remove(record.container_name, dict(record.runtime_state)),
                         self.settings.backoff,
                     )
@@ -683,7 +692,7 @@ class Engine:
         """Remove a container no live session owns (reconciler)."""
         runtime = self.runtimes[runtime_name]
         async with self._slots:
-            await call_with_retry(lambda: runtime.remove(info.name, {}), self.settings.backoff)
+            await self._retry(lambda: runtime.remove(info.name, {}), self.settings.backoff)
         self._emit(
             EngineEvent("orphan-removed", info.session_id or info.name, None, "orphan", reason)
         )
@@ -719,6 +728,10 @@ class Engine:
             record = await self.store.get_session(sid)
             if record is None or record.state is not State.RUNNING:
                 return
+            # The plan was made from a listing that may predate a start: look again.
+            info = await self.runtime_of(record).inspect(record.container_name)
+            if info is not None and info.status is ContainerStatus.RUNNING:
+                return
             await self._transition(
                 record,
                 State.SLEEPING,
@@ -736,12 +749,29 @@ class Engine:
             if record is None or record.state is not State.SLEEPING:
                 return
             runtime = self.runtime_of(record)
-            await call_with_retry(
+            await self._retry(
                 lambda: runtime.stop(record.container_name, dict(record.runtime_state)),
                 self.settings.backoff,
             )
 
     # plumbing -----------------------------------------------------------------------------
+
+    async def _retry(self, fn: Callable[[], Awaitable[T]], backoff: Backoff) -> tuple[T, int]:
+        """``call_with_retry``; while the runtime is unreachable, wait for it (up to
+        ``outage_patience``) rather than fail: an engine outage delays operations."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.outage_patience
+        spent = 0
+        while True:
+            try:
+                result, attempts = await call_with_retry(fn, backoff)
+                return result, spent + attempts
+            except RuntimeUnavailable as exc:
+                spent += backoff.attempts
+                if loop.time() + backoff.cap > deadline:
+                    raise
+                log.warning("runtime unreachable, operation waits: %s", exc)
+                await asyncio.sleep(backoff.cap)
 
     def _spec(self, record: SessionRecord) -> ContainerSpec:
         tpl = self.catalog.templates.get(record.template) or Template(name=record.template)
@@ -757,6 +787,11 @@ class Engine:
             resources=tpl.resources,
             start_timeout=tpl.start_timeout,
             stop_timeout=tpl.stop_timeout,
+            read_only=tpl.read_only,
+            tmpfs=dict(tpl.tmpfs),
+            cap_drop=tuple(tpl.cap_drop),
+            no_new_privileges=tpl.no_new_privileges,
+            network_mode=tpl.network_mode,
         )
 
     async def _intent(self, record: SessionRecord, kind: str) -> int:

@@ -21,6 +21,12 @@ class Template:
     policy: str = DEFAULT_PRESET
     start_timeout: float = 30.0
     stop_timeout: float = 5.0
+    # Isolation of container runtimes (see ContainerSpec).
+    read_only: bool = False
+    tmpfs: dict[str, str] = field(default_factory=dict)
+    cap_drop: tuple[str, ...] = ()
+    no_new_privileges: bool = False
+    network_mode: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

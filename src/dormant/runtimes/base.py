@@ -22,11 +22,15 @@ Contract (every backend, every method):
   to every later call (``load_state``), also after dormant itself restarted.
 - ``list_managed`` returns every container this backend runs for dormant, whether or not dormant
   still remembers it: it is how orphans are found.
+- ``check`` refuses a spec that cannot work (``InvalidInput``) before any session is made;
+  ``watch`` streams change events, used only to wake the reconciler early.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -63,6 +67,12 @@ class ContainerSpec:
     resources: Resources = field(default_factory=Resources)
     start_timeout: float = 30.0
     stop_timeout: float = 5.0
+    # Isolation (container backends; the process runtime ignores them).
+    read_only: bool = False
+    tmpfs: dict[str, str] = field(default_factory=dict)
+    cap_drop: tuple[str, ...] = ()
+    no_new_privileges: bool = False
+    network_mode: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +119,17 @@ class Runtime(abc.ABC):
 
     async def ping(self) -> None:
         """Raise :class:`dormant.errors.RuntimeUnavailable` if the backend cannot be reached."""
+
+    async def check(self, spec: ContainerSpec) -> None:
+        """Raise :class:`dormant.errors.InvalidInput` if ``spec`` cannot work on this backend
+        (an invalid value, an unknown image), before anything is made. Default: accepts all."""
+
+    async def watch(self, notify: Callable[[str], None]) -> None:
+        """Follow the backend's change events for managed containers, calling ``notify`` with a
+        short description of each, until cancelled; raise :class:`RuntimeUnavailable` when the
+        stream breaks. Events only wake the reconciler early (it stays level-triggered).
+        Default: the backend has no events; wait forever."""
+        await asyncio.Event().wait()
 
     async def close(self) -> None:
         """Release connections; containers keep running."""

@@ -1,0 +1,598 @@
+"""The ``docker`` runtime: each session is a container on a Docker Engine API (Docker or Podman).
+
+Sleep stops the container (its filesystem stays), wake starts it again, delete removes it with
+its anonymous volumes. The host port dormant allocated is published on 127.0.0.1 only.
+
+Why aiodocker (and not the ``docker`` SDK in a thread): dormant is asyncio throughout; aiodocker
+speaks the Engine API natively on the event loop, so a hundred concurrent operations cost no
+threads, cancellation and timeouts work, and the label-filtered event stream is an ordinary async
+read. The SDK would need a thread per blocking call (and one parked per event stream).
+
+Errors are translated here, at the boundary: connection failures and timeouts become
+:class:`RuntimeUnavailable`; engine answers that a retry can fix (a removal in progress, 502-504)
+become :class:`TemporaryError`; the rest :class:`RuntimeFailure`. A name conflict is recognised by
+its message, because engines disagree on the status (Docker answers 409, Podman 500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar
+
+import aiodocker
+import aiohttp
+from aiodocker.exceptions import DockerError
+
+from dormant.errors import (
+    DormantError,
+    InvalidInput,
+    RuntimeFailure,
+    RuntimeUnavailable,
+    TemporaryError,
+)
+from dormant.runtimes.base import (
+    MANAGED_LABEL,
+    SESSION_LABEL,
+    ContainerInfo,
+    ContainerSpec,
+    ContainerStatus,
+    Runtime,
+)
+
+log = logging.getLogger("dormant.runtimes.docker")
+
+T = TypeVar("T")
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+#: Lines of a container's output quoted in the error of a failed start.
+LOG_TAIL_LINES = 30
+_LOG_TAIL_CHARS = 2000
+
+# Limits checked before the engine is asked (it accepts e.g. a negative memory limit).
+MIN_MEMORY = 6 * 1024**2  # Docker refuses less than 6 MiB
+MAX_MEMORY = 256 * 1024**3
+MAX_CPUS = 256.0
+MAX_PIDS = 1_000_000
+MAX_TIMEOUT = 3600.0
+_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_CAPABILITY = re.compile(r"^(ALL|(CAP_)?[A-Z][A-Z0-9_]{1,40})$")
+_NETWORK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_TMPFS_OPTIONS = re.compile(r"^[A-Za-z0-9=,._-]{0,200}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
+
+# Engine messages (lower-cased) by meaning. Docker and Podman word these differently.
+_CONFLICT_MARKS = ("already in use", "is already in use by", "name is already in use")
+_TEMPORARY_MARKS = (
+    "removal of container",
+    "already in progress",
+    "is being removed",
+    "try again",
+    "temporarily",
+    "timed out",
+    "timeout",
+    "connection reset",
+    "resource temporarily unavailable",
+)
+_IMAGE_MISSING_MARKS = ("no such image", "image not known", "failed to find image")
+
+
+class ContainerMissing(RuntimeFailure):
+    """The engine knows no container of that name (404)."""
+
+
+class NameConflict(RuntimeFailure):
+    """A container of that name exists already (Docker 409, Podman 500)."""
+
+
+class ImageMissing(InvalidInput):
+    """The template's image is not present on the engine (and dormant never pulls)."""
+
+
+def parse_memory(value: str | int) -> int:
+    """``"512m"``, ``"2g"``, ``"1.5GiB"`` or a number of bytes -> bytes, within Docker's bounds."""
+    if isinstance(value, bool):
+        raise InvalidInput(f"memory must be a size like 512m, not {value!r}")
+    if isinstance(value, int):
+        size = float(value)
+    else:
+        match = _MEMORY.match(str(value).strip())
+        if not match:
+            raise InvalidInput(f"memory must look like 512m or 2g, got {value!r}")
+        size = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not MIN_MEMORY <= size <= MAX_MEMORY:
+        raise InvalidInput(f"memory must be between 6m and 256g, got {value!r}")
+    return int(size)
+
+
+def validate_spec(spec: ContainerSpec) -> None:
+    """Refuse, with a message that names the setting, anything the engine should not be given."""
+    if not _NAME.match(spec.name):
+        raise InvalidInput(f"invalid container name {spec.name!r}")
+    if not spec.image or len(spec.image) > 300 or any(c.isspace() for c in spec.image):
+        raise InvalidInput(f"the docker runtime needs an image; got {spec.image!r}")
+    if spec.port is None:
+        raise InvalidInput("the docker runtime needs a host port for every session")
+    if not 1024 <= spec.port <= 65535:
+        raise InvalidInput(f"host port {spec.port} is outside 1024-65535")
+    if spec.container_port is None:
+        raise InvalidInput("the docker runtime needs the template's port (inside the container)")
+    if not 1 <= spec.container_port <= 65535:
+        raise InvalidInput(f"container port {spec.container_port} is outside 1-65535")
+    res = spec.resources
+    if res.cpus is not None and (not math.isfinite(res.cpus) or not 0.01 <= res.cpus <= MAX_CPUS):
+        raise InvalidInput(f"cpus must be between 0.01 and {MAX_CPUS:g}, got {res.cpus!r}")
+    if res.memory is not None:
+        parse_memory(res.memory)
+    if res.pids_limit is not None and not 1 <= res.pids_limit <= MAX_PIDS:
+        raise InvalidInput(f"pids_limit must be between 1 and {MAX_PIDS}, got {res.pids_limit}")
+    for what, value in (("start_timeout", spec.start_timeout), ("stop_timeout", spec.stop_timeout)):
+        if not math.isfinite(value) or not 0 <= value <= MAX_TIMEOUT:
+            raise InvalidInput(f"{what} must be between 0 and {MAX_TIMEOUT:g}s, got {value!r}")
+    for path, options in spec.tmpfs.items():
+        if not path.startswith("/") or ".." in path.split("/") or path == "/":
+            raise InvalidInput(f"tmpfs path must be an absolute path below /, got {path!r}")
+        if not _TMPFS_OPTIONS.match(options):
+            raise InvalidInput(f"tmpfs options for {path} look wrong: {options!r}")
+    for cap in spec.cap_drop:
+        if not _CAPABILITY.match(cap):
+            raise InvalidInput(f"cap_drop: {cap!r} is not a capability name (e.g. ALL, NET_RAW)")
+    if spec.network_mode is not None and (
+        not _NETWORK.match(spec.network_mode) or spec.network_mode.startswith("container")
+    ):
+        raise InvalidInput(f"network_mode {spec.network_mode!r} is not a network name")
+    for key in spec.env:
+        if not _ENV_NAME.match(key):
+            raise InvalidInput(f"environment variable name {key!r} is not valid")
+
+
+def container_config(spec: ContainerSpec) -> dict[str, Any]:
+    """The Engine API body of ``POST /containers/create`` for ``spec`` (validated first)."""
+    validate_spec(spec)
+    assert spec.container_port is not None and spec.port is not None
+    inner = f"{spec.container_port}/tcp"
+    values = {"port": str(spec.container_port), "session": spec.session_id, "workdir": "/"}
+    env = {
+        **spec.env,
+        "PORT": str(spec.container_port),
+        "DORMANT_SESSION": spec.session_id,
+        "DORMANT_CONTAINER": spec.name,
+    }
+    host: dict[str, Any] = {
+        "RestartPolicy": {"Name": "no"},
+        "ReadonlyRootfs": spec.read_only,
+    }
+    if spec.network_mode not in ("none", "host"):  # nothing to publish there
+        host["PortBindings"] = {inner: [{"HostIp": "127.0.0.1", "HostPort": str(spec.port)}]}
+    res = spec.resources
+    if res.cpus is not None:
+        host["NanoCpus"] = int(res.cpus * 1e9)
+    if res.memory is not None:
+        host["Memory"] = parse_memory(res.memory)
+        host["MemorySwap"] = host["Memory"]  # no swap beyond the limit
+    if res.pids_limit is not None:
+        host["PidsLimit"] = res.pids_limit
+    if spec.tmpfs:
+        host["Tmpfs"] = dict(spec.tmpfs)
+    if spec.cap_drop:
+        host["CapDrop"] = list(spec.cap_drop)
+    if spec.no_new_privileges:
+        host["SecurityOpt"] = ["no-new-privileges"]
+    if spec.network_mode is not None:
+        host["NetworkMode"] = spec.network_mode
+    config: dict[str, Any] = {
+        "Image": spec.image,
+        "Env": [f"{k}={v}" for k, v in env.items()],
+        "Labels": dict(spec.labels),
+        "ExposedPorts": {inner: {}},
+        "StopTimeout": math.ceil(spec.stop_timeout),
+        "HostConfig": host,
+    }
+    if spec.command:
+        config["Cmd"] = [part.format(**values) for part in spec.command]
+    return config
+
+
+def _message(exc: DockerError) -> str:
+    text = exc.message if isinstance(exc.message, str) else json.dumps(exc.message)
+    return text.strip()
+
+
+def translate(exc: DockerError, what: str) -> DormantError:
+    """An aiodocker error as the dormant error it means (the caller raises it ``from exc``)."""
+    message = _message(exc)
+    low = message.lower()
+    detail = f"{what}: {message} (HTTP {exc.status})"
+    if exc.status == 900:  # aiodocker: could not connect
+        return RuntimeUnavailable(f"{what}: container engine unreachable: {message}")
+    if any(mark in low for mark in _CONFLICT_MARKS):
+        return NameConflict(detail)
+    if exc.status == 404:
+        if any(mark in low for mark in _IMAGE_MISSING_MARKS):
+            return ImageMissing(f"{what}: image not found on the engine ({message})")
+        return ContainerMissing(detail)
+    if exc.status in (502, 503, 504) or any(mark in low for mark in _TEMPORARY_MARKS):
+        return TemporaryError(detail)
+    return RuntimeFailure(detail)
+
+
+def _status(state: dict[str, Any] | str | None) -> ContainerStatus:
+    value = state.get("Status") if isinstance(state, dict) else state
+    return ContainerStatus.RUNNING if value == "running" else ContainerStatus.STOPPED
+
+
+def _parse_time(value: object) -> datetime | None:
+    if isinstance(value, int | float) and value > 0:
+        return datetime.fromtimestamp(value, tz=UTC)
+    if isinstance(value, str) and value and not value.startswith("0001-"):
+        with contextlib.suppress(ValueError):
+            # Engines give nanoseconds; Python takes microseconds.
+            trimmed = re.sub(r"(\.\d{6})\d+", r"\1", value.replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(trimmed)
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+class DockerRuntime(Runtime):
+    """Containers on a Docker Engine API at ``host`` (``unix://``, ``tcp://`` or ``http://``).
+
+    ``host`` defaults to ``DORMANT_DOCKER_HOST``, then ``DOCKER_HOST``, then the usual socket.
+    """
+
+    name: ClassVar[str] = "docker"
+
+    def __init__(
+        self,
+        host: str | None = None,
+        *,
+        api_timeout: float = 30.0,
+        ping_timeout: float = 2.0,
+        probe_host: str = "127.0.0.1",
+        image_cache_seconds: float = 30.0,
+    ) -> None:
+        self.host = (
+            host
+            or os.environ.get("DORMANT_DOCKER_HOST")
+            or os.environ.get("DOCKER_HOST")
+            or DEFAULT_HOST
+        )
+        self.api_timeout = api_timeout
+        self.ping_timeout = ping_timeout
+        self.probe_host = probe_host
+        self.image_cache_seconds = image_cache_seconds
+        self._docker: aiodocker.Docker | None = None
+        self._images: dict[str, float] = {}
+
+    # plumbing ---------------------------------------------------------------------------------
+
+    def _client(self) -> aiodocker.Docker:
+        if self._docker is None:
+            try:
+                # A fixed API version: no extra /version round trip, and Podman and Docker both
+                # serve 1.41.
+                self._docker = aiodocker.Docker(url=self.host, api_version="v1.41")
+            except ValueError as exc:
+                raise InvalidInput(f"DORMANT_DOCKER_HOST {self.host!r}: {exc}") from exc
+        return self._docker
+
+    async def _call(
+        self,
+        what: str,
+        fn: Callable[[aiodocker.Docker], Awaitable[T]],
+        timeout: float | None = None,
+    ) -> T:
+        """Run one Engine API call with a deadline; every failure leaves as a DormantError."""
+        docker = self._client()
+        limit = self.api_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                return await fn(docker)
+        except DockerError as exc:
+            raise translate(exc, what) from exc
+        except TimeoutError as exc:
+            raise RuntimeUnavailable(
+                f"{what}: the container engine did not answer within {limit:g}s"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RuntimeUnavailable(f"{what}: container engine unreachable: {exc}") from exc
+        except (ValueError, KeyError, TypeError) as exc:  # a malformed answer
+            raise RuntimeFailure(f"{what}: unexpected answer from the engine: {exc!r}") from exc
+
+    async def _inspect_raw(self, name: str) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = await self._call(
+                f"inspect {name}", lambda d: d.containers.container(name).show()
+            )
+        except ContainerMissing:
+            return None
+        return data
+
+    # contract -------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        async def _ping(d: aiodocker.Docker) -> None:
+            async with d._query("_ping", versioned_api=False) as response:
+                try:
+                    await response.read()
+                finally:
+                    response.close()  # aiodocker's _query leaves the response to its caller
+
+        try:
+            await self._call("ping", _ping, timeout=self.ping_timeout)
+        except RuntimeUnavailable:
+            raise
+        except DormantError as exc:
+            raise RuntimeUnavailable(str(exc)) from exc
+
+    async def check(self, spec: ContainerSpec) -> None:
+        container_config(spec)
+        assert spec.image is not None
+        await self._ensure_image(spec.image)
+
+    async def _ensure_image(self, image: str) -> None:
+        """InvalidInput if the engine lacks ``image`` (dormant never pulls). Found images are
+        remembered for ``image_cache_seconds`` so that a burst of creates costs one look-up."""
+        loop = asyncio.get_running_loop()
+        seen = self._images.get(image)
+        if seen is not None and loop.time() - seen < self.image_cache_seconds:
+            return
+        try:
+            await self._call(f"image {image}", lambda d: d.images.inspect(image))
+        except (ImageMissing, ContainerMissing) as exc:
+            raise ImageMissing(
+                f"image {image!r} is not on the container engine at {self.host}; "
+                "pull or import it there first"
+            ) from exc
+        self._images[image] = loop.time()
+
+    async def create(self, spec: ContainerSpec) -> dict[str, Any]:
+        config = container_config(spec)
+        assert spec.image is not None
+        await self._ensure_image(spec.image)
+        state = {
+            "host_port": spec.port,
+            "start_timeout": spec.start_timeout,
+            "stop_timeout": spec.stop_timeout,
+        }
+        for _ in range(3):
+            try:
+                created = await self._call(
+                    f"create {spec.name}",
+                    lambda d: d.containers.create(config, name=spec.name),
+                )
+                return {**state, "id": created.id}
+            except NameConflict:
+                existing = await self._inspect_raw(spec.name)
+            except ImageMissing:
+                self._images.pop(spec.image, None)
+                raise
+            if existing is None:
+                continue  # removed meanwhile: create again
+            labels = (existing.get("Config") or {}).get("Labels") or {}
+            if labels.get(SESSION_LABEL) == spec.session_id:
+                log.info("create %s: adopting the existing container", spec.name)
+                return {**state, "id": existing["Id"], "adopted": True}
+            if labels.get(MANAGED_LABEL) != "true":
+                raise RuntimeFailure(
+                    f"a container named {spec.name} exists and is not managed by dormant; "
+                    "remove or rename it"
+                )
+            log.warning(
+                "create %s: removing a stale container of session %s",
+                spec.name,
+                labels.get(SESSION_LABEL),
+            )
+            await self.remove(spec.name, {})
+        raise TemporaryError(f"create {spec.name}: the name stays taken; will retry")
+
+    async def start(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
+        try:
+            await self._call(f"start {name}", lambda d: d.containers.container(name).start())
+        except ContainerMissing as exc:
+            raise RuntimeFailure(f"{name} does not exist (create it first)") from exc
+        except RuntimeFailure as exc:
+            # The engine could not run it (bad command, bad mount): say so with its output.
+            raise RuntimeFailure(f"{exc}; last output: {await self._log_tail(name)}") from exc
+        info = await self._inspect_raw(name)
+        if info is None:
+            raise RuntimeFailure(f"{name} vanished while starting")
+        port = _probe_port(info)
+        timeout = float(state.get("start_timeout", 30.0))
+        await self._wait_ready(name, port, timeout)
+        return {**state, "id": info["Id"], "host_port": port}
+
+    async def _wait_ready(self, name: str, port: int | None, timeout: float) -> None:
+        """Until the published port accepts a connection; fail fast if the container exits."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        next_inspect = loop.time()
+        delay = 0.005
+        while True:
+            if port is not None and await self._probe(port):
+                return
+            now = loop.time()
+            if now >= next_inspect or port is None:
+                info = await self._inspect_raw(name)
+                if info is None:
+                    raise RuntimeFailure(f"{name} vanished while starting")
+                state = info.get("State") or {}
+                if state.get("Status") != "running":
+                    raise RuntimeFailure(
+                        f"container exited with code {state.get('ExitCode')} while starting"
+                        f"{'; ' + state['Error'] if state.get('Error') else ''}; "
+                        f"last output: {await self._log_tail(name)}"
+                    )
+                if port is None:
+                    return  # nothing published (network_mode none): running is all we can see
+                next_inspect = now + 0.25
+            if now > deadline:
+                tail = await self._log_tail(name)
+                with contextlib.suppress(DormantError):
+                    await self.stop(name, {"stop_timeout": 1})
+                raise RuntimeFailure(
+                    f"container did not answer on port {port} within {timeout:g}s; "
+                    f"last output: {tail}"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def _probe(self, port: int) -> bool:
+        try:
+            async with asyncio.timeout(1.0):
+                reader, writer = await asyncio.open_connection(self.probe_host, port)
+        except (OSError, TimeoutError):
+            return False
+        try:
+            # A userland proxy (Docker's docker-proxy) accepts for a backend that does not
+            # listen yet and then hangs up at once: a connection closed right away is no answer.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.005):
+                    if await reader.read(1) == b"":
+                        return False
+            return True
+        except OSError:
+            return False
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _log_tail(self, name: str) -> str:
+        try:
+            lines = await self._call(
+                f"logs {name}",
+                lambda d: d.containers.container(name).log(
+                    stdout=True, stderr=True, tail=LOG_TAIL_LINES
+                ),
+                timeout=5.0,
+            )
+        except DormantError as exc:
+            return f"(logs unavailable: {exc})"
+        text = "".join(lines).strip()[-_LOG_TAIL_CHARS:]
+        return text or "(no output)"
+
+    async def stop(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
+        timeout = state.get("stop_timeout")
+        params: dict[str, Any] = {} if timeout is None else {"t": math.ceil(float(timeout))}
+        wait = self.api_timeout + float(timeout if timeout is not None else 10)
+        with contextlib.suppress(ContainerMissing):
+            await self._call(
+                f"stop {name}", lambda d: d.containers.container(name).stop(**params), wait
+            )
+        return state
+
+    async def remove(self, name: str, state: dict[str, Any]) -> None:
+        with contextlib.suppress(ContainerMissing):
+            await self._call(
+                f"remove {name}",
+                lambda d: d.containers.container(name).delete(force=True, v=True),
+                self.api_timeout + 15,
+            )
+        # Verified: an engine may answer before the container is really gone.
+        for delay in (0.0, 0.05, 0.1, 0.2, 0.4):
+            await asyncio.sleep(delay)
+            if await self._inspect_raw(name) is None:
+                return
+        raise TemporaryError(f"remove {name}: the container still exists; will retry")
+
+    async def inspect(self, name: str) -> ContainerInfo | None:
+        info = await self._inspect_raw(name)
+        if info is None:
+            return None
+        config = info.get("Config") or {}
+        return ContainerInfo(
+            name=str(info.get("Name", name)).lstrip("/") or name,
+            labels=dict(config.get("Labels") or {}),
+            status=_status(info.get("State")),
+            created_at=_parse_time(info.get("Created")),
+            detail={
+                "id": info.get("Id"),
+                "port": _published_port(info),
+                "exit_code": (info.get("State") or {}).get("ExitCode"),
+            },
+        )
+
+    async def list_managed(self) -> list[ContainerInfo]:
+        params = {"all": "1", "filters": json.dumps({"label": [f"{MANAGED_LABEL}=true"]})}
+        rows: list[dict[str, Any]] = await self._call(
+            "list containers", lambda d: d._query_json("containers/json", params=params)
+        )
+        infos = []
+        for row in rows:
+            names = row.get("Names") or [row.get("Id", "")]
+            infos.append(
+                ContainerInfo(
+                    name=str(names[0]).lstrip("/"),
+                    labels=dict(row.get("Labels") or {}),
+                    status=_status(row.get("State")),
+                    created_at=_parse_time(row.get("Created")),
+                    detail={"id": row.get("Id"), "state": row.get("State")},
+                )
+            )
+        return infos
+
+    async def watch(self, notify: Callable[[str], None]) -> None:
+        """Follow the engine's events for dormant's containers; raise when the stream breaks."""
+        params = {
+            "filters": json.dumps({"type": ["container"], "label": [f"{MANAGED_LABEL}=true"]})
+        }
+        docker = self._client()
+        try:
+            async with docker._query("events", params=params, timeout=None) as response:
+                try:
+                    async for line in response.content:
+                        if not line.strip():
+                            continue
+                        try:
+                            event = json.loads(line)
+                        except ValueError:
+                            continue
+                        attrs = (event.get("Actor") or {}).get("Attributes") or {}
+                        action = event.get("Action") or event.get("status")
+                        notify(f"{action} {attrs.get('name', '')}")
+                finally:
+                    response.close()  # also when cancelled: aiodocker leaves it to us
+        except DockerError as exc:
+            raise translate(exc, "events") from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise RuntimeUnavailable(f"events: container engine unreachable: {exc}") from exc
+        raise RuntimeUnavailable("events: the engine closed the event stream")
+
+    async def close(self) -> None:
+        docker, self._docker = self._docker, None
+        if docker is not None:
+            with contextlib.suppress(Exception):
+                await docker.close()
+
+
+def _probe_port(info: dict[str, Any]) -> int | None:
+    """Where readiness is probed on 127.0.0.1: the published port; with the host's network the
+    container's own port; with no network nothing (running is all that can be seen)."""
+    mode = (info.get("HostConfig") or {}).get("NetworkMode")
+    if mode == "none":
+        return None
+    if mode == "host":
+        for key in (info.get("Config") or {}).get("ExposedPorts") or {}:
+            return int(str(key).split("/")[0])
+        return None
+    return _published_port(info)
+
+
+def _published_port(info: dict[str, Any]) -> int | None:
+    ports = (info.get("NetworkSettings") or {}).get("Ports") or {}
+    bindings = (info.get("HostConfig") or {}).get("PortBindings") or {}
+    for source in (ports, bindings):
+        for binds in source.values():
+            for bind in binds or []:
+                if bind.get("HostPort"):
+                    return int(bind["HostPort"])
+    return None

@@ -1,0 +1,343 @@
+"""The docker runtime against a real engine (Podman's Docker-compatible API)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from dormant.errors import InvalidInput, RuntimeFailure, RuntimeUnavailable, TemporaryError
+from dormant.runtimes import ContainerSpec, ContainerStatus, Resources
+from dormant.runtimes.docker import DockerRuntime, ImageMissing
+
+from . import podman
+from .podman import CONTAINER_PORT, IMAGE, RUN_ID, RUN_LABEL, free_port, http_get
+
+pytestmark = pytest.mark.integration
+
+
+def spec(sid: str, **changes: object) -> ContainerSpec:
+    labels = {
+        "dormant.managed": "true",
+        "dormant.session": sid,
+        "dormant.instance": "test",
+        "dormant.created": "2026-01-05T09:00:00+00:00",
+        RUN_LABEL: RUN_ID,
+    }
+    base = ContainerSpec(
+        name=f"dormant-{sid}",
+        session_id=sid,
+        labels=labels,
+        port=free_port(),
+        image=IMAGE,
+        container_port=CONTAINER_PORT,
+        start_timeout=20,
+        stop_timeout=2,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def sid() -> str:
+    import uuid
+
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def runtime(docker_host: str, containers: None) -> AsyncIterator[DockerRuntime]:
+    rt = DockerRuntime(docker_host)
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
+def inspect(name: str) -> dict[str, object]:
+    rows = json.loads(podman.podman("inspect", name).stdout)
+    return dict(rows[0])
+
+
+async def test_lifecycle_serves_sleeps_wakes_with_files_and_removes_volumes(
+    runtime: DockerRuntime,
+) -> None:
+    s = spec(
+        sid(),
+        # Every start appends a line to a file of the container's filesystem, then serves it.
+        command=["sh", "-c", "echo started >> /www/starts.txt; exec serve"],
+    )
+    state = await runtime.create(s)
+    assert state["id"]
+    info = await runtime.inspect(s.name)
+    assert info is not None and info.status is ContainerStatus.STOPPED
+    assert info.session_id == s.session_id
+    assert info.labels["dormant.managed"] == "true"
+    # the image declares VOLUME /data: the container has an anonymous volume
+    volume = next(m["Name"] for m in inspect(s.name)["Mounts"] if m["Destination"] == "/data")  # type: ignore[attr-defined]
+    assert volume in podman.volumes()
+
+    state = await runtime.start(s.name, state)
+    assert state["host_port"] == s.port
+    assert await asyncio.to_thread(http_get, s.port) == "dormant test container\n"
+    assert await asyncio.to_thread(http_get, s.port, "/starts.txt") == "started\n"
+    # published on 127.0.0.1 only
+    bindings = inspect(s.name)["HostConfig"]["PortBindings"]  # type: ignore[index]
+    assert bindings == {f"{CONTAINER_PORT}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(s.port)}]}
+
+    state = await runtime.stop(s.name, state)
+    info = await runtime.inspect(s.name)
+    assert info is not None and info.status is ContainerStatus.STOPPED
+    assert await asyncio.to_thread(http_get, s.port) is None
+
+    state = await runtime.start(s.name, state)
+    assert await asyncio.to_thread(http_get, s.port, "/starts.txt") == "started\nstarted\n"
+
+    await runtime.remove(s.name, state)
+    assert await runtime.inspect(s.name) is None
+    assert s.name not in podman.container_names(podman.managed_containers())
+    assert volume not in podman.volumes()
+
+
+async def test_stop_and_remove_of_nothing_succeed(runtime: DockerRuntime) -> None:
+    assert await runtime.stop("dormant-nothing-here", {"x": 1}) == {"x": 1}
+    await runtime.remove("dormant-nothing-here", {})
+    assert await runtime.inspect("dormant-nothing-here") is None
+
+
+async def test_start_of_a_running_container_and_stop_of_a_stopped_one_succeed(
+    runtime: DockerRuntime,
+) -> None:
+    s = spec(sid())
+    state = await runtime.start(s.name, await runtime.create(s))
+    again = await runtime.start(s.name, state)
+    assert again["id"] == state["id"]
+    await runtime.stop(s.name, again)
+    await runtime.stop(s.name, again)
+    info = await runtime.inspect(s.name)
+    assert info is not None and info.status is ContainerStatus.STOPPED
+
+
+async def test_start_of_a_missing_container_is_a_permanent_failure(runtime: DockerRuntime) -> None:
+    with pytest.raises(RuntimeFailure, match="does not exist"):
+        await runtime.start("dormant-never-created", {})
+
+
+async def test_create_of_an_existing_name_for_the_same_session_adopts_it(
+    runtime: DockerRuntime,
+) -> None:
+    s = spec(sid())
+    first = await runtime.create(s)
+    second = await runtime.create(s)
+    assert second["id"] == first["id"]
+    assert second["adopted"] is True
+
+
+async def test_name_conflict_with_a_stale_managed_container_removes_it(
+    runtime: DockerRuntime,
+) -> None:
+    s = spec(sid())
+    stale = replace(s, session_id="someone-else", labels={**s.labels, "dormant.session": "x"})
+    old = await runtime.create(stale)
+    new = await runtime.create(s)
+    assert new["id"] != old["id"]
+    info = await runtime.inspect(s.name)
+    assert info is not None and info.session_id == s.session_id
+
+
+async def test_name_conflict_with_a_foreign_container_is_refused(runtime: DockerRuntime) -> None:
+    s = spec(sid())
+    podman.podman("create", "--name", s.name, "--label", f"{RUN_LABEL}={RUN_ID}", IMAGE)
+    with pytest.raises(RuntimeFailure, match="not managed by dormant"):
+        await runtime.create(s)
+    assert "Labels" in inspect(s.name)["Config"]  # type: ignore[operator]  # still there
+
+
+async def test_container_exiting_at_start_fails_with_the_tail_of_its_logs(
+    runtime: DockerRuntime,
+) -> None:
+    s = spec(sid(), command=["sh", "-c", "echo 'config missing: /etc/app.yml' >&2; exit 3"])
+    state = await runtime.create(s)
+    with pytest.raises(RuntimeFailure, match=r"code 3.*config missing: /etc/app\.yml"):
+        await runtime.start(s.name, state)
+
+
+async def test_command_not_found_fails_permanently(runtime: DockerRuntime) -> None:
+    s = spec(sid(), command=["/no/such/binary"])
+    state = await runtime.create(s)
+    with pytest.raises(RuntimeFailure) as caught:
+        await runtime.start(s.name, state)
+    assert not isinstance(caught.value, TemporaryError)
+
+
+async def test_container_that_never_listens_times_out_and_is_stopped(
+    runtime: DockerRuntime,
+) -> None:
+    s = spec(sid(), command=["sh", "-c", "trap 'exit 0' TERM; echo waiting; sleep 600 & wait"])
+    state = await runtime.create(replace(s, start_timeout=1))
+    with pytest.raises(RuntimeFailure, match=r"did not answer.*waiting"):
+        await runtime.start(s.name, state)
+    info = await runtime.inspect(s.name)
+    assert info is not None and info.status is ContainerStatus.STOPPED
+
+
+async def test_unknown_image_is_refused_before_anything_is_made(runtime: DockerRuntime) -> None:
+    s = spec(sid(), image="localhost/no-such-image:1")
+    with pytest.raises(ImageMissing, match="no-such-image"):
+        await runtime.check(s)
+    with pytest.raises(InvalidInput, match="not on the container engine"):
+        await runtime.create(s)
+    assert await runtime.inspect(s.name) is None
+
+
+async def test_resources_and_isolation_reach_the_engine(runtime: DockerRuntime) -> None:
+    s = spec(
+        sid(),
+        resources=Resources(cpus=0.5, memory="64m", pids_limit=64),
+        read_only=True,
+        tmpfs={"/tmp": "rw,size=16m"},
+        cap_drop=("ALL",),
+        no_new_privileges=True,
+        command=[
+            "sh",
+            "-c",
+            "touch /tmp/ok && ! touch /root-is-writable 2>/dev/null && exec serve",
+        ],
+    )
+    state = await runtime.start(s.name, await runtime.create(s))
+    assert await asyncio.to_thread(http_get, s.port) is not None  # it started: /tmp writable
+    host = inspect(s.name)["HostConfig"]
+    assert isinstance(host, dict)
+    assert host["Memory"] == 64 * 1024**2
+    assert host["NanoCpus"] == 500_000_000
+    assert host["PidsLimit"] == 64
+    assert host["ReadonlyRootfs"] is True
+    assert "/tmp" in (host.get("Tmpfs") or {})
+    assert any("no-new-privileges" in opt for opt in host["SecurityOpt"])
+    # podman reports the dropped capabilities one by one
+    assert host["CapDrop"] and all(c.startswith("CAP_") or c == "ALL" for c in host["CapDrop"])
+    await runtime.stop(s.name, state)
+
+
+async def test_network_mode_none_starts_without_a_published_port(runtime: DockerRuntime) -> None:
+    s = spec(sid(), network_mode="none")
+    state = await runtime.start(s.name, await runtime.create(s))
+    info = await runtime.inspect(s.name)
+    assert info is not None and info.status is ContainerStatus.RUNNING
+    assert inspect(s.name)["HostConfig"]["NetworkMode"] == "none"  # type: ignore[index]
+    await runtime.stop(s.name, state)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"resources": Resources(memory="-512m")}, "memory"),
+        ({"resources": Resources(memory="1k")}, "memory"),
+        ({"resources": Resources(cpus=0)}, "cpus"),
+        ({"resources": Resources(cpus=10_000)}, "cpus"),
+        ({"resources": Resources(pids_limit=0)}, "pids_limit"),
+        ({"port": 80}, "host port"),
+        ({"port": None}, "host port"),
+        ({"container_port": 0}, "container port"),
+        ({"container_port": None}, "port"),
+        ({"image": None}, "image"),
+        ({"tmpfs": {"relative": ""}}, "tmpfs"),
+        ({"cap_drop": ("rm -rf",)}, "cap_drop"),
+        ({"network_mode": "container:other"}, "network_mode"),
+        ({"stop_timeout": -1.0}, "stop_timeout"),
+        ({"env": {"BAD NAME": "x"}}, "environment"),
+    ],
+)
+async def test_bad_values_are_refused_before_the_engine_is_called(
+    changes: dict[str, object], message: str
+) -> None:
+    # An unreachable engine: if the runtime called it, the error would be RuntimeUnavailable.
+    rt = DockerRuntime("unix:///nonexistent/dormant-test.sock")
+    try:
+        with pytest.raises(InvalidInput, match=message):
+            await rt.create(spec(sid(), **changes))
+        with pytest.raises(InvalidInput, match=message):
+            await rt.check(spec(sid(), **changes))
+    finally:
+        await rt.close()
+
+
+async def test_unreachable_engine_is_a_temporary_error() -> None:
+    rt = DockerRuntime("unix:///nonexistent/dormant-test.sock")
+    try:
+        with pytest.raises(RuntimeUnavailable):
+            await rt.ping()
+        with pytest.raises(RuntimeUnavailable):
+            await rt.create(spec(sid()))
+        with pytest.raises(RuntimeUnavailable):
+            await rt.stop("dormant-x", {})
+        with pytest.raises(RuntimeUnavailable):
+            await rt.list_managed()
+        with pytest.raises(RuntimeUnavailable):
+            await rt.watch(lambda _: None)
+    finally:
+        await rt.close()
+
+
+async def test_list_managed_sees_every_labelled_container(runtime: DockerRuntime) -> None:
+    a, b = spec(sid()), spec(sid())
+    await runtime.create(a)
+    await runtime.start(b.name, await runtime.create(b))
+    podman.podman(
+        "create", "--name", f"unlabelled-{RUN_ID}", "--label", f"{RUN_LABEL}={RUN_ID}", IMAGE
+    )
+    found = {i.name: i for i in await runtime.list_managed()}
+    assert found[a.name].status is ContainerStatus.STOPPED
+    assert found[b.name].status is ContainerStatus.RUNNING
+    assert found[b.name].session_id == b.session_id
+    assert f"unlabelled-{RUN_ID}" not in found
+    await runtime.stop(b.name, {"stop_timeout": 1})
+
+
+async def test_watch_reports_events_of_managed_containers(runtime: DockerRuntime) -> None:
+    seen: list[str] = []
+    arrived = asyncio.Event()
+    s = spec(sid())
+
+    def notify(what: str) -> None:
+        seen.append(what)
+        if s.name in what:
+            arrived.set()
+
+    watcher = asyncio.create_task(runtime.watch(notify))
+    try:
+        await asyncio.sleep(0.2)  # let the stream connect before the event
+        await runtime.create(s)
+        await asyncio.wait_for(arrived.wait(), 30)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    assert any(w.startswith("create") and s.name in w for w in seen), seen
+
+
+async def test_engine_outage_and_recovery(
+    docker_host: str, containers: None, tmp_path: Path
+) -> None:
+    """A killed API service: calls fail as temporary; after a restart they work, and the
+    containers it ran are still there (conmon keeps them)."""
+    with podman.private_service(tmp_path) as service:
+        rt = DockerRuntime(service.url)
+        try:
+            s = spec(sid())
+            state = await rt.start(s.name, await rt.create(s))
+            service.kill()
+            with pytest.raises(RuntimeUnavailable):
+                await rt.ping()
+            with pytest.raises(TemporaryError):
+                await rt.stop(s.name, state)
+            assert await asyncio.to_thread(http_get, s.port) is not None
+            service.start()
+            await rt.ping()
+            info = await rt.inspect(s.name)
+            assert info is not None and info.status is ContainerStatus.RUNNING
+            await rt.remove(s.name, state)
+            assert await rt.inspect(s.name) is None
+        finally:
+            await rt.close()
