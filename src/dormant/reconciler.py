@@ -7,6 +7,7 @@ gathers the views, plans, and applies the steps through the engine (or only prin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from datetime import datetime, timedelta
 from dormant.engine import Engine
 from dormant.errors import DormantError
 from dormant.policy import State
-from dormant.runtimes import ContainerInfo, ContainerStatus
+from dormant.runtimes import ContainerInfo, ContainerStatus, Runtime
 from dormant.runtimes.base import CREATED_LABEL, INSTANCE_LABEL
 from dormant.store.records import OperationRecord, SessionRecord
 
@@ -126,10 +127,24 @@ def plan(
 
 
 class Reconciler:
-    def __init__(self, engine: Engine) -> None:
+    """Sweeps at start, every ``interval``, soon after a runtime's change event, and when a
+    runtime becomes reachable again. Events only wake it: every sweep compares full views.
+    A burst of events costs one sweep (``debounce``), and sweeps are ``min_gap`` apart."""
+
+    def __init__(self, engine: Engine, *, debounce: float = 0.5, min_gap: float = 2.0) -> None:
         self.engine = engine
         self.orphans_removed = 0
         self.last_run: datetime | None = None
+        self.debounce = debounce
+        self.min_gap = min_gap
+        self.wakeups = 0
+        self._poked = asyncio.Event()
+        self._sweeping = asyncio.Lock()
+
+    def poke(self, why: str) -> None:
+        """Sweep soon (a runtime event, a runtime reachable again)."""
+        log.debug("reconcile poked: %s", why)
+        self._poked.set()
 
     async def gather_plan(self) -> list[Step]:
         engine = self.engine
@@ -158,12 +173,13 @@ class Reconciler:
         )
 
     async def run(self, dry_run: bool = False) -> list[Step]:
-        steps = await self.gather_plan()
-        self.last_run = self.engine.clock.now()
-        if dry_run:
+        async with self._sweeping:  # one sweep at a time
+            steps = await self.gather_plan()
+            self.last_run = self.engine.clock.now()
+            if dry_run:
+                return steps
+            await asyncio.gather(*(self._apply(step) for step in steps))
             return steps
-        await asyncio.gather(*(self._apply(step) for step in steps))
-        return steps
 
     async def _apply(self, step: Step) -> None:
         engine = self.engine
@@ -186,12 +202,47 @@ class Reconciler:
             log.warning("reconcile step %s %s failed: %s", step.kind, step.target, exc)
 
     async def loop(self, interval: float) -> None:
+        watchers = [
+            asyncio.create_task(self.watch(name, runtime), name=f"dormant-watch-{name}")
+            for name, runtime in self.engine.runtimes.items()
+        ]
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._poked.wait(), interval)
+                if self._poked.is_set():
+                    await asyncio.sleep(self.debounce)  # one sweep for a burst of events
+                    self._poked.clear()
+                    self.wakeups += 1
+                try:
+                    await self.run()
+                except DormantError as exc:
+                    log.warning("reconcile sweep failed: %s", exc)
+                except Exception:
+                    log.exception("reconcile sweep failed")
+                await asyncio.sleep(self.min_gap)
+        finally:
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+
+    async def watch(self, name: str, runtime: Runtime) -> None:
+        """Poke the loop on the runtime's events, and once it is reachable after an outage."""
+        reachable, delay = True, 0.5
         while True:
-            await asyncio.sleep(interval)
             try:
-                await self.run()
-            except Exception:
-                log.exception("reconcile sweep failed")
+                if not reachable:
+                    await runtime.ping()
+                    reachable, delay = True, 0.5
+                    log.info("runtime %s is reachable again; reconciling", name)
+                    self.poke(f"{name} reconnected")
+                await runtime.watch(lambda what: self.poke(f"{name}: {what}"))
+            except DormantError as exc:
+                if reachable:
+                    log.warning("runtime %s unreachable: %s", name, exc)
+                reachable = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
 
 def _instance_ttl(engine: Engine) -> timedelta:
