@@ -140,6 +140,15 @@ class Settings(BaseModel):
     policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: ``DORMANT_POLICY_<SETTING>`` overrides of the default policy.
     policy_overrides: dict[str, Any] = Field(default_factory=dict)
+    #: Real-time gateway: the JWT secret (else kept in ``dormant-gateway.secret``, 0600, next to
+    #: the database), token lifetime, capacity, and activity events per second per connection.
+    gateway_secret: str | None = Field(default=None, min_length=32, max_length=512)
+    gateway_token_ttl: float = Field(default=600.0, gt=0, le=86400)
+    gateway_max_connections: int = Field(default=10_000, ge=1, le=1_000_000)
+    gateway_max_connections_per_session: int = Field(default=100, ge=1, le=100_000)
+    gateway_activity_rate: float = Field(default=20.0, gt=0, le=10_000)
+    gateway_activity_burst: int = Field(default=40, ge=1, le=100_000)
+    gateway_cors_origins: str = "*"
 
     @field_validator("port_range")
     @classmethod
@@ -160,6 +169,9 @@ class Settings(BaseModel):
 
     def admin_key_file(self) -> Path:
         return self.database_dir() / "dormant-admin.key"
+
+    def gateway_secret_file(self) -> Path:
+        return self.database_dir() / "dormant-gateway.secret"
 
     def catalog(self) -> Catalog:
         policies: dict[str, PolicySettings] = dict(PRESETS)

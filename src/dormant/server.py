@@ -13,11 +13,13 @@ from typing import Any
 
 from fastapi import FastAPI, Response
 
+from dormant import web
 from dormant.api import create_api
 from dormant.api.auth import create_key
 from dormant.clock import Clock, SystemClock
 from dormant.config import Settings
 from dormant.engine import Engine, EngineSettings, PortAllocator, parse_port_range
+from dormant.gateway import Gateway, GatewaySettings, TokenIssuer, new_secret
 from dormant.metrics import Metrics
 from dormant.reconciler import Reconciler
 from dormant.runtimes import Runtime
@@ -98,6 +100,38 @@ async def ensure_admin_key(services: Services) -> str | None:
     return key
 
 
+def gateway_secret(settings: Settings) -> str:
+    """The JWT secret: configured, or kept in a 0600 file next to the database (made once)."""
+    if settings.gateway_secret:
+        return settings.gateway_secret
+    path = settings.gateway_secret_file()
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = new_secret()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret
+
+
+def build_gateway(settings: Settings, engine: Engine) -> Gateway:
+    origins = settings.gateway_cors_origins.strip()
+    tokens = TokenIssuer(gateway_secret(settings), engine.clock, ttl=settings.gateway_token_ttl)
+    return Gateway(
+        engine,
+        tokens,
+        GatewaySettings(
+            max_connections=settings.gateway_max_connections,
+            max_connections_per_session=settings.gateway_max_connections_per_session,
+            activity_rate=settings.gateway_activity_rate,
+            activity_burst=settings.gateway_activity_burst,
+            max_payload_bytes=settings.max_body_bytes,
+            cors_origins="*" if origins == "*" else [o.strip() for o in origins.split(",")],
+        ),
+    )
+
+
 async def startup(services: Services) -> None:
     await upgrade_async(services.settings.database_url)
     key = await ensure_admin_key(services)
@@ -130,13 +164,16 @@ async def shutdown(services: Services) -> None:
 def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
     services = build_services(settings, clock)
     metrics = Metrics(services.engine, services.reconciler)
+    gateway = build_gateway(settings, services.engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await startup(services)
+        await gateway.start()
         try:
             yield
         finally:
+            await gateway.stop()
             await shutdown(services)
 
     async def ready() -> dict[str, Any]:
@@ -168,7 +205,17 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    @app.get("/static/dormant.js", include_in_schema=False)
+    async def dormant_js() -> Response:
+        return Response(
+            web.dormant_js(),
+            media_type="application/javascript; charset=utf-8",
+            headers={"Cache-Control": "public, max-age=300", "ETag": web.dormant_js_etag()},
+        )
+
+    app.mount("/socket.io", gateway.asgi_app)
     app.state.services = services
+    app.state.realtime = gateway
     return app
 
 

@@ -1,13 +1,16 @@
 """REST routes under ``/v1`` (see DESIGN.md, Interfaces)."""
 
-from typing import Annotated, TypeVar
+from datetime import datetime
+from typing import Annotated, Any, Protocol, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from dormant.api.auth import Principal, RateLimiter, authenticate
 from dormant.api.schemas import (
     Accepted,
     ActivityIn,
+    BroadcastIn,
+    BroadcastOut,
     CreateSession,
     EventList,
     EventOut,
@@ -17,15 +20,36 @@ from dormant.api.schemas import (
     SessionList,
     SessionOut,
     Stats,
+    TokenIn,
+    TokenOut,
     UntilIn,
 )
 from dormant.engine import Engine
-from dormant.errors import InvalidInput
+from dormant.errors import InvalidInput, TemporaryError
 from dormant.policy import Level, State, parse_kind
 from dormant.reconciler import Reconciler
 from dormant.store.records import SessionRecord
 
 E = TypeVar("E", State, Level)
+
+
+class Realtime(Protocol):
+    """The real-time gateway as the API sees it (wired in by the server as app.state.realtime)."""
+
+    def mint_token(
+        self, record: SessionRecord, name: str | None, ttl: float | None
+    ) -> tuple[str, datetime]: ...
+
+    async def broadcast(self, session_id: str, type_: str, data: Any) -> int: ...
+
+    def connection_quality(self, session_id: str) -> str | None: ...
+
+
+def _realtime(request: Request) -> Realtime:
+    gateway: Realtime | None = getattr(request.app.state, "realtime", None)
+    if gateway is None:
+        raise TemporaryError("the real-time gateway is not running in this server")
+    return gateway
 
 
 def session_out(engine: Engine, record: SessionRecord, public_host: str) -> SessionOut:
@@ -126,8 +150,12 @@ def build_router(
         return SessionList(items=items, next_cursor=after if more and items else None)
 
     @router.get("/sessions/{session_id}", response_model=SessionOut)
-    async def get_session(session_id: str, who: Who) -> SessionOut:
-        return out(await engine.get(session_id, who.scope))
+    async def get_session(session_id: str, who: Who, request: Request) -> SessionOut:
+        session = out(await engine.get(session_id, who.scope))
+        gateway = getattr(request.app.state, "realtime", None)
+        if gateway is not None:
+            session.connection_quality = gateway.connection_quality(session_id)
+        return session
 
     @router.post("/sessions/{session_id}/activity", status_code=202, response_model=Accepted)
     async def activity(session_id: str, body: ActivityIn, who: Who) -> Accepted:
@@ -177,6 +205,24 @@ def build_router(
                 for e in rows
             ],
         )
+
+    @router.post("/sessions/{session_id}/tokens", status_code=201, response_model=TokenOut)
+    async def token(
+        session_id: str, who: Who, request: Request, body: TokenIn | None = None
+    ) -> TokenOut:
+        record = await engine.get(session_id, who.scope)
+        token, expires_at = _realtime(request).mint_token(
+            record, body.name if body else None, body.ttl if body else None
+        )
+        return TokenOut(token=token, expires_at=expires_at, session_id=session_id)
+
+    @router.post("/sessions/{session_id}/broadcast", status_code=202, response_model=BroadcastOut)
+    async def broadcast(
+        session_id: str, body: BroadcastIn, who: Who, request: Request
+    ) -> BroadcastOut:
+        await engine.get(session_id, who.scope)
+        delivered = await _realtime(request).broadcast(session_id, body.type, body.data)
+        return BroadcastOut(id=session_id, type=body.type, delivered=delivered)
 
     @router.post("/users/{user_id}/logout", response_model=LogoutOut)
     async def logout(user_id: str, who: Who) -> LogoutOut:

@@ -58,6 +58,37 @@ class UntilIn(Strict):
     until: AwareDatetime
 
 
+class TokenIn(Strict):
+    """A real-time token: ``name`` is the participant shown in presence (default: the user)."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    ttl: float | None = Field(default=None, gt=0, le=86400)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str | None) -> str | None:
+        if name is not None and not name.isprintable():
+            raise ValueError("name must be printable characters")
+        return name
+
+
+class TokenOut(BaseModel):
+    token: str
+    expires_at: datetime
+    session_id: str
+
+
+class BroadcastIn(Strict):
+    type: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    data: Any = None
+
+
+class BroadcastOut(BaseModel):
+    id: str
+    type: str
+    delivered: int
+
+
 class LastActivity(BaseModel):
     at: datetime | None
     kind: str | None
@@ -90,6 +121,8 @@ class SessionOut(BaseModel):
     next_action: NextAction
     labels: dict[str, str]
     error: str | None
+    #: The worst real-time connection quality (``stable``, ``unstable``, ``poor``), if connected.
+    connection_quality: str | None = None
 
 
 class SessionList(BaseModel):

@@ -287,6 +287,7 @@ class Engine:
         self.events_applied += 1
         if kind.category is not Category.MEANINGFUL:
             return
+        self._emit(EngineEvent("activity", session_id, None, source, kind.value))
         if session_id in self._warned:
             self._warned.discard(session_id)
             self.deadlines.set(session_id, now)  # re-decide at once: the warning is void
@@ -384,21 +385,27 @@ class Engine:
         )
         return updated
 
-    async def connect(self, session_id: str) -> SessionRecord:
-        """A real-time client attached (hook for the gateway)."""
+    async def connect(self, session_id: str, count: int | None = None) -> SessionRecord:
+        """A real-time client attached (hook for the gateway). ``count``, when given, is the
+        caller's live count for the session (it corrects a count left stale by a crash)."""
         await self.get(session_id)
         return await self._mutate(
             session_id,
-            lambda r: r.replace(connections=r.connections + 1, ever_connected=True),
+            lambda r: r.replace(
+                connections=r.connections + 1 if count is None else count, ever_connected=True
+            ),
             NewEvent("activity", "client connected", "connect"),
         )
 
-    async def disconnect(self, session_id: str) -> SessionRecord:
+    async def disconnect(self, session_id: str, count: int | None = None) -> SessionRecord:
         """A real-time client left, for any reason; the last one starts the grace period."""
         now = self.clock.now()
         return await self._mutate(
             session_id,
-            lambda r: r.replace(connections=max(0, r.connections - 1), last_disconnect_at=now),
+            lambda r: r.replace(
+                connections=max(0, r.connections - 1) if count is None else count,
+                last_disconnect_at=now,
+            ),
             NewEvent("activity", "client disconnected", "disconnect"),
         )
 
@@ -617,7 +624,6 @@ class Engine:
                     reason,
                     runtime_state=state,
                     state_since=self.clock.now(),
-                    connections=0,
                     warned_at=None,
                 )
             except DormantError as exc:
@@ -738,7 +744,6 @@ class Engine:
                 "container_exited",
                 f"container {status} unexpectedly; marked sleeping",
                 state_since=self.clock.now(),
-                connections=0,
                 action=Action.SLEEP.value,
             )
 

@@ -1,0 +1,222 @@
+"""The gateway's logic on the real engine with a FakeClock: heartbeats, levels over time,
+warnings, capacity, rate limits, connection counts. The Socket.IO transport is replaced by a
+recorder (the real one is covered end to end in tests/e2e/test_gateway*.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import socketio
+
+from dormant.gateway import Gateway, GatewaySettings, TokenIssuer
+from dormant.store.records import SessionRecord
+
+from .conftest import Rig
+
+
+@dataclass
+class Wire:
+    """Stands in for python-socketio: records what the gateway sends and to whom."""
+
+    gateway: Gateway
+    sent: list[tuple[str, Any, str]] = field(default_factory=list)
+    rooms: dict[str, str] = field(default_factory=dict)
+    closed: list[str] = field(default_factory=list)
+
+    async def emit(
+        self, event: str, data: Any = None, to: str | None = None, room: str = ""
+    ) -> None:
+        if to is not None:
+            self.sent.append((event, data, to))
+            return
+        for sid, joined in self.rooms.items():
+            if joined == room:
+                self.sent.append((event, data, sid))
+
+    async def enter_room(self, sid: str, room: str) -> None:
+        self.rooms[sid] = room
+
+    async def disconnect(self, sid: str) -> None:
+        self.closed.append(sid)
+        self.rooms.pop(sid, None)
+        await self.gateway._on_disconnect(sid, "server disconnect")
+
+    def to(self, sid: str, event: str) -> list[Any]:
+        return [data for name, data, who in self.sent if name == event and who == sid]
+
+
+@dataclass
+class Hub:
+    rig: Rig
+    gateway: Gateway
+    wire: Wire
+    tokens: TokenIssuer
+    _answered: int = 0
+
+    async def session(self, policy: dict[str, Any] | None = None) -> SessionRecord:
+        record = await self.rig.engine.create_session(tenant="t1", user_id="alice", policy=policy)
+        await self.rig.settle()
+        return record
+
+    def token(self, record: SessionRecord, name: str = "alice") -> str:
+        return self.gateway.mint_token(record, name, None)[0]
+
+    async def connect(self, sid: str, token: str) -> None:
+        assert await self.gateway._on_connect(sid, {"QUERY_STRING": "EIO=4"}, {"token": token})
+        await self.settle()
+
+    async def refused(self, sid: str, token: str) -> str:
+        with pytest.raises(socketio.exceptions.ConnectionRefusedError) as caught:
+            await self.gateway._on_connect(sid, {"QUERY_STRING": "EIO=4"}, {"token": token})
+        return str(caught.value.error_args["data"]["code"])
+
+    async def settle(self) -> None:
+        for _ in range(5):
+            await self.gateway.drain()
+            await self.rig.settle()
+            await self.gateway.tick()
+        await self.gateway.drain()
+
+    async def advance(self, seconds: float, mute: tuple[str, ...] = ()) -> None:
+        """Travel in steps of a second, ticking the gateway as its loop would; every client
+        but the ``mute`` ones answers its pings."""
+        while seconds > 0:
+            step = min(1.0, seconds)
+            self.rig.clock.advance(step)
+            seconds -= step
+            await self.settle()
+            for event, data, sid in self.wire.sent[self._answered :]:
+                if event == "ping" and sid not in mute and sid in self.wire.rooms:
+                    await self.gateway._on_pong(sid, {"ts": data["ts"]})
+            self._answered = len(self.wire.sent)
+
+    async def stored(self, record: SessionRecord) -> SessionRecord:
+        fresh = await self.rig.store.get_session(record.id)
+        assert fresh is not None
+        return fresh
+
+
+@pytest.fixture
+async def hub(rig: Rig) -> AsyncIterator[Hub]:
+    tokens = TokenIssuer("k" * 64, rig.clock)
+    settings = GatewaySettings(
+        max_connections=4, max_connections_per_session=3, activity_rate=1, activity_burst=2
+    )
+    gateway = Gateway(rig.engine, tokens, settings)
+    wire = Wire(gateway)
+    gateway.sio.emit = wire.emit
+    gateway.sio.enter_room = wire.enter_room
+    gateway.sio.disconnect = wire.disconnect
+    yield Hub(rig, gateway, wire, tokens)
+    await gateway.drain()
+
+
+async def test_connect_counts_greets_and_shows_presence(hub: Hub) -> None:
+    record = await hub.session()
+    await hub.connect("c1", hub.token(record, "Ann"))
+    await hub.connect("c2", hub.token(record, "Bob"))
+    stored = await hub.stored(record)
+    assert stored.connections == 2 and stored.ever_connected
+    greeting = hub.wire.to("c1", "session")[0]
+    assert greeting["state"] == "running" and greeting["level"] == "active"
+    presence = hub.wire.to("c1", "presence")[-1]
+    assert presence["occupancy"] == 2
+    assert [p["name"] for p in presence["participants"]] == ["Ann", "Bob"]
+
+    await hub.gateway._on_disconnect("c2", "client disconnect")
+    await hub.settle()
+    assert (await hub.stored(record)).connections == 1
+    assert hub.wire.to("c1", "presence")[-1]["occupancy"] == 1
+
+
+async def test_a_count_left_stale_by_a_crash_is_corrected_on_connect(hub: Hub) -> None:
+    record = await hub.session()
+    for _ in range(3):  # connections recorded by a process that then died
+        await hub.rig.engine.connect(record.id)
+    assert (await hub.stored(record)).connections == 3
+    await hub.connect("c1", hub.token(record))
+    assert (await hub.stored(record)).connections == 1
+
+
+async def test_silent_connection_is_dropped_after_missed_pongs(hub: Hub) -> None:
+    record = await hub.session({"heartbeat_interval": 2, "missed_pongs": 2})
+    await hub.connect("talker", hub.token(record))
+    await hub.connect("mute", hub.token(record))
+    for _ in range(10):
+        await hub.advance(1, mute=("mute",))
+        if "mute" in hub.wire.closed:
+            break
+    assert hub.wire.closed == ["mute"]
+    assert len(hub.wire.to("mute", "ping")) == 2
+    assert hub.wire.to("mute", "error")[-1]["code"] == "heartbeat_timeout"
+    stored = await hub.stored(record)
+    assert stored.connections == 1 and stored.last_disconnect_at is not None
+    assert hub.gateway.connection_quality(record.id) == "stable"
+
+
+async def test_level_changes_with_time_are_pushed(hub: Hub) -> None:
+    record = await hub.session({"heartbeat_interval": 60})
+    await hub.connect("c1", hub.token(record))
+    await hub.gateway._on_activity("c1", {"kind": "build"})
+    await hub.settle()
+    await hub.advance(121)  # active_within is 2 minutes
+    levels = [s["level"] for s in hub.wire.to("c1", "session")]
+    assert levels[-1] == "idle" and "active" in levels
+    assert hub.wire.to("c1", "session")[-1]["last_activity"]["kind"] == "build"
+
+
+async def test_warning_then_cancel_then_sleep(hub: Hub) -> None:
+    record = await hub.session({"sleep_after": 300, "warn_before": 60, "heartbeat_interval": 60})
+    await hub.connect("c1", hub.token(record))
+    await hub.advance(240)
+    warnings = hub.wire.to("c1", "sleep-warning")
+    assert len(warnings) == 1 and "no meaningful activity" in warnings[0]["reason"]
+    assert hub.wire.to("c1", "session")[-1]["warning"] is not None
+
+    assert (await hub.gateway._on_activity("c1", {"kind": "chat"}))["ok"]
+    await hub.settle()
+    assert hub.wire.to("c1", "session")[-1]["warning"] is None
+
+    await hub.advance(300)
+    assert len(hub.wire.to("c1", "sleep-warning")) == 2
+    states = [s["state"] for s in hub.wire.to("c1", "session")]
+    assert states[-2:] == ["stopping", "sleeping"]
+    assert (await hub.stored(record)).connections == 1, "a sleeping session keeps its clients"
+
+
+async def test_capacity_and_query_tokens_are_refused(hub: Hub) -> None:
+    one, two = await hub.session(), await hub.session()
+    for i in range(3):
+        await hub.connect(f"a{i}", hub.token(one))
+    assert await hub.refused("a3", hub.token(one)) == "session_full"
+    await hub.connect("b0", hub.token(two))
+    assert await hub.refused("b1", hub.token(two)) == "server_full"
+    assert hub.gateway.stats.refused == {"session_full": 1, "server_full": 1}
+    with pytest.raises(socketio.exceptions.ConnectionRefusedError) as caught:
+        await hub.gateway._on_connect("q", {"QUERY_STRING": "token=abc"}, None)
+    assert caught.value.error_args["data"]["code"] == "token_in_query"
+
+
+async def test_rate_limit_drops_and_counts_without_disconnecting(hub: Hub) -> None:
+    record = await hub.session()
+    await hub.connect("c1", hub.token(record))
+    answers = [await hub.gateway._on_activity("c1", {"kind": "command"}) for _ in range(5)]
+    assert [a["ok"] for a in answers] == [True, True, False, False, False]
+    assert [a["error"]["dropped"] for a in answers[2:]] == [1, 2, 3]
+    assert len(hub.wire.to("c1", "error")) == 1, "one notice per second, not one per drop"
+    assert hub.gateway.stats.activity_dropped == 3 and hub.wire.closed == []
+    hub.rig.clock.advance(1)
+    assert (await hub.gateway._on_activity("c1", {"kind": "command"}))["ok"]
+
+
+async def test_deleting_the_session_closes_its_connections(hub: Hub) -> None:
+    record = await hub.session()
+    await hub.connect("c1", hub.token(record))
+    await hub.rig.engine.delete(record.id)
+    await hub.settle()
+    assert hub.wire.closed == ["c1"]
+    assert hub.wire.to("c1", "error")[-1]["code"] == "session_deleted"
+    assert await hub.refused("c2", hub.token(record)) == "session_not_found"
