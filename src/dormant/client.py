@@ -1,0 +1,429 @@
+"""A client for backends: the REST API (httpx) and the real-time gateway (python-socketio).
+
+::
+
+    from dormant.client import AsyncClient
+
+    async with AsyncClient("http://127.0.0.1:8080", api_key) as dormant:
+        session = await dormant.create_session("alice", policy={"sleep_after": "30m"})
+        await dormant.activity(session["id"], "build")
+        token = await dormant.token(session["id"], name="Alice")     # for the browser
+        await dormant.broadcast(session["id"], "build", {"status": "ok"})
+
+        live = dormant.realtime(session["id"], name="ci-bot")          # a socket of our own
+        live.on("session", print)
+        await live.connect()
+        await live.activity("command")
+        await live.close()
+
+:class:`Client` is the same API, synchronous (for scripts and threaded web frameworks).
+Errors are :class:`ApiError` with the server's ``status``, ``code`` and ``message``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import socketio  # type: ignore[import-untyped]
+
+from dormant.errors import DormantError
+
+JSON = dict[str, Any]
+Handler = Callable[[Any], Any]
+
+
+class ApiError(DormantError):
+    """The server answered with an error (``{"error": {"code", "message"}}``)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class RealtimeError(DormantError):
+    """The gateway refused the connection (``code`` says why) or it could not be reached."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    token: str
+    expires_at: datetime
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    method: str
+    path: str
+    json: Any = None
+    params: dict[str, str] | None = None
+
+
+def _until(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError("until must be timezone-aware")
+    return value.isoformat()
+
+
+def _drop_none(body: JSON) -> JSON:
+    return {k: v for k, v in body.items() if v is not None}
+
+
+class _Api:
+    """The calls, as data; the sync and async clients differ only in how they send them."""
+
+    @staticmethod
+    def create_session(
+        user_id: str,
+        template: str | None,
+        policy: JSON | None,
+        labels: dict[str, str] | None,
+        env: dict[str, str] | None,
+    ) -> _Call:
+        body = _drop_none(
+            {"user_id": user_id, "template": template, "policy": policy, "labels": labels}
+        )
+        if env is not None:
+            body["env"] = env
+        return _Call("POST", "/v1/sessions", body)
+
+    @staticmethod
+    def session(session_id: str, action: str = "", body: Any = None) -> _Call:
+        path = f"/v1/sessions/{session_id}" + (f"/{action}" if action else "")
+        return _Call("POST" if action else "GET", path, body)
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            err = response.json()["error"]
+            code, message = str(err["code"]), str(err["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = "http_error", response.text[:500]
+        raise ApiError(response.status_code, code, message)
+    return response.json() if response.content else None
+
+
+def _token(data: JSON) -> Token:
+    return Token(data["token"], datetime.fromisoformat(data["expires_at"]), data["session_id"])
+
+
+class Client:
+    """Synchronous REST client."""
+
+    def __init__(
+        self, url: str, api_key: str, *, timeout: float = 30.0, http: httpx.Client | None = None
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._http = http or httpx.Client(
+            base_url=self.url, headers={"X-API-Key": api_key}, timeout=timeout
+        )
+
+    def _send(self, call: _Call) -> Any:
+        return _check(
+            self._http.request(call.method, call.path, json=call.json, params=call.params)
+        )
+
+    def create_session(
+        self,
+        user_id: str,
+        *,
+        template: str | None = None,
+        policy: JSON | None = None,
+        labels: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> JSON:
+        result: JSON = self._send(_Api.create_session(user_id, template, policy, labels, env))
+        return result
+
+    def get_session(self, session_id: str) -> JSON:
+        result: JSON = self._send(_Api.session(session_id))
+        return result
+
+    def activity(self, session_id: str, kind: str, at: datetime | None = None) -> JSON:
+        body = {"kind": kind, **({"at": at.isoformat()} if at else {})}
+        result: JSON = self._send(_Api.session(session_id, "activity", body))
+        return result
+
+    def sleep(self, session_id: str) -> JSON:
+        result: JSON = self._send(_Api.session(session_id, "sleep"))
+        return result
+
+    def wake(self, session_id: str) -> JSON:
+        result: JSON = self._send(_Api.session(session_id, "wake"))
+        return result
+
+    def keepalive(self, session_id: str, until: datetime) -> JSON:
+        result: JSON = self._send(_Api.session(session_id, "keepalive", {"until": _until(until)}))
+        return result
+
+    def busy(self, session_id: str, until: datetime) -> JSON:
+        result: JSON = self._send(_Api.session(session_id, "busy", {"until": _until(until)}))
+        return result
+
+    def delete(self, session_id: str) -> JSON:
+        result: JSON = self._send(_Call("DELETE", f"/v1/sessions/{session_id}"))
+        return result
+
+    def logout(self, user_id: str) -> list[str]:
+        result: JSON = self._send(_Call("POST", f"/v1/users/{user_id}/logout"))
+        return list(result["deleted"])
+
+    def token(self, session_id: str, name: str | None = None, ttl: float | None = None) -> Token:
+        body = _drop_none({"name": name, "ttl": ttl})
+        return _token(self._send(_Api.session(session_id, "tokens", body)))
+
+    def broadcast(self, session_id: str, type: str, data: Any = None) -> int:
+        result: JSON = self._send(
+            _Api.session(session_id, "broadcast", {"type": type, "data": data})
+        )
+        return int(result["delivered"])
+
+    def events(self, session_id: str) -> list[JSON]:
+        result: JSON = self._send(_Call("GET", f"/v1/sessions/{session_id}/events"))
+        return list(result["items"])
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """Asynchronous REST client, and the factory of :class:`Realtime` connections."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._http = http or httpx.AsyncClient(
+            base_url=self.url, headers={"X-API-Key": api_key}, timeout=timeout
+        )
+
+    async def _send(self, call: _Call) -> Any:
+        response = await self._http.request(
+            call.method, call.path, json=call.json, params=call.params
+        )
+        return _check(response)
+
+    async def create_session(
+        self,
+        user_id: str,
+        *,
+        template: str | None = None,
+        policy: JSON | None = None,
+        labels: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> JSON:
+        result: JSON = await self._send(_Api.create_session(user_id, template, policy, labels, env))
+        return result
+
+    async def get_session(self, session_id: str) -> JSON:
+        result: JSON = await self._send(_Api.session(session_id))
+        return result
+
+    async def activity(self, session_id: str, kind: str, at: datetime | None = None) -> JSON:
+        body = {"kind": kind, **({"at": at.isoformat()} if at else {})}
+        result: JSON = await self._send(_Api.session(session_id, "activity", body))
+        return result
+
+    async def sleep(self, session_id: str) -> JSON:
+        result: JSON = await self._send(_Api.session(session_id, "sleep"))
+        return result
+
+    async def wake(self, session_id: str) -> JSON:
+        result: JSON = await self._send(_Api.session(session_id, "wake"))
+        return result
+
+    async def keepalive(self, session_id: str, until: datetime) -> JSON:
+        body = {"until": _until(until)}
+        result: JSON = await self._send(_Api.session(session_id, "keepalive", body))
+        return result
+
+    async def busy(self, session_id: str, until: datetime) -> JSON:
+        body = {"until": _until(until)}
+        result: JSON = await self._send(_Api.session(session_id, "busy", body))
+        return result
+
+    async def delete(self, session_id: str) -> JSON:
+        result: JSON = await self._send(_Call("DELETE", f"/v1/sessions/{session_id}"))
+        return result
+
+    async def logout(self, user_id: str) -> list[str]:
+        result: JSON = await self._send(_Call("POST", f"/v1/users/{user_id}/logout"))
+        return list(result["deleted"])
+
+    async def token(
+        self, session_id: str, name: str | None = None, ttl: float | None = None
+    ) -> Token:
+        body = _drop_none({"name": name, "ttl": ttl})
+        return _token(await self._send(_Api.session(session_id, "tokens", body)))
+
+    async def broadcast(self, session_id: str, type: str, data: Any = None) -> int:
+        result: JSON = await self._send(
+            _Api.session(session_id, "broadcast", {"type": type, "data": data})
+        )
+        return int(result["delivered"])
+
+    async def events(self, session_id: str) -> list[JSON]:
+        result: JSON = await self._send(_Call("GET", f"/v1/sessions/{session_id}/events"))
+        return list(result["items"])
+
+    def realtime(
+        self, session_id: str, name: str | None = None, *, reconnect: bool = True
+    ) -> Realtime:
+        """A real-time connection to ``session_id`` that mints a fresh token on every connect."""
+
+        async def token() -> str:
+            return (await self.token(session_id, name=name)).token
+
+        return Realtime(self.url, token, reconnect=reconnect)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+TokenSource = str | Callable[[], str] | Callable[[], Awaitable[str]]
+
+
+class Realtime:
+    """One connection to the gateway. Answers the server's heartbeats; keeps the latest
+    ``session`` and ``presence``; ``on(event, handler)`` for ``session``, ``sleep-warning``,
+    ``presence``, ``event``, ``error``, ``disconnect``."""
+
+    def __init__(
+        self,
+        url: str,
+        token: TokenSource,
+        *,
+        reconnect: bool = True,
+        transports: list[str] | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._token = token
+        self._transports = transports
+        self.session: JSON | None = None
+        self.presence: JSON | None = None
+        self.errors: list[JSON] = []
+        self._handlers: dict[str, list[Handler]] = {}
+        self._refusal: JSON | None = None
+        self.sio = socketio.AsyncClient(reconnection=reconnect)
+        self.sio.on("ping", self._on_ping)
+        self.sio.on("session", self._on_session)
+        self.sio.on("presence", self._on_presence)
+        self.sio.on("sleep-warning", self._relay("sleep-warning"))
+        self.sio.on("event", self._relay("event"))
+        self.sio.on("error", self._on_error)
+        self.sio.on("connect_error", self._on_connect_error)
+        self.sio.on("disconnect", self._on_disconnect)
+
+    def on(self, event: str, handler: Handler) -> None:
+        self._handlers.setdefault(event, []).append(handler)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.sio.connected)
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        self._refusal = None
+        try:
+            await self.sio.connect(
+                self.url,
+                auth=self._auth,
+                transports=self._transports,
+                wait_timeout=timeout,
+            )
+        except socketio.exceptions.ConnectionError as exc:
+            refusal: JSON = self._refusal or {}
+            data = refusal.get("data") if isinstance(refusal.get("data"), dict) else {}
+            raise RealtimeError(
+                str((data or {}).get("code", "connect_failed")),
+                str(refusal.get("message", exc)),
+            ) from exc
+
+    async def activity(self, kind: str, detail: Any = None, timeout: float = 10.0) -> JSON:
+        """Report activity; returns the gateway's answer (``{"ok": ...}``)."""
+        body: JSON = {"kind": kind} if detail is None else {"kind": kind, "detail": detail}
+        answer: JSON = await self.sio.call("activity", body, timeout=timeout)
+        return answer
+
+    async def close(self) -> None:
+        await self.sio.disconnect()
+
+    async def _auth(self) -> JSON:
+        token = self._token
+        if callable(token):
+            value = token()
+            token = await value if inspect.isawaitable(value) else value
+        return {"token": token}
+
+    async def _on_ping(self, data: Any = None) -> None:
+        if isinstance(data, dict) and isinstance(data.get("ts"), int):
+            await self.sio.emit("pong", {"ts": data["ts"]})
+
+    async def _on_session(self, data: Any = None) -> None:
+        self.session = data
+        await self._fire("session", data)
+
+    async def _on_presence(self, data: Any = None) -> None:
+        self.presence = data
+        await self._fire("presence", data)
+
+    async def _on_error(self, data: Any = None) -> None:
+        if isinstance(data, dict):
+            self.errors.append(data)
+        await self._fire("error", data)
+
+    async def _on_connect_error(self, data: Any = None) -> None:
+        self._refusal = data if isinstance(data, dict) else {"message": str(data)}
+        await self._fire("connect_error", data)
+
+    async def _on_disconnect(self, reason: Any = None) -> None:
+        await self._fire("disconnect", reason)
+
+    def _relay(self, event: str) -> Callable[[Any], Awaitable[None]]:
+        async def relay(data: Any = None) -> None:
+            await self._fire(event, data)
+
+        return relay
+
+    async def _fire(self, event: str, data: Any) -> None:
+        for handler in list(self._handlers.get(event, ())):
+            result = handler(data)
+            if inspect.isawaitable(result):
+                await result
+
+
+__all__ = ["ApiError", "AsyncClient", "Client", "Realtime", "RealtimeError", "Token"]
