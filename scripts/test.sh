@@ -27,5 +27,14 @@ if podman_env=$(bash scripts/podman-up.sh); then
 else
   echo "scripts/podman-up.sh failed: the docker runtime's tests will fail" >&2
 fi
+echo "== chromium and the JavaScript test tools (the gateway's tests fail, never skip, without them)"
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null; } \
+    || echo "could not install chromium: the browser tests will fail" >&2
+fi
+npm ci --prefix tests/e2e/js --no-audit --no-fund --loglevel=error \
+  || echo "npm ci failed: the JavaScript tests will fail" >&2
 echo "== pytest"
 .venv/bin/pytest -q -p no:cacheprovider "$@"
