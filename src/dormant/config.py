@@ -25,7 +25,15 @@ from pydantic import (
 from dormant.engine import Catalog, Template
 from dormant.engine.ports import parse_port_range
 from dormant.errors import InvalidInput
-from dormant.policy import DEFAULT_PRESET, PRESETS, PolicySettings, build_policy
+from dormant.policy import (
+    ADAPTIVE_PRESET,
+    DEFAULT_PRESET,
+    PRESETS,
+    PolicySettings,
+    adaptive_policy,
+    build_adaptive,
+    build_policy,
+)
 from dormant.runtimes import ContainerSpec, Resources
 
 KNOWN_RUNTIMES = ("process", "docker")
@@ -174,12 +182,16 @@ class Settings(BaseModel):
         return self.database_dir() / "dormant-gateway.secret"
 
     def catalog(self) -> Catalog:
-        policies: dict[str, PolicySettings] = dict(PRESETS)
+        policies: dict[str, PolicySettings] = {**PRESETS, ADAPTIVE_PRESET: adaptive_policy()}
         for name, raw in self.policies.items():
             body = dict(raw)
             base = str(body.pop("preset", DEFAULT_PRESET))
-            policies[name] = build_policy(base, body)
-        policies["default"] = build_policy(self.policy, self.policy_overrides)
+            adaptive = base == ADAPTIVE_PRESET  # learned sleep_after (dormant.policy.adaptive)
+            policies[name] = build_adaptive(body) if adaptive else build_policy(base, body)
+        if self.policy == ADAPTIVE_PRESET:
+            policies["default"] = build_adaptive(self.policy_overrides)
+        else:
+            policies["default"] = build_policy(self.policy, self.policy_overrides)
         if self.policy in self.policies:
             policies["default"] = policies[self.policy].with_overrides(self.policy_overrides)
         templates = {"default": Template(name="default", policy="default")}

@@ -47,6 +47,7 @@ from dormant.policy import (
     decide,
     level,
 )
+from dormant.policy.adaptive import GapModel, Learner, effective_policy, learner_of, observe
 from dormant.runtimes import ContainerInfo, ContainerSpec, ContainerStatus, Runtime
 from dormant.store.base import Store
 from dormant.store.records import InstanceRecord, NewEvent, SessionRecord
@@ -98,11 +99,17 @@ class Engine:
         self._slots = asyncio.Semaphore(self.settings.runtime_concurrency)
         self._delete_requested: set[str] = set()
         self.events_applied = 0
+        # adaptive policy: learned idle-gap models by key, and a learner per adaptive session
+        self.models: dict[str, GapModel] = {}
+        self._models_dirty: set[str] = set()
+        self._learners: dict[str, Learner] = {}
 
     # lifecycle of the engine itself -------------------------------------------------------
 
     async def load(self) -> int:
         """Resume every live session's deadline from the store; returns how many."""
+        stored = await self.store.load_adaptive()
+        self.models.update({key: GapModel.from_json(doc) for key, doc in stored.items()})
         rows = await self.store.live_schedule()
         now = self.clock.now()
         for sid, state, next_at in rows:
@@ -145,7 +152,55 @@ class Engine:
     # reading ------------------------------------------------------------------------------
 
     def policy_of(self, record: SessionRecord) -> PolicySettings:
+        if "adaptive" in record.policy:  # sleep_after learned (dormant.policy.adaptive)
+            return self._adaptive_policy(record)
         return PolicySettings(**record.policy)
+
+    def _adaptive_policy(self, record: SessionRecord) -> PolicySettings:
+        if record.id not in self._learners and record.state.live:
+            last = _merge(record, self._pending.get(record.id)).last_activity_at
+            learner = learner_of(
+                record.policy,
+                record.tenant,
+                record.user_id,
+                record.template,
+                last or record.created_at,
+            )
+            if learner is not None:
+                self._learners[record.id] = learner
+        return effective_policy(
+            record.policy,
+            record.view(),
+            self.models.get,
+            tenant=record.tenant,
+            user_id=record.user_id,
+            template=record.template,
+            learner=self._learners.get(record.id),
+        )
+
+    def _learn(self, sid: str, at: datetime, now: datetime) -> None:
+        """Meaningful activity of an adaptive session ends an idle gap: learn from it."""
+        learner, changed, sooner = observe(self._learners[sid], at, self.models)
+        self._learners[sid] = learner
+        self.models.update(changed)
+        self._models_dirty.update(changed)
+        if sooner:  # the session's timeout got shorter: decide its deadline again now
+            self.deadlines.set(sid, now)
+            self._wakeup.set()
+
+    async def save_models(self) -> int:
+        """Persist the models that learned since the last call (:meth:`flush` calls it)."""
+        if not self._models_dirty:
+            return 0
+        dirty, self._models_dirty = self._models_dirty, set()
+        try:
+            await self.store.save_adaptive(
+                {key: self.models[key].to_json() for key in dirty}, self.clock.now()
+            )
+        except DormantError:
+            self._models_dirty |= dirty
+            raise
+        return len(dirty)
 
     def runtime_of(self, record: SessionRecord) -> Runtime:
         try:
@@ -284,6 +339,8 @@ class Engine:
             at = now
         previous = self._pending.get(session_id, _EMPTY)
         self._pending[session_id] = apply_activity(previous, kind, at, source)
+        if session_id in self._learners and kind.category is Category.MEANINGFUL:
+            self._learn(session_id, at, now)
         self.events_applied += 1
         if kind.category is not Category.MEANINGFUL:
             return
@@ -491,6 +548,7 @@ class Engine:
 
     async def flush(self) -> int:
         """Write buffered activity: one write per session, ``max(old, new)``."""
+        await self.save_models()
         if not self._pending:
             return 0
         batch, self._pending = self._pending, {}
@@ -883,6 +941,7 @@ class Engine:
 
     def _forget(self, sid: str) -> None:
         self._state.pop(sid, None)
+        self._learners.pop(sid, None)
         self._pending.pop(sid, None)
         self._warned.discard(sid)
         self._delete_requested.discard(sid)

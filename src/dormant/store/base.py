@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from dormant.policy import ActivityTimes, State
 from dormant.store.records import (
@@ -130,3 +131,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def remove_instance(self, instance_id: str) -> None: ...
+
+    # adaptive policy: learned models (JSON documents by key, last write wins)
+    @abc.abstractmethod
+    async def load_adaptive(self, keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """The stored models with these keys (all of them with ``None``)."""
+
+    @abc.abstractmethod
+    async def save_adaptive(self, models: Mapping[str, dict[str, Any]], now: datetime) -> None:
+        """Insert or replace each model (``{"observations", "weights", ...}``) by key."""

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -140,4 +141,16 @@ instances = Table(
     Column("pid", Integer, nullable=False),
     Column("started_at", UTCDateTime(), nullable=False),
     Column("heartbeat_at", UTCDateTime(), nullable=False),
+)
+
+#: Learned idle-gap models of the ``adaptive`` policy (``dormant.policy.adaptive.GapModel``), by
+#: key (``user:TENANT/USER`` or ``template:TENANT/TEMPLATE``); survives the sessions that fed it.
+adaptive_models = Table(
+    "adaptive_models",
+    metadata,
+    Column("key", String(400), primary_key=True),
+    Column("model", JSON, nullable=False),
+    Column("observations", Integer, nullable=False, default=0),
+    Column("weight", Float, nullable=False, default=0.0),
+    Column("updated_at", UTCDateTime(), nullable=False),
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from dormant.store.records import (
 )
 from dormant.store.schema import (
     UTCDateTime,
+    adaptive_models,
     api_keys,
     instances,
     operations,
@@ -376,3 +377,48 @@ class SqlStore(Store):
     async def remove_instance(self, instance_id: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(instances.delete().where(instances.c.id == instance_id))
+
+    # adaptive models ------------------------------------------------------------------------
+
+    async def load_adaptive(self, keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        query = select(adaptive_models.c.key, adaptive_models.c.model)
+        if keys is not None:
+            if not keys:
+                return {}
+            query = query.where(adaptive_models.c.key.in_(list(keys)))
+        try:
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        except OperationalError as exc:
+            raise TemporaryError(f"store unavailable: {exc.orig}") from exc
+        return {str(r.key): dict(r.model) for r in rows}
+
+    async def save_adaptive(self, models: Mapping[str, dict[str, Any]], now: datetime) -> None:
+        if not models:
+            return
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        rows = [
+            {
+                "key": key,
+                "model": model,
+                "observations": int(model.get("observations", 0)),
+                "weight": float(sum(model.get("weights", ()))),
+                "updated_at": now,
+            }
+            for key, model in models.items()
+        ]
+        stmt = dialect.insert(adaptive_models)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[adaptive_models.c.key],
+            set_={
+                name: stmt.excluded[name]
+                for name in ("model", "observations", "weight", "updated_at")
+            },
+        )
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(stmt, rows)
+        except OperationalError as exc:
+            raise TemporaryError(f"store unavailable: {exc.orig}") from exc
