@@ -25,8 +25,8 @@ log = logging.getLogger("dormant.reconciler")
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """``kind``: ``remove-orphan``, ``mark-vanished``, ``stop-stray``, ``resume``,
-    ``close-operation``."""
+    """``kind``: ``remove-orphan``, ``mark-vanished``, ``stop-stray``, ``resume``, ``delete``
+    (a deletion acknowledged before a crash), ``close-operation``."""
 
     kind: str
     target: str
@@ -115,6 +115,17 @@ def plan(
     for op in operations:
         if op.session_id in busy:
             continue
+        record = sessions.get(op.session_id)
+        if op.kind == "remove" and record is not None and record.state is not State.DELETING:
+            steps.append(
+                Step(
+                    "delete",
+                    op.session_id,
+                    f"deletion acknowledged (operation {op.id}) but interrupted by a crash",
+                    operation_id=op.id,
+                )
+            )
+            continue
         steps.append(
             Step(
                 "close-operation",
@@ -194,6 +205,8 @@ class Reconciler:
                 await engine.stop_stray(step.target)
             elif step.kind == "resume":
                 await engine.resume(step.target)
+            elif step.kind == "delete" and step.operation_id is not None:
+                engine.resume_delete(step.target, step.operation_id, step.reason)
             elif step.kind == "close-operation" and step.operation_id is not None:
                 await engine.store.finish_operation(
                     step.operation_id, "interrupted", 0, step.reason, engine.clock.now()

@@ -48,9 +48,15 @@ def dormant_executable() -> str:
 
 
 def wait_until(
-    check: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05, what: str = ""
+    check: Callable[[], T],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "",
+    detail: Callable[[], Any] | None = None,
 ) -> T:
-    """Call ``check`` until it returns something truthy; fail with the last value otherwise."""
+    """Call ``check`` until it returns something truthy; fail with the last value (or what
+    ``detail()`` says) otherwise."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -58,7 +64,8 @@ def wait_until(
         if last:
             return last
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what or check}: last={last!r}")
+            shown = detail() if detail is not None else last
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what or check}: {shown!r}")
         time.sleep(interval)
 
 
@@ -160,7 +167,7 @@ async def _no_traceback_async(response: httpx.Response) -> None:
 
 
 class Server:
-    """One ``dormant serve`` in ``home`` (its cwd: ``./dormant.db`` and the admin key live there)."""
+    """One ``dormant serve`` in ``home``, its cwd (``./dormant.db`` and the admin key are there)."""
 
     wait_until = staticmethod(wait_until)
     port_answers = staticmethod(port_answers)
@@ -213,9 +220,7 @@ class Server:
         def healthy() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                pytest.fail(
-                    f"dormant serve exited with {self.proc.returncode}:\n{self.log_tail()}"
-                )
+                pytest.fail(f"dormant serve exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 return httpx.get(f"{self.url}/healthz", timeout=2.0).status_code == 200
             except httpx.HTTPError:
@@ -379,6 +384,16 @@ class Server:
         return sorted(left)
 
 
+def _sweep(servers: list[Server]) -> None:
+    """Stop every server and kill what it left; fail if a marked process survives."""
+    leaks: dict[str, list[int]] = {}
+    for srv in servers:
+        print(f"--- {srv.home} log tail ---\n{srv.log_tail()}")
+        if left := srv.cleanup():
+            leaks[str(srv.runtime_root)] = left
+    assert not leaks, f"session processes survived cleanup: {leaks}"
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """``server_factory(ports=20, start=True, **env)``: a server in ``tmp_path`` (the first)
@@ -391,16 +406,22 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         servers.append(srv)
         return srv.start() if start else srv
 
-    yield make
-
-    leaks: dict[str, list[int]] = {}
-    for srv in servers:
-        print(f"--- {srv.home} log tail ---\n{srv.log_tail()}")
-        if left := srv.cleanup():
-            leaks[str(srv.runtime_root)] = left
-    assert not leaks, f"session processes survived cleanup: {leaks}"
+    try:
+        yield make
+    finally:
+        _sweep(servers)
 
 
 @pytest.fixture
 def server(server_factory: Callable[..., Server]) -> Server:
     return server_factory()
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server shared by a module's tests (for checks that must change nothing)."""
+    srv = Server(tmp_path_factory.mktemp("serve"))
+    try:
+        yield srv.start()
+    finally:
+        _sweep([srv])

@@ -25,6 +25,10 @@ class RateLimited(DormantError):
     code = "rate_limited"
     status = 429
 
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -81,5 +85,8 @@ class RateLimiter:
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
         if tokens < 1:
             self._buckets[key_id] = (tokens, now)
-            raise RateLimited(f"too many requests; limit is {self.rate:g}/s per key")
+            raise RateLimited(
+                f"too many requests; limit is {self.rate:g}/s per key",
+                retry_after=(1 - tokens) / self.rate,
+            )
         self._buckets[key_id] = (tokens - 1, now)

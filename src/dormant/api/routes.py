@@ -1,6 +1,6 @@
 """REST routes under ``/v1`` (see DESIGN.md, Interfaces)."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -31,6 +31,7 @@ from dormant.reconciler import Reconciler
 from dormant.store.records import SessionRecord
 
 E = TypeVar("E", State, Level)
+MAX_ACTIVITY_AGE = timedelta(hours=24)
 
 
 class Realtime(Protocol):
@@ -137,8 +138,8 @@ def build_router(
             )
             for record in page:
                 after = record.id
-                if record.state is State.DELETING:
-                    continue
+                if record.state is State.DELETING and want_state is None:
+                    continue  # being deleted: GET already answers 404
                 session = out(record)
                 if want_level is None or session.level == want_level.value:
                     items.append(session)
@@ -160,6 +161,8 @@ def build_router(
     @router.post("/sessions/{session_id}/activity", status_code=202, response_model=Accepted)
     async def activity(session_id: str, body: ActivityIn, who: Who) -> Accepted:
         record = await engine.get(session_id, who.scope)
+        if body.at is not None and body.at < engine.clock.now() - MAX_ACTIVITY_AGE:
+            raise InvalidInput("activity 'at' is more than 24h old; send activity as it happens")
         engine.record_activity(session_id, parse_kind(body.kind), body.at, source="api")
         return Accepted(id=session_id, state=record.state.value, accepted="activity")
 

@@ -393,9 +393,17 @@ class Engine:
         code: str = "manual",
         reason: str = "requested via API",
     ) -> None:
-        await self.get(session_id, tenant)
+        record = await self.get(session_id, tenant)
+        # The acknowledgement must survive a crash: the intent row is written before the 202,
+        # even when another operation holds the session and the removal has to wait for it.
+        op_id = await self._intent(record, "remove")
         self._delete_requested.add(session_id)
-        self._spawn(self._run_delete(session_id, code, reason))
+        self._spawn(self._run_delete(session_id, code, reason, op_id))
+
+    def resume_delete(self, session_id: str, op_id: int, reason: str) -> None:
+        """Carry out a deletion acknowledged before a crash (reconciler)."""
+        self._delete_requested.add(session_id)
+        self._spawn(self._run_delete(session_id, "reconcile", reason, op_id))
 
     async def logout(self, user_id: str, tenant: str | None) -> list[str]:
         """Delete every live session of a user now (through the policy's logout rule)."""
@@ -702,13 +710,16 @@ class Engine:
         self.deadlines.set(record.id, decision.at)
         return False
 
-    async def _run_delete(self, sid: str, code: str, reason: str) -> None:
+    async def _run_delete(self, sid: str, code: str, reason: str, op_id: int | None = None) -> None:
         async with self._lock(sid):
             record = await self.store.get_session(sid)
             if record is None or record.state is State.DELETED:
+                if op_id is not None:
+                    await self._finish_op(op_id, "superseded", 0, None)
                 self._forget(sid)
                 return
-            op_id = await self._intent(record, "remove")
+            if op_id is None:
+                op_id = await self._intent(record, "remove")
             if record.state is not State.DELETING:
                 record = await self._transition(
                     record, State.DELETING, code, reason, action=Action.DELETE.value

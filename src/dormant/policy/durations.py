@@ -16,7 +16,10 @@ def parse_duration(value: object, *, name: str = "duration") -> float:
     if isinstance(value, bool):
         raise InvalidInput(f"{name}: expected seconds or a duration like '15m', got {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise InvalidInput(f"{name}: {str(value)[:20]}... is far too large") from None
     elif isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         if re.fullmatch(r"\d+(?:\.\d+)?", text):

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,9 +140,15 @@ class ProcessRuntime(Runtime):
         spec = self._read_json(directory / "spec.json")
         if spec is None:
             raise RuntimeFailure(f"{name} does not exist (create it first)")
-        if (pid := self._alive_pid(name)) is not None:
-            return {**state, "pid": pid}
         port = int(spec["port"])
+        timeout = float(spec["start_timeout"])
+        # Already running (also when dormant crashed before it could record the pid): adopt it,
+        # but still only call it started once it serves.
+        if (pid := self._running_pid(name)) is not None:
+            await self._wait_ready(
+                name, lambda: None if self._running_pid(name) else -1, port, timeout
+            )
+            return {**state, "pid": pid}
         workdir = directory / "work"
         values = {"port": str(port), "workdir": str(workdir), "session": spec["session_id"]}
         command = [part.format(**values) for part in (spec["command"] or DEFAULT_COMMAND)]
@@ -171,18 +178,25 @@ class ProcessRuntime(Runtime):
         self._children[name] = proc
         record = {"pid": proc.pid, "start_time": _proc_start_time(proc.pid)}
         (directory / "pid.json").write_text(json.dumps(record))
-        await self._wait_ready(name, proc, port, float(spec["start_timeout"]))
+        await self._wait_ready(name, lambda: proc.returncode, port, timeout)
         return {**state, "pid": proc.pid}
 
+    def _running_pid(self, name: str) -> int | None:
+        """The recorded pid if alive, else any live process carrying this container's marks."""
+        if (pid := self._alive_pid(name)) is not None:
+            return pid
+        marked = self._marked_pids(name)
+        return min(marked) if marked else None
+
     async def _wait_ready(
-        self, name: str, proc: asyncio.subprocess.Process, port: int, timeout: float
+        self, name: str, exit_code: Callable[[], int | None], port: int, timeout: float
     ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            if proc.returncode is not None:
+            if (code := exit_code()) is not None:
                 raise RuntimeFailure(
-                    f"process exited with code {proc.returncode} while starting; "
+                    f"process exited with code {code} while starting; "
                     f"last output: {self._log_tail(name)}"
                 )
             try:
@@ -252,13 +266,17 @@ class ProcessRuntime(Runtime):
             await asyncio.to_thread(shutil.rmtree, directory, True)
 
     async def inspect(self, name: str) -> ContainerInfo | None:
+        return self._inspect(name, None)
+
+    def _inspect(self, name: str, marks: dict[int, str] | None) -> ContainerInfo | None:
+        """``marks``: a /proc scan already made (``pid -> container``), to scan once per list."""
+        if marks is None:
+            marks = self._marked_pids(name)
+        marked = sorted(pid for pid, container in marks.items() if container == name)
         spec = self._read_json(self._dir(name) / "spec.json")
         if spec is None:
-            marked = self._marked_pids(name)
-            if not marked:
-                return None
-            return self._stray_info(name, next(iter(marked)))
-        pid = self._alive_pid(name)
+            return self._stray_info(name, marked[0]) if marked else None
+        pid = self._alive_pid(name) or (marked[0] if marked else None)
         return ContainerInfo(
             name=name,
             labels=dict(spec["labels"]),
@@ -276,10 +294,11 @@ class ProcessRuntime(Runtime):
 
     async def list_managed(self) -> list[ContainerInfo]:
         infos: dict[str, ContainerInfo] = {}
+        marks = self._marked_pids()
         for entry in sorted(self.root.iterdir()):
-            if entry.is_dir() and (info := await self.inspect(entry.name)) is not None:
+            if entry.is_dir() and (info := self._inspect(entry.name, marks)) is not None:
                 infos[entry.name] = info
-        for pid, name in self._marked_pids().items():
+        for pid, name in marks.items():
             if name and name not in infos:
                 infos[name] = self._stray_info(name, pid)
         return list(infos.values())
