@@ -334,7 +334,92 @@ def _simple(action: str, method: str, suffix: str) -> Any:
 
 sessions_app.command("sleep")(_simple("sleep", "POST", "/sleep"))
 sessions_app.command("wake")(_simple("wake", "POST", "/wake"))
-sessions_app.command("rm")(_simple("delete", "DELETE", ""))
+
+
+@sessions_app.command("rm")
+def sessions_rm(
+    session_id: Annotated[str | None, typer.Argument(help="The session to delete")] = None,
+    all_sleeping: Annotated[
+        bool, typer.Option("--all-sleeping", help="Delete every sleeping session")
+    ] = False,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=256, help="Deletes in flight at once (default DORMANT_RUNTIME_CONCURRENCY)"
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Wait until each is gone (--all-sleeping)")
+    ] = True,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Delete a session, or every sleeping one with bounded concurrency and a progress bar."""
+    if (session_id is None) == (not all_sleeping):
+        _die("give either a session id or --all-sleeping")
+    if session_id is not None:
+        with _client(url, api_key, config) as client:
+            _call(client, "DELETE", f"/v1/sessions/{session_id}")
+        typer.echo(f"delete requested for {session_id}")
+        return
+    limit = concurrency or _settings(config).runtime_concurrency
+    with _client(url, api_key, config) as client:
+        ids: list[str] = []
+        cursor = None
+        while True:
+            params = {"state": "sleeping", **({"cursor": cursor} if cursor else {})}
+            page = _call(client, "GET", "/v1/sessions", params=params)
+            ids += [s["id"] for s in page["items"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        if not ids:
+            typer.echo("no sleeping sessions")
+            return
+        failures = _bulk_delete(client, ids, limit, wait)
+    done = len(ids) - len(failures)
+    typer.echo(f"deleted {done} of {len(ids)} sleeping session(s) ({limit} at a time)")
+    for sid, why in sorted(failures.items()):
+        typer.secho(f"  {sid}: {why}", fg=typer.colors.RED, err=True)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _bulk_delete(
+    client: httpx.Client, ids: list[str], limit: int, wait: bool, wait_timeout: float = 300.0
+) -> dict[str, str]:
+    """DELETE each (and, with ``wait``, poll until it answers 404), ``limit`` at a time, with a
+    progress bar. Returns the failures by session id."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    def one(sid: str) -> str | None:
+        try:
+            response = client.delete(f"/v1/sessions/{sid}")
+            if response.status_code not in (202, 204, 404):
+                return f"HTTP {response.status_code}: {response.text[:200]}"
+            deadline = time.monotonic() + wait_timeout
+            while wait and response.status_code != 404:
+                if time.monotonic() > deadline:
+                    return f"still there after {wait_timeout:g}s"
+                time.sleep(0.2)
+                response = client.get(f"/v1/sessions/{sid}")
+        except httpx.HTTPError as exc:
+            return f"cannot reach the server: {exc}"
+        return None
+
+    failures: dict[str, str] = {}
+    with (
+        ThreadPoolExecutor(max_workers=limit) as pool,
+        typer.progressbar(length=len(ids), label="deleting", file=sys.stderr) as bar,
+    ):
+        futures = {pool.submit(one, sid): sid for sid in ids}
+        for future in as_completed(futures):
+            if (why := future.result()) is not None:
+                failures[futures[future]] = why
+            bar.update(1)
+    return failures
 
 
 def main() -> None:

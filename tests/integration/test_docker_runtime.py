@@ -130,9 +130,15 @@ async def test_create_of_an_existing_name_for_the_same_session_adopts_it(
 ) -> None:
     s = spec(sid())
     first = await runtime.create(s)
-    second = await runtime.create(s)
-    assert second["id"] == first["id"]
-    assert second["adopted"] is True
+    again = await runtime.create(s)  # made by this process: found, not made again
+    assert again["id"] == first["id"]
+    restarted = DockerRuntime(runtime.host)  # a restarted dormant: the create conflicts
+    try:
+        adopted = await restarted.create(s)
+    finally:
+        await restarted.close()
+    assert adopted["id"] == first["id"]
+    assert adopted["adopted"] is True
 
 
 async def test_name_conflict_with_a_stale_managed_container_removes_it(

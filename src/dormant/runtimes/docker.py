@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
@@ -69,6 +70,22 @@ _NETWORK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _TMPFS_OPTIONS = re.compile(r"^[A-Za-z0-9=,._-]{0,200}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
+
+#: Crash points for chaos tests. A test arms one by creating the file named after it in
+#: ``DORMANT_TEST_CRASH_DIR``; the next time dormant gets there it removes the file and SIGKILLs
+#: itself: after the intent row is written and before the engine is asked (``after-intent``),
+#: after the container is made (``after-create``), after the engine started it
+#: (``after-start``), when it serves and the session's state is about to be written
+#: (``before-state-update``), after a stop (``after-stop``) and after a removal
+#: (``after-remove``), each before dormant records the result.
+CRASH_POINTS = (
+    "after-intent",
+    "after-create",
+    "after-start",
+    "before-state-update",
+    "after-stop",
+    "after-remove",
+)
 
 # Engine messages (lower-cased) by meaning. Docker and Podman word these differently.
 _CONFLICT_MARKS = ("already in use", "is already in use by", "name is already in use")
@@ -271,6 +288,19 @@ class DockerRuntime(Runtime):
         self.image_cache_seconds = image_cache_seconds
         self._docker: aiodocker.Docker | None = None
         self._images: dict[str, float] = {}
+        self._crash_dir = os.environ.get("DORMANT_TEST_CRASH_DIR") or None
+        #: Containers this process made or adopted, by name: their session id.
+        self._made: dict[str, str] = {}
+
+    def _crash_point(self, point: str) -> None:
+        if self._crash_dir is None:
+            return
+        try:
+            os.unlink(os.path.join(self._crash_dir, point))  # atomic: fires once
+        except FileNotFoundError:
+            return
+        log.warning("crash point %s reached: SIGKILL (DORMANT_TEST_CRASH_DIR)", point)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     # plumbing ---------------------------------------------------------------------------------
 
@@ -355,6 +385,7 @@ class DockerRuntime(Runtime):
         self._images[image] = loop.time()
 
     async def create(self, spec: ContainerSpec) -> dict[str, Any]:
+        self._crash_point("after-intent")
         config = container_config(spec)
         assert spec.image is not None
         await self._ensure_image(spec.image)
@@ -363,12 +394,21 @@ class DockerRuntime(Runtime):
             "start_timeout": spec.start_timeout,
             "stop_timeout": spec.stop_timeout,
         }
+        if self._made.get(spec.name) == spec.session_id:
+            # Made by this process (a wake): one look instead of a create that conflicts.
+            existing = await self._inspect_raw(spec.name)
+            labels = ((existing or {}).get("Config") or {}).get("Labels") or {}
+            if existing is not None and labels.get(SESSION_LABEL) == spec.session_id:
+                return {**state, "id": existing["Id"]}
+            self._made.pop(spec.name, None)
         for _ in range(3):
             try:
                 created = await self._call(
                     f"create {spec.name}",
                     lambda d: d.containers.create(config, name=spec.name),
                 )
+                self._made[spec.name] = spec.session_id
+                self._crash_point("after-create")
                 return {**state, "id": created.id}
             except NameConflict:
                 existing = await self._inspect_raw(spec.name)
@@ -380,6 +420,7 @@ class DockerRuntime(Runtime):
             labels = (existing.get("Config") or {}).get("Labels") or {}
             if labels.get(SESSION_LABEL) == spec.session_id:
                 log.info("create %s: adopting the existing container", spec.name)
+                self._made[spec.name] = spec.session_id
                 return {**state, "id": existing["Id"], "adopted": True}
             if labels.get(MANAGED_LABEL) != "true":
                 raise RuntimeFailure(
@@ -402,12 +443,14 @@ class DockerRuntime(Runtime):
         except RuntimeFailure as exc:
             # The engine could not run it (bad command, bad mount): say so with its output.
             raise RuntimeFailure(f"{exc}; last output: {await self._log_tail(name)}") from exc
+        self._crash_point("after-start")
         info = await self._inspect_raw(name)
         if info is None:
             raise RuntimeFailure(f"{name} vanished while starting")
         port = _probe_port(info)
         timeout = float(state.get("start_timeout", 30.0))
         await self._wait_ready(name, port, timeout)
+        self._crash_point("before-state-update")
         return {**state, "id": info["Id"], "host_port": port}
 
     async def _wait_ready(self, name: str, port: int | None, timeout: float) -> None:
@@ -488,9 +531,11 @@ class DockerRuntime(Runtime):
             await self._call(
                 f"stop {name}", lambda d: d.containers.container(name).stop(**params), wait
             )
+        self._crash_point("after-stop")
         return state
 
     async def remove(self, name: str, state: dict[str, Any]) -> None:
+        self._made.pop(name, None)
         with contextlib.suppress(ContainerMissing):
             await self._call(
                 f"remove {name}",
@@ -501,6 +546,7 @@ class DockerRuntime(Runtime):
         for delay in (0.0, 0.05, 0.1, 0.2, 0.4):
             await asyncio.sleep(delay)
             if await self._inspect_raw(name) is None:
+                self._crash_point("after-remove")
                 return
         raise TemporaryError(f"remove {name}: the container still exists; will retry")
 

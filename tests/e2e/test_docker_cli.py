@@ -1,0 +1,64 @@
+"""``dormant sessions rm --all-sleeping`` against ``dormant serve`` on the docker runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ..integration import podman
+from ..integration.podman import CONTAINER_PORT, IMAGE, RUN_ID, RUN_LABEL
+
+if TYPE_CHECKING:
+    from .conftest import Server
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def docker_host() -> Iterator[str]:
+    host = podman.podman_host()
+    try:
+        yield host
+    finally:
+        podman.purge_run()
+        assert podman.managed_containers() == []
+
+
+def test_rm_all_sleeping_deletes_exactly_the_sleeping_sessions(
+    server_factory: Callable[..., Server], docker_host: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "dormant.toml"
+    config.write_text(
+        f'default_template = "box"\n\n[templates.box]\nruntime = "docker"\n'
+        f'image = "{IMAGE}"\nport = {CONTAINER_PORT}\nstop_timeout = 1\n'
+    )
+    server = server_factory(ports=20, DORMANT_CONFIG=str(config), DORMANT_DOCKER_HOST=docker_host)
+    ids = [server.create(f"u{i}", labels={RUN_LABEL: RUN_ID})["id"] for i in range(9)]
+    for sid in ids:
+        server.wait_state(sid, "running", timeout=120)
+    sleeping, awake = ids[:6], ids[6:]
+    api = server.client()
+    for sid in sleeping:
+        assert api.post(f"/v1/sessions/{sid}/sleep").status_code == 202
+    for sid in sleeping:
+        server.wait_state(sid, "sleeping", timeout=120)
+
+    refused = server.cli("sessions", "rm", check=False)
+    assert refused.returncode != 0
+    assert "--all-sleeping" in refused.stderr
+
+    result = server.cli("sessions", "rm", "--all-sleeping", "--concurrency", "3")
+    assert "deleted 6 of 6 sleeping session(s) (3 at a time)" in result.stdout
+    assert "deleting" in result.stderr  # the progress bar
+    for sid in sleeping:
+        assert server.session(sid) is None
+    for sid in awake:
+        current = server.session(sid)
+        assert current is not None and current["state"] == "running"
+    assert podman.container_names(podman.managed_containers()) == {f"dormant-{s}" for s in awake}
+
+    again = server.cli("sessions", "rm", "--all-sleeping")
+    assert "no sleeping sessions" in again.stdout
