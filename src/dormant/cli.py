@@ -16,6 +16,7 @@ import dormant
 from dormant.clock import SystemClock
 from dormant.config import Settings, load_settings
 from dormant.errors import DormantError
+from dormant.simulate.cli import simulate_app
 
 T = TypeVar("T")
 
@@ -28,6 +29,7 @@ keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (works on the
 sessions_app = typer.Typer(no_args_is_help=True, help="Manage sessions (talks to the server).")
 app.add_typer(keys_app, name="keys")
 app.add_typer(sessions_app, name="sessions")
+app.add_typer(simulate_app, name="simulate")  # dormant simulate TRACE | generate
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="dormant.toml path")]
 

@@ -413,7 +413,7 @@ def observe(
         return learner, {}, False
     gap = (at - learner.last).total_seconds()
     if learner.settings.mode != "learned" or not gap > MIN_GAP:
-        return replace(learner, last=at), {}, False
+        return Learner(learner.settings, learner.keys, learner.base, at, learner.timeout), {}, False
     own, shared = learner.keys
     changed = {own: learn(models.get(own), gap, learner.settings)}
     if shared is not None:
