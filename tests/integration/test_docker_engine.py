@@ -69,7 +69,7 @@ class Rig:
 
 
 async def make_rig(
-    tmp_path: Path, host: str, patience: float = 0.0, ports: range = range(45000, 45100)
+    tmp_path: Path, host: str, patience: float = 0.0, ports: range = range(30100, 30200)
 ) -> Rig:
     url = f"sqlite+aiosqlite:///{tmp_path / 'dormant.db'}"
     await upgrade_async(url)
@@ -254,7 +254,7 @@ async def test_during_an_engine_outage_operations_wait_and_nothing_is_wrongly_de
     tmp_path: Path, docker_host: str, containers: None
 ) -> None:
     with podman.private_service(tmp_path) as service:
-        rig = await make_rig(tmp_path, service.url, patience=3600, ports=range(45100, 45200))
+        rig = await make_rig(tmp_path, service.url, patience=3600, ports=range(30200, 30300))
         try:
             sleeper, doomed = await rig.create(), await rig.create()
             assert await rig.state(sleeper) is State.RUNNING
@@ -283,7 +283,7 @@ async def test_a_delete_that_gives_up_stays_deleting_until_the_reconciler_finish
     tmp_path: Path, docker_host: str, containers: None
 ) -> None:
     with podman.private_service(tmp_path) as service:
-        rig = await make_rig(tmp_path, service.url, patience=0, ports=range(45200, 45300))
+        rig = await make_rig(tmp_path, service.url, patience=0, ports=range(30300, 30400))
         try:
             sid = await rig.create()
             service.kill()

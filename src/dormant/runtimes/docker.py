@@ -24,6 +24,8 @@ import math
 import os
 import re
 import signal
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
@@ -99,6 +101,7 @@ _TEMPORARY_MARKS = (
     "timeout",
     "connection reset",
     "resource temporarily unavailable",
+    "address already in use",  # often a connection's TIME_WAIT on the port: it passes
 )
 _IMAGE_MISSING_MARKS = ("no such image", "image not known", "failed to find image")
 
@@ -391,6 +394,11 @@ class DockerRuntime(Runtime):
         await self._ensure_image(spec.image)
         state = {
             "host_port": spec.port,
+            # where readiness is probed: the published port; with the host's network the
+            # container's own port; with no network nothing (running is all one can see)
+            "probe_port": {"none": None, "host": spec.container_port}.get(
+                spec.network_mode or "", spec.port
+            ),
             "start_timeout": spec.start_timeout,
             "stop_timeout": spec.stop_timeout,
         }
@@ -444,14 +452,18 @@ class DockerRuntime(Runtime):
             # The engine could not run it (bad command, bad mount): say so with its output.
             raise RuntimeFailure(f"{exc}; last output: {await self._log_tail(name)}") from exc
         self._crash_point("after-start")
-        info = await self._inspect_raw(name)
-        if info is None:
-            raise RuntimeFailure(f"{name} vanished while starting")
-        port = _probe_port(info)
+        if "probe_port" in state:  # known since create: no look-up on the way to serving
+            port = state["probe_port"]
+        else:
+            info = await self._inspect_raw(name)
+            if info is None:
+                raise RuntimeFailure(f"{name} vanished while starting")
+            port = _probe_port(info)
+            state = {**state, "id": info["Id"], "probe_port": port}
         timeout = float(state.get("start_timeout", 30.0))
-        await self._wait_ready(name, port, timeout)
+        await self._wait_ready(name, None if port is None else int(port), timeout)
         self._crash_point("before-state-update")
-        return {**state, "id": info["Id"], "host_port": port}
+        return state
 
     async def _wait_ready(self, name: str, port: int | None, timeout: float) -> None:
         """Until the published port accepts a connection; fail fast if the container exits."""
@@ -494,6 +506,12 @@ class DockerRuntime(Runtime):
                 reader, writer = await asyncio.open_connection(self.probe_host, port)
         except (OSError, TimeoutError):
             return False
+        # Reset rather than close: no TIME_WAIT left on an ephemeral port that a session's
+        # published port might need next.
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         try:
             # A userland proxy (Docker's docker-proxy) accepts for a backend that does not
             # listen yet and then hangs up at once: a connection closed right away is no answer.
