@@ -33,9 +33,19 @@ def test_rm_all_sleeping_deletes_exactly_the_sleeping_sessions(
     config = tmp_path / "dormant.toml"
     config.write_text(
         f'default_template = "box"\n\n[templates.box]\nruntime = "docker"\n'
-        f'image = "{IMAGE}"\nport = {CONTAINER_PORT}\nstop_timeout = 1\n'
+        f'image = "{IMAGE}"\nport = {CONTAINER_PORT}\nstop_timeout = 1\n\n'
+        f'[templates.ghost]\nruntime = "docker"\nimage = "localhost/no-such-image:404"\n'
+        f"port = {CONTAINER_PORT}\n"
     )
     server = server_factory(ports=20, DORMANT_CONFIG=str(config), DORMANT_DOCKER_HOST=docker_host)
+    # an image the engine does not have: refused before a session or container exists
+    refused_image = server.client().post(
+        "/v1/sessions", json={"user_id": "u", "template": "ghost", "labels": {RUN_LABEL: RUN_ID}}
+    )
+    assert refused_image.status_code == 422, refused_image.text
+    assert "no-such-image" in refused_image.json()["error"]["message"]
+    assert server.all_sessions() == []
+
     ids = [server.create(f"u{i}", labels={RUN_LABEL: RUN_ID})["id"] for i in range(9)]
     for sid in ids:
         server.wait_state(sid, "running", timeout=120)
