@@ -19,7 +19,7 @@ from dormant.api.auth import create_key
 from dormant.clock import Clock, SystemClock
 from dormant.config import Settings
 from dormant.engine import Engine, EngineSettings, PortAllocator, parse_port_range
-from dormant.gateway import Gateway, GatewaySettings, TokenIssuer, new_secret
+from dormant.gateway import Gateway, GatewaySettings, SocketIORoute, TokenIssuer, new_secret
 from dormant.metrics import Metrics
 from dormant.reconciler import Reconciler
 from dormant.runtimes import Runtime
@@ -213,7 +213,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
             headers={"Cache-Control": "public, max-age=300", "ETag": web.dormant_js_etag()},
         )
 
-    app.mount("/socket.io", gateway.asgi_app)
+    app.add_middleware(SocketIORoute, gateway_app=gateway.asgi_app)
     app.state.services = services
     app.state.realtime = gateway
     return app

@@ -426,7 +426,9 @@ async def test_open_but_silent_tab_is_warned_then_slept_then_woken_by_activity(
 
 
 async def test_activity_cancels_a_warning(api: Api, probes: Probes) -> None:
-    policy = {**FAST, "sleep_after": 8, "warn_before": 6}
+    # A wide window between the warning (after 2 s) and the sleep, so a slow machine cannot
+    # let the sleep overtake the cancelling activity.
+    policy = {**FAST, "sleep_after": 60, "warn_before": 58}
     session = await api.create("cancel", policy=policy)
     sid = session["id"]
     tab = probes()

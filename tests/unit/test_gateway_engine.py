@@ -118,6 +118,7 @@ async def test_connect_counts_greets_and_shows_presence(hub: Hub) -> None:
     record = await hub.session()
     await hub.connect("c1", hub.token(record, "Ann"))
     await hub.connect("c2", hub.token(record, "Bob"))
+    await hub.advance(1)  # presence is coalesced: at most one per tick per room
     stored = await hub.stored(record)
     assert stored.connections == 2 and stored.ever_connected
     greeting = hub.wire.to("c1", "session")[0]
@@ -127,7 +128,7 @@ async def test_connect_counts_greets_and_shows_presence(hub: Hub) -> None:
     assert [p["name"] for p in presence["participants"]] == ["Ann", "Bob"]
 
     await hub.gateway._on_disconnect("c2", "client disconnect")
-    await hub.settle()
+    await hub.advance(1)
     assert (await hub.stored(record)).connections == 1
     assert hub.wire.to("c1", "presence")[-1]["occupancy"] == 1
 
@@ -220,3 +221,27 @@ async def test_deleting_the_session_closes_its_connections(hub: Hub) -> None:
     assert hub.wire.closed == ["c1"]
     assert hub.wire.to("c1", "error")[-1]["code"] == "session_deleted"
     assert await hub.refused("c2", hub.token(record)) == "session_not_found"
+
+
+async def test_a_token_for_another_tenant_is_refused_and_not_counted(hub: Hub) -> None:
+    record = await hub.session()
+    forged = hub.tokens.mint(session_id=record.id, user_id="alice", tenant="t2")[0]
+    assert await hub.refused("c1", forged) == "session_not_found"
+    assert (await hub.stored(record)).connections == 0
+    assert hub.gateway.connection_count(record.id) == 0
+
+
+async def test_an_overtaken_engine_event_does_not_undo_a_fresher_view(hub: Hub) -> None:
+    record = await hub.session({"sleep_after": 300, "warn_before": 60, "heartbeat_interval": 60})
+    await hub.connect("c1", hub.token(record))
+    await hub.advance(240)
+    warned = await hub.stored(record)
+    assert warned.warned_at is not None
+    await hub.gateway._on_activity("c1", {"kind": "chat"})
+    await hub.settle()
+    assert hub.wire.to("c1", "session")[-1]["warning"] is None
+    sent = len(hub.wire.sent)
+    room = hub.gateway._rooms[record.id]
+    await hub.gateway._push(room, warned)  # the warning's record, delivered late
+    assert len(hub.wire.sent) == sent
+    assert hub.wire.to("c1", "session")[-1]["warning"] is None

@@ -1,6 +1,6 @@
 """The real-time gateway: Socket.IO activity, presence, heartbeats and session events."""
 
-from dormant.gateway.server import Gateway, GatewaySettings, GatewayStats
+from dormant.gateway.server import Gateway, GatewaySettings, GatewayStats, SocketIORoute
 from dormant.gateway.tokens import Claims, TokenError, TokenIssuer, new_secret
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "Gateway",
     "GatewaySettings",
     "GatewayStats",
+    "SocketIORoute",
     "TokenError",
     "TokenIssuer",
     "new_secret",

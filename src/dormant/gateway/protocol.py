@@ -32,6 +32,7 @@ def error(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"code": code, "message": message, **extra}
 
 
+_FIELDS = frozenset(("kind", "detail"))
 _KINDS = {k.value: k for k in ActivityKind}
 _KNOWN = ", ".join(_KINDS)
 
@@ -41,11 +42,9 @@ def parse_activity(args: tuple[Any, ...]) -> ActivityKind:
     if len(args) != 1 or not isinstance(args[0], dict):
         raise ProtocolError("invalid_activity", "activity takes one object: {kind, detail?}")
     body: dict[str, Any] = args[0]
-    extra = sorted(str(k) for k in body if k not in ("kind", "detail"))
-    if extra:
-        raise ProtocolError(
-            "invalid_activity", f"unknown field(s) {', '.join(extra)}; allowed: kind, detail"
-        )
+    if len(body) > 1 and body.keys() - _FIELDS:
+        extra = ", ".join(sorted(str(k) for k in body.keys() - _FIELDS))
+        raise ProtocolError("invalid_activity", f"unknown field(s) {extra}; allowed: kind, detail")
     kind = body.get("kind")
     if not isinstance(kind, str) or not 0 < len(kind) <= MAX_KIND_LENGTH:
         raise ProtocolError("invalid_activity", "activity 'kind' must be a short string")

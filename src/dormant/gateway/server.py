@@ -18,13 +18,14 @@ bad input gets an ``error {code, message}`` event and the connection stays.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
 import math
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -53,6 +54,26 @@ log = logging.getLogger("dormant.gateway")
 #: ``max_payload_bytes`` and this they are refused with an ``error`` event and dropped.
 HARD_MESSAGE_LIMIT = 1_000_000
 _NOTICE_EVERY = 1.0  # seconds between two rate-limit notices to one connection
+# Acks for accepted activity (shared: python-socketio only reads them).
+_COUNTED: dict[str, Any] = {"ok": True, "counted": True}
+_NOT_COUNTED: dict[str, Any] = {"ok": True, "counted": False}
+
+
+class SocketIORoute:
+    """ASGI middleware: ``/socket.io/`` goes straight to the gateway, everything else to the
+    app. Outside the app's own middleware, a WebSocket's every message skips the wrappers that
+    HTTP requests need; polling bodies are bounded by Engine.IO, each message by the gateway."""
+
+    def __init__(self, app: Any, gateway_app: Any, path: str = "/socket.io/") -> None:
+        self.app = app
+        self.gateway_app = gateway_app
+        self.path = path
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith(self.path):
+            await self.gateway_app(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +158,9 @@ class Room:
         "level_check_at",
         "lock",
         "members",
+        "newest",
         "presence_dirty",
+        "presence_next",
         "refresh_again",
         "refreshing",
         "session_id",
@@ -150,9 +173,11 @@ class Room:
         self.lock = asyncio.Lock()
         self.last_key: tuple[Any, ...] | None = None
         self.last_kind: str | None = None
+        self.newest: tuple[int, datetime, datetime] | None = None
         self.level: str | None = None
         self.level_check_at: float | None = None
         self.presence_dirty = False
+        self.presence_next = 0.0
         self.refreshing = False
         self.refresh_again = False
 
@@ -163,6 +188,26 @@ class Room:
     @property
     def empty(self) -> bool:
         return not self.members and not self.joining
+
+
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+
+
+def _age(record: SessionRecord) -> tuple[int, datetime, datetime]:
+    """How recent a view of a session is: its stored version, then activity not yet stored."""
+    return (
+        record.version,
+        record.last_activity_at or _EPOCH,
+        record.last_seen_at or _EPOCH,
+    )
+
+
+def _trim(environ: dict[str, Any]) -> None:
+    """Drop the handshake's request headers: Engine.IO keeps the environ for the connection's
+    whole life and nothing reads them after the handshake (about 2 KB per connection)."""
+    for key in [k for k in environ if k.startswith("HTTP_")]:
+        del environ[key]
+    environ.pop("wsgi.input", None)
 
 
 class Refused(Exception):
@@ -293,6 +338,7 @@ class Gateway:
             claims = self._admit(environ, auth)
         except Refused as exc:
             return self._refuse(exc)
+        _trim(environ)
         room = self._rooms.get(claims.session_id)
         if room is None:
             room = self._rooms[claims.session_id] = Room(claims.session_id)
@@ -341,43 +387,54 @@ class Gateway:
         raise socketio.exceptions.ConnectionRefusedError(exc.message, {"code": exc.code})
 
     async def _join(self, sid: str, claims: Claims, room: Room) -> bool:
-        try:
-            record = await self.engine.get(claims.session_id, claims.tenant)
-        except NotFound:
-            return self._refuse(Refused("session_not_found", "the session no longer exists"))
-        except DormantError as exc:
-            return self._refuse(Refused("unavailable", f"cannot attach right now: {exc}"))
-        policy = self.engine.policy_of(record)
         now = self.clock.monotonic()
+        # The session's own heartbeat settings replace these once the engine answers.
         conn = Connection(
             sid,
             claims,
-            Heartbeat(policy.heartbeat_interval, policy.missed_pongs, now),
+            Heartbeat(25.0, 3, now),
             TokenBucket(self.settings.activity_rate, self.settings.activity_burst, now),
         )
         conn.joined_at = self.clock.now().isoformat()
         self._conns[sid] = conn
         async with room.lock:
-            if conn.closed:  # the client went away while we were looking the session up
-                self._conns.pop(sid, None)
-                return False
             room.members[sid] = conn
+            counted = False
             try:
+                # One engine call: it checks the session exists and counts the connection.
                 record = await self.engine.connect(claims.session_id, count=len(room.members))
+                counted = True
+                if record.tenant != claims.tenant:
+                    raise NotFound(f"session {claims.session_id} not found")
             except DormantError as exc:
                 room.members.pop(sid, None)
                 self._conns.pop(sid, None)
-                code = "session_not_found" if isinstance(exc, NotFound) else "unavailable"
-                return self._refuse(Refused(code, f"cannot attach: {exc}"))
+                if counted:
+                    await self._recount(room)
+                if isinstance(exc, NotFound):
+                    return self._refuse(Refused("session_not_found", "the session is gone"))
+                return self._refuse(Refused("unavailable", f"cannot attach right now: {exc}"))
+            if conn.closed:  # the client went away while the engine was counting it
+                room.members.pop(sid, None)
+                self._conns.pop(sid, None)
+                await self._recount(room)
+                return False
+            policy = self.engine.policy_of(record)
+            conn.heartbeat = Heartbeat(policy.heartbeat_interval, policy.missed_pongs, now)
             conn.registered = True
         await self.sio.enter_room(sid, room.name)
         self.stats.connections = len(self._conns)
         self.stats.connected_total += 1
         heapq.heappush(self._heap, (conn.heartbeat.next_at, next(self._seq), sid))
-        room.presence_dirty = True
+        self._presence_soon(room)
         # The CONNECT packet goes out when this handler returns; greet after it.
         self._spawn(self._greet(conn, record))
         return True
+
+    async def _recount(self, room: Room) -> None:
+        """Tell the engine the room's count again (after a connection counted then dropped)."""
+        with contextlib.suppress(DormantError):
+            await self.engine.disconnect(room.session_id, count=len(room.members))
 
     async def _greet(self, conn: Connection, record: SessionRecord) -> None:
         await asyncio.sleep(0)
@@ -386,7 +443,8 @@ class Gateway:
         room = self._rooms.get(conn.session_id)
         view = self._view(record, room)
         await self.sio.emit("session", view.payload, to=conn.sid)
-        if room is not None:
+        if room is not None and (room.newest is None or _age(record) >= room.newest):
+            room.newest = _age(record)
             room.last_key = view.key
             room.last_kind = record.last_activity_kind
             self._arm_level_check(room, record)
@@ -421,10 +479,13 @@ class Gateway:
             len(room.members),
         )
         if room.members:
-            room.presence_dirty = True
+            self._presence_soon(room)
             if record is not None:
                 await self._push(room, record)
         self._drop_room_if_empty(room)
+
+    def _presence_soon(self, room: Room) -> None:
+        room.presence_dirty = True
 
     def _drop_room_if_empty(self, room: Room) -> None:
         if room.empty and self._rooms.get(room.session_id) is room:
@@ -455,7 +516,7 @@ class Gateway:
         except ProtocolError as exc:
             return await self._client_error(sid, exc)
         if kind.category is Category.KEEPALIVE:
-            return {"ok": True, "counted": False}
+            return _NOT_COUNTED
         try:
             self.engine.record_activity(conn.session_id, kind, source="gateway")
         except NotFound:
@@ -465,7 +526,7 @@ class Gateway:
         except InvalidInput as exc:
             return await self._client_error(sid, ProtocolError("invalid_activity", str(exc)))
         self.stats.activity_applied += 1
-        return {"ok": True, "counted": kind.category is Category.MEANINGFUL}
+        return _COUNTED if kind.category is Category.MEANINGFUL else _NOT_COUNTED
 
     async def _on_pong(self, sid: str, *args: Any) -> dict[str, Any] | None:
         conn = self._conns.get(sid)
@@ -582,6 +643,10 @@ class Gateway:
         """Send ``session`` to the room if what clients see changed."""
         if not room.members:
             return
+        age = _age(record)
+        if room.newest is not None and age < room.newest:
+            return  # an engine event overtaken by a fresher read: clients know better already
+        room.newest = age
         view = self._view(record, room)
         self._arm_level_check(room, record)
         if not force and view.key == room.last_key:
@@ -636,7 +701,7 @@ class Gateway:
         conn.quality = quality
         room = self._rooms.get(conn.session_id)
         if room is not None:
-            room.presence_dirty = True
+            self._presence_soon(room)
             self._refresh(room)
 
     # the ticker: heartbeats, presence, level changes ------------------------------------------
@@ -653,8 +718,12 @@ class Gateway:
         now = self.clock.monotonic()
         await self._heartbeats(now)
         for room in list(self._rooms.values()):
-            if room.presence_dirty:
+            if room.presence_dirty and room.presence_next <= now:
                 room.presence_dirty = False
+                # Joins and leaves are coalesced: a crowded room hears at most about once a
+                # second (a list of 100 names to 100 people per join would be quadratic).
+                spacing = min(1.0, len(room.members) / 100)
+                room.presence_next = now + max(self.settings.tick, spacing)
                 await self._presence(room)
             if room.level_check_at is not None and room.level_check_at <= now:
                 room.level_check_at = None
