@@ -77,7 +77,13 @@ async def test_async_client_drives_a_session_and_a_realtime_connection(server: S
             "disconnect",
         ]
         assert (await dormant.sleep(sid))["accepted"] == "sleep"
+
+        async def asleep() -> bool:
+            return (await dormant.get_session(sid))["state"] == "sleeping"
+
+        await eventually(asleep, what="sleeping")
         assert (await dormant.wake(sid))["accepted"] == "wake"
+        await eventually(running, what="running again")
         assert await dormant.logout("erin") == [sid]
         with pytest.raises(ApiError) as caught:
             await dormant.get_session(sid)

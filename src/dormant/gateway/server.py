@@ -18,7 +18,6 @@ bad input gets an ``error {code, message}`` event and the connection stays.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -54,6 +53,9 @@ log = logging.getLogger("dormant.gateway")
 #: ``max_payload_bytes`` and this they are refused with an ``error`` event and dropped.
 HARD_MESSAGE_LIMIT = 1_000_000
 _NOTICE_EVERY = 1.0  # seconds between two rate-limit notices to one connection
+#: The store's connection pool is small (SQLAlchemy's default: 5 + 10 overflow); leave room
+#: for the API and the engine.
+STORE_CONCURRENCY = 8
 # Acks for accepted activity (shared: python-socketio only reads them).
 _COUNTED: dict[str, Any] = {"ok": True, "counted": True}
 _NOT_COUNTED: dict[str, Any] = {"ok": True, "counted": False}
@@ -274,6 +276,8 @@ class Gateway:
         self._seq = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        #: Store operations the gateway may have in flight (connects, disconnects, refreshes).
+        self._store_slots = asyncio.Semaphore(STORE_CONCURRENCY)
         engine.listeners.append(self._on_engine_event)
 
     # life of the gateway ----------------------------------------------------------------------
@@ -402,18 +406,22 @@ class Gateway:
             counted = False
             try:
                 # One engine call: it checks the session exists and counts the connection.
-                record = await self.engine.connect(claims.session_id, count=len(room.members))
+                # Bounded, so a connect storm queues here instead of exhausting the store.
+                async with self._store_slots:
+                    record = await self.engine.connect(claims.session_id, count=len(room.members))
                 counted = True
                 if record.tenant != claims.tenant:
                     raise NotFound(f"session {claims.session_id} not found")
-            except DormantError as exc:
+            except Exception as exc:
                 room.members.pop(sid, None)
                 self._conns.pop(sid, None)
                 if counted:
                     await self._recount(room)
                 if isinstance(exc, NotFound):
                     return self._refuse(Refused("session_not_found", "the session is gone"))
-                return self._refuse(Refused("unavailable", f"cannot attach right now: {exc}"))
+                if not isinstance(exc, DormantError):
+                    log.exception("attaching a connection to session %s failed", room.session_id)
+                return self._refuse(Refused("unavailable", "cannot attach right now; retry"))
             if conn.closed:  # the client went away while the engine was counting it
                 room.members.pop(sid, None)
                 self._conns.pop(sid, None)
@@ -433,8 +441,13 @@ class Gateway:
 
     async def _recount(self, room: Room) -> None:
         """Tell the engine the room's count again (after a connection counted then dropped)."""
-        with contextlib.suppress(DormantError):
-            await self.engine.disconnect(room.session_id, count=len(room.members))
+        try:
+            async with self._store_slots:
+                await self.engine.disconnect(room.session_id, count=len(room.members))
+        except NotFound:
+            pass
+        except Exception:
+            log.exception("recounting the connections of session %s failed", room.session_id)
 
     async def _greet(self, conn: Connection, record: SessionRecord) -> None:
         await asyncio.sleep(0)
@@ -467,7 +480,8 @@ class Gateway:
         async with room.lock:
             room.members.pop(sid, None)
             try:
-                record = await self.engine.disconnect(conn.session_id, count=len(room.members))
+                async with self._store_slots:
+                    record = await self.engine.disconnect(conn.session_id, count=len(room.members))
             except NotFound:
                 pass
             except Exception:
@@ -684,9 +698,13 @@ class Gateway:
             while True:
                 room.refresh_again = False
                 try:
-                    record = await self.engine.get(room.session_id)
+                    async with self._store_slots:
+                        record = await self.engine.get(room.session_id)
                 except NotFound:
                     await self._close_room(room)
+                    return
+                except Exception:
+                    log.exception("refreshing session %s failed", room.session_id)
                     return
                 await self._push(room, record)
                 if not room.refresh_again:
