@@ -113,6 +113,24 @@ def test_user_whose_gaps_are_cheaper_warm_keeps_warm() -> None:
     assert choose_timeout(model_of(gaps), None, NO_DECAY, fallback=60) == 600.0
 
 
+def test_only_short_gaps_seen_means_the_shortest_timeout_that_covers_them() -> None:
+    """Every timeout above the longest gap seen costs the same under the model; rounding must
+    not tip the choice to the longest one (it did: 100 minutes instead of 3)."""
+    s = AdaptiveSettings(half_life=100)
+    cases = {
+        (70.0,): 90.0,
+        (70.0, 65.0, 88.0): 90.0,
+        (61.0, 130.0, 95.0, 170.0): 180.0,
+        (170.0,) * 7 + (75.0,) * 13: 180.0,
+        (500.0, 61.0): 600.0,
+    }
+    for gaps, expected in cases.items():
+        own = model_of(list(gaps), s)
+        assert choose_timeout(own, None, s, fallback=900) == expected, gaps
+        assert choose_timeout(None, own, s, fallback=900) == expected, gaps
+        assert choose_timeout(own, own, s, fallback=900) == expected, gaps
+
+
 def test_no_data_uses_the_fallback_within_the_bounds() -> None:
     s = AdaptiveSettings(trust=0.5)  # [300, 1200]
     assert choose_timeout(None, None, s, fallback=900) == 900
@@ -187,8 +205,8 @@ def test_adaptive_policy_nests_its_settings_and_takes_flat_overrides() -> None:
         "mode": "learned",
         "break_even": 600.0,
         "trust": 0.9,
-        "half_life": 100.0,
-        "prior_weight": 5.0,
+        "half_life": 300.0,
+        "prior_weight": 20.0,
     }
     q = p.with_overrides({"trust": "0.5", "break_even": "5m", "sleep_after": "20m"})
     assert isinstance(q, AdaptivePolicy)

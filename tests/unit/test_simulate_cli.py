@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dormant.cli import app
-from dormant.simulate.trace import read_trace
+from dormant.simulate.trace import read_trace, write_trace
 
 ROOT = Path(__file__).resolve().parents[2]
 AZURE = ROOT / "examples" / "traces" / "azure-functions-2019-sample-100.csv"
@@ -139,3 +140,26 @@ def test_mistakes_are_reported_not_raised(small: Path, args: list[str], message:
 def test_a_missing_trace_is_reported() -> None:
     result = runner.invoke(app, ["simulate", "no-such-trace.csv"])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_learning_first(tmp_path: Path) -> None:
+    path = tmp_path / "two-days.csv"
+    made = runner.invoke(
+        app, ["simulate", "generate", "-p", "idle", "--users", "6", "--days", "2", "-o", str(path)]
+    )
+    assert made.exit_code == 0, made.output
+    split = run_json(str(path), "-p", "adaptive", "--learn-until", "2026-01-06T00:00:00Z")
+    assert split["trace"]["start"].startswith("2026-01-06")
+    first, _ = read_trace(path).split(datetime(2026, 1, 6, tzinfo=UTC).timestamp())
+    monday = tmp_path / "monday.csv"
+    write_trace(first, monday)
+    tuesday = tmp_path / "tuesday.csv"
+    write_trace(read_trace(path).split(first.end)[1], tuesday)
+    warm = run_json(str(tuesday), "-p", "adaptive", "--warmup", str(monday))
+    assert warm["policies"] == split["policies"]
+    both = runner.invoke(
+        app, ["simulate", str(path), "--warmup", str(monday), "--learn-until", "2026-01-06"]
+    )
+    assert both.exit_code == 2 and "not both" in both.output
+    outside = runner.invoke(app, ["simulate", str(path), "--learn-until", "2027-01-01"])
+    assert outside.exit_code == 2 and "within the trace" in outside.output

@@ -78,3 +78,31 @@ def test_every_standard_policy_replays_and_the_table_is_ordered() -> None:
     assert [r.policy for r in results] == [*STANDARD, "optimal"]
     assert all(r.cost_ratio is not None and r.cost_ratio >= 1 - 1e-9 for r in results)
     assert opt.gaps == 3
+
+
+def test_warm_up_carries_only_what_was_learned() -> None:
+    """A user who works a minute and leaves for hours: learned the day before, the adaptive
+    policy sleeps a minute after each visit at once; cold, it first waits for data."""
+    day = 86400.0
+
+    def visits(offset: float) -> list[TraceEvent]:
+        out = []
+        for h in range(0, 10, 2):  # a visit every two hours
+            start = offset + h * 3600
+            out += [ev(start, "command"), ev(start + 30, "command"), ev(start + 50, "chat")]
+        return out
+
+    monday = make_trace(visits(0), end=T0 + day)
+    tuesday = make_trace(visits(day), end=T0 + 2 * day)
+    adaptive = resolve("adaptive", PRICES)
+    cold = simulate(tuesday, adaptive, PRICES, FIXED)
+    warm = simulate(tuesday, adaptive, PRICES, FIXED, warmup=monday)
+    assert warm.running_seconds < cold.running_seconds
+    assert warm.running_seconds == 5 * (50 + 60)  # every visit, then one minute
+    assert warm.cold_wakes == cold.cold_wakes == 4
+    # a fixed policy has nothing to learn: the warm-up changes nothing
+    fixed = resolve("balanced", PRICES)
+    assert (
+        simulate(tuesday, fixed, PRICES, FIXED, warmup=monday).row()
+        == simulate(tuesday, fixed, PRICES, FIXED).row()
+    )

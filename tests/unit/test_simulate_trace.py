@@ -216,3 +216,15 @@ def test_the_shipped_examples_read() -> None:
     synthetic = read_trace(SYNTHETIC)
     assert len(synthetic.users) == 10 and synthetic.meta == {}
     assert synthetic.events == generate("mixed", 10, seed=1).events
+
+
+def test_a_trace_splits_into_a_day_to_learn_from_and_a_day_to_measure() -> None:
+    two = generate("steady", 5, days=2, seed=4)
+    monday, tuesday = two.split(two.start + 86400 - (two.start % 86400))
+    assert monday.events and tuesday.events
+    assert monday.events + tuesday.events == two.events
+    assert monday.end == tuesday.events[0].ts - (tuesday.events[0].ts % 86400)
+    assert tuesday.end == two.end and all(e.ts >= monday.end for e in tuesday.events)
+    window = two.between(tuesday.start, tuesday.start + 3600, name="hour")
+    assert window.name == "hour" and window.end == tuesday.start + 3600
+    assert all(tuesday.start <= e.ts < window.end for e in window.events)

@@ -98,9 +98,9 @@ class AdaptiveSettings:
     #: How far the learned timeout may stray from ``break_even`` (0: never; 0.9: within 10x).
     trust: float = 0.9
     #: Observations after which an old observation weighs half as much.
-    half_life: float = 100.0
+    half_life: float = 300.0
     #: Pseudo-observations of the shared model mixed into a user's model.
-    prior_weight: float = 5.0
+    prior_weight: float = 20.0
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
@@ -272,7 +272,9 @@ def expected_costs(model: GapModel, break_even: float) -> list[float]:
         costs.append(below + above * (edge + break_even))
         if k < _BINS - 1:  # bin k's gaps (EDGES[k], EDGES[k+1]] are warm from EDGES[k+1] on
             below += model.sums[k]
-            above -= model.weights[k]
+            # no negative rounding residue once every gap is below: it would make longer
+            # timeouts look (very slightly) cheaper than shorter ones that cost the same
+            above = max(0.0, above - model.weights[k]) if model.weights[k] else above
     return costs
 
 
@@ -302,7 +304,11 @@ def choose_timeout(
             )
     if costs is None:
         return min(max(fallback, lo), hi)
-    best = min(range(_BINS), key=costs.__getitem__)  # the first (shortest) among equals
+    least = min(costs)
+    # the shortest among (numerically) equal costs: beyond the longest gap seen, every timeout
+    # costs the same under the model, and the shortest is the one that loses least to the
+    # long gaps not seen yet
+    best = next(k for k, c in enumerate(costs) if c <= least + 1e-9 * max(1.0, abs(least)))
     return min(max(EDGES[best], lo), hi)
 
 

@@ -109,6 +109,14 @@ def run(
     end: Annotated[
         str | None, typer.Option("--end", help="The trace's horizon (ISO 8601 or epoch seconds)")
     ] = None,
+    warmup: Annotated[
+        Path | None,
+        typer.Option(help="A trace for learning policies to learn from first (not accounted)"),
+    ] = None,
+    learn_until: Annotated[
+        str | None,
+        typer.Option(help="Learn from TRACE before this time, measure from it (ISO 8601)"),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the wake latency draws")] = 0,
     jobs: Annotated[int, typer.Option(min=1, max=64, help="Policies replayed in parallel")] = 1,
     store: Annotated[
@@ -127,6 +135,14 @@ def run(
         latency = WakeLatency.parse(wake_latency)
         horizon = parse_ts(end, "--end") if end else None
         data = read_trace(trace, fmt=fmt, end=horizon)
+        learn_from = read_trace(warmup) if warmup is not None else None
+        if learn_until is not None:
+            if learn_from is not None:
+                _die("give --warmup or --learn-until, not both")
+            cut = parse_ts(learn_until, "--learn-until")
+            if not data.start < cut < data.end:
+                _die("--learn-until must fall within the trace")
+            learn_from, data = data.split(cut)
         learn: dict[str, Any] = {}
         if trust is not None:
             learn["trust"] = trust
@@ -152,7 +168,7 @@ def run(
             err=True,
         )
     if store == "sqlite":
-        results = _with_sqlite(data, specs, prices, latency, seed, progress)
+        results = _with_sqlite(data, specs, prices, latency, seed, progress, learn_from)
     else:
         results, _ = run_policies(
             data,
@@ -163,6 +179,7 @@ def run(
             jobs=jobs,
             keep_books=report is not None,
             progress=progress,
+            warmup=learn_from,
         )
     front = frontier(data, prices)
     if report is not None:
@@ -183,6 +200,7 @@ def _with_sqlite(
     latency: WakeLatency,
     seed: int,
     progress: Any,
+    warmup: Any,
 ) -> list[PolicyResult]:
     import asyncio
 
@@ -198,7 +216,9 @@ def _with_sqlite(
                 await upgrade_async(url)
                 sql = SqlStore(url)
                 try:
-                    r = await simulate_async(data, spec, prices, latency, seed=seed, store=sql)
+                    r = await simulate_async(
+                        data, spec, prices, latency, seed=seed, store=sql, warmup=warmup
+                    )
                 finally:
                     await sql.close()
                 progress(r)

@@ -294,6 +294,7 @@ class Replay:
     async def run(self) -> None:
         events = self.trace.events
         engine = self.engine
+        await engine.load()  # models an earlier run left in the store (see warm-up)
         i, n = 0, len(events)
         next_flush = -math.inf
         while i < n:
@@ -397,10 +398,20 @@ def simulate(
     seed: int = 0,
     store: Store | None = None,
     keep_books: bool = True,
+    warmup: Trace | None = None,
 ) -> PolicyResult:
     """Replay ``trace`` under ``spec`` and account for it (runs its own event loop)."""
     return asyncio.run(
-        simulate_async(trace, spec, prices, latency, seed=seed, store=store, keep_books=keep_books)
+        simulate_async(
+            trace,
+            spec,
+            prices,
+            latency,
+            seed=seed,
+            store=store,
+            keep_books=keep_books,
+            warmup=warmup,
+        )
     )
 
 
@@ -413,7 +424,11 @@ async def simulate_async(
     seed: int = 0,
     store: Store | None = None,
     keep_books: bool = True,
+    warmup: Trace | None = None,
 ) -> PolicyResult:
+    """Replay and account. With ``warmup``, a learning policy first replays that trace (say,
+    the day before) and keeps only what it learned, through the store, as ``dormant serve``
+    keeps it across restarts; the warm-up itself is not accounted."""
     prices = prices or Prices()
     latency = latency or WakeLatency()
     started = time.perf_counter()
@@ -422,6 +437,12 @@ async def simulate_async(
     level = quiet.level
     quiet.setLevel(max(level, logging.WARNING))  # a replay makes millions of INFO lines
     try:
+        store = store or MemoryStore(keep_events=False)
+        if warmup is not None and warmup.events and "adaptive" in spec.settings.to_dict():
+            learning = Replay(warmup, spec, keep_books=False)
+            await learning.run()
+            learned = await learning.store.load_adaptive()
+            await store.save_adaptive(learned, learning.clock.now())
         replay = Replay(trace, spec, store, keep_books=keep_books)
         await replay.run()
     finally:
@@ -470,9 +491,11 @@ def with_ratios(results: list[PolicyResult], opt_cost: float) -> list[PolicyResu
 ProgressFn = Callable[[PolicyResult], None]
 
 
-def _one(args: tuple[Trace, PolicySpec, Prices, WakeLatency, int, bool]) -> PolicyResult:
-    trace, spec, prices, latency, seed, keep_books = args
-    return simulate(trace, spec, prices, latency, seed=seed, keep_books=keep_books)
+def _one(
+    args: tuple[Trace, PolicySpec, Prices, WakeLatency, int, bool, Trace | None],
+) -> PolicyResult:
+    trace, spec, prices, latency, seed, keep_books, warmup = args
+    return simulate(trace, spec, prices, latency, seed=seed, keep_books=keep_books, warmup=warmup)
 
 
 def run_policies(
@@ -485,11 +508,13 @@ def run_policies(
     jobs: int = 1,
     keep_books: bool = True,
     progress: ProgressFn | None = None,
+    warmup: Trace | None = None,
 ) -> tuple[list[PolicyResult], Optimum]:
-    """Every policy on the same trace (in ``jobs`` processes), the optimum last, with ratios."""
+    """Every policy on the same trace (in ``jobs`` processes), the optimum last, with ratios;
+    learning policies first learn from ``warmup`` if given."""
     prices = prices or Prices()
     latency = latency or WakeLatency()
-    work = [(trace, s, prices, latency, seed, keep_books) for s in specs]
+    work = [(trace, s, prices, latency, seed, keep_books, warmup) for s in specs]
     results: list[PolicyResult] = []
     if jobs > 1 and len(work) > 1:
         import multiprocessing

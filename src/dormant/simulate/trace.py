@@ -85,6 +85,16 @@ class Trace:
     def sessions(self) -> set[str]:
         return {e.session for e in self.events}
 
+    def between(self, start: float, end: float, name: str | None = None) -> Trace:
+        """The events in ``[start, end)``, ending at ``end`` (sessions start afresh)."""
+        events = tuple(e for e in self.events if start <= e.ts < end)
+        return Trace(events, end, name or f"{self.name}[{iso(start)}..{iso(end)}]", dict(self.meta))
+
+    def split(self, at: float) -> tuple[Trace, Trace]:
+        """``(before, after)``: e.g. a day to learn from and the day after to measure."""
+        first = self.events[0].ts if self.events else at
+        return self.between(min(first, at), at), self.between(at, self.end)
+
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
