@@ -42,17 +42,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+import traceback
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from dormant.clock import SystemClock
 from dormant.engine import Engine, EngineEvent, EngineSettings, PortAllocator, default_catalog
 from dormant.engine.ids import container_name, new_session_id
+from dormant.errors import DormantError
 from dormant.policy import PRESETS, ActivityKind, PolicySettings, State, decide
 from dormant.store.migrate import upgrade_async
 from dormant.store.records import SessionRecord
@@ -121,18 +124,45 @@ def machine() -> dict[str, str]:
     }
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def source_version() -> str:
+    """The commit benchmarked, and whether the working tree differs from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"commit {head or 'unknown'}" + (" + uncommitted changes in src/" if dirty else "")
+
+
 class ProblemCounter(logging.Handler):
-    """Counts warnings and errors the engine logs (a failed operation is a finding)."""
+    """Counts warnings and errors the engine logs (a failed operation is a finding), grouped by
+    message, exception type and the innermost frame in dormant; no tracebacks are printed."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.count = 0
-        self.first: list[str] = []
+        self.kinds: Counter[str] = Counter()
 
     def emit(self, record: logging.LogRecord) -> None:
         self.count += 1
-        if len(self.first) < 5:
-            self.first.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+        what = f"{record.levelname} {record.name}: {record.getMessage()}"
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            where = ""
+            for frame in traceback.extract_tb(exc.__traceback__):
+                if "/dormant/" in frame.filename:
+                    where = f" at {frame.filename.split('/src/')[-1]}:{frame.lineno} {frame.name}"
+            what += f" [{type(exc).__module__}.{type(exc).__name__}{where}]"
+        self.kinds[what] += 1
 
 
 # setup: valid session rows, bulk-inserted ---------------------------------------------------
@@ -223,6 +253,26 @@ def due_rows(
         yield session_row(now - timedelta(seconds=600), now, policy, "balanced", now)
 
 
+async def due_in_state(store: SqlStore, ids: list[str], state: State) -> list[str]:
+    found: list[str] = []
+    async with store.engine.connect() as conn:
+        for chunk in range(0, len(ids), 900):
+            query = select(sessions.c.id).where(
+                sessions.c.id.in_(ids[chunk : chunk + 900]), sessions.c.state == state.value
+            )
+            found += [r.id for r in (await conn.execute(query)).all()]
+    return found
+
+
+async def due_states(store: SqlStore, ids: list[str]) -> dict[str, int]:
+    states: Counter[str] = Counter()
+    async with store.engine.connect() as conn:
+        for chunk in range(0, len(ids), 900):
+            query = select(sessions.c.state).where(sessions.c.id.in_(ids[chunk : chunk + 900]))
+            states.update(r.state for r in (await conn.execute(query)).all())
+    return dict(states.most_common())
+
+
 def make_engine(store: SqlStore) -> tuple[Engine, FakeRuntime]:
     runtime = FakeRuntime()
     ports = PortAllocator(range(20000, 30000), store.used_ports)
@@ -281,7 +331,9 @@ def run_memory_probe(url: str) -> dict[str, Any]:
 class Throughput:
     events: int = 0
     apply_s: float = 0.0
+    apply_cpu_s: float = 0.0  # CPU time of the applying thread (less sensitive to a busy host)
     flush_s: float = 0.0
+    flush_cpu_s: float = 0.0  # CPU time of the event-loop thread during flushes (loop blocked)
     flushes: list[tuple[int, float]] = field(default_factory=list)  # (rows, seconds)
 
     @property
@@ -299,8 +351,10 @@ async def activity_throughput(
 
     async def flush() -> None:
         t0 = time.perf_counter()
+        c0 = time.thread_time()
         rows = await engine.flush()
         seconds = time.perf_counter() - t0
+        result.flush_cpu_s += time.thread_time() - c0
         result.flush_s += seconds
         result.flushes.append((rows, seconds))
 
@@ -308,9 +362,11 @@ async def activity_throughput(
     for start in range(0, events, APPLY_CHUNK):
         stop = min(start + APPLY_CHUNK, events)
         t0 = time.perf_counter()
+        c0 = time.thread_time()
         for sid, kind in zip(sids[start:stop], kinds[start:stop], strict=True):
             record(sid, kind)
         t1 = time.perf_counter()
+        result.apply_cpu_s += time.thread_time() - c0
         result.apply_s += t1 - t0
         result.events += stop - start
         if t1 - last_flush >= interval:
@@ -330,6 +386,8 @@ class Lateness:
     other_due: list[float] = field(default_factory=list)  # due events of other sessions
     asleep_after: list[float] = field(default_factory=list)  # deadline -> sleeping, seconds
     not_asleep: int = 0
+    unscheduled: int = 0  # due sessions still running with no deadline: they never sleep
+    stop_error: str | None = None  # engine.stop() failed (a finding, not a benchmark failure)
     loop_lag: list[float] = field(default_factory=list)
     flushes: list[tuple[int, float]] = field(default_factory=list)
     background_events: int = 0
@@ -347,12 +405,16 @@ async def deadline_lateness(
 ) -> Lateness:
     result = Lateness()
     engine, _runtime = make_engine(store)
+    started = float("inf")  # deadlines already past when the loops start measure the restart
 
     def listen(event: EngineEvent) -> None:
         if event.type == "due":
             result.due_total += 1
-            target = result.lateness if event.session_id in due_deadlines else result.other_due
-            target.append(event.seconds or 0.0)
+            deadline = due_deadlines.get(event.session_id)
+            if deadline is None:
+                result.other_due.append(event.seconds or 0.0)
+            elif deadline >= started:
+                result.lateness.append(event.seconds or 0.0)
         elif event.type == "transition" and event.to_state == State.SLEEPING.value:
             deadline = due_deadlines.get(event.session_id)
             if deadline is not None:
@@ -373,7 +435,7 @@ async def deadline_lateness(
     t0 = time.perf_counter()
     result.loaded = await engine.load()
     result.load_s = time.perf_counter() - t0
-    start_wall = time.time()
+    started = start_wall = time.time()
     result.past_at_start = sum(1 for at in due_deadlines.values() if at < start_wall)
     await engine.start()
 
@@ -409,8 +471,14 @@ async def deadline_lateness(
             break
     stop.set()
     await asyncio.gather(*helpers)
-    await engine.stop()
+    try:
+        await engine.stop()  # drains every operation in flight, then flushes
+    except DormantError as exc:
+        result.stop_error = f"{type(exc).__name__}: {exc}"
     result.not_asleep = len(due_deadlines) - len(result.asleep_after)
+    scheduled = {sid for sid, _ in engine.deadlines.pop_due(engine.clock.now() + timedelta(9999))}
+    running = await due_in_state(store, list(due_deadlines), State.RUNNING)
+    result.unscheduled = sum(1 for sid in running if sid not in scheduled)
     return result
 
 
@@ -450,7 +518,6 @@ def flush_summary(flushes: list[tuple[int, float]]) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     problems = ProblemCounter()
     logging.getLogger("dormant").addHandler(problems)
     rng = random.Random(args.seed)
@@ -464,6 +531,7 @@ async def main(args: argparse.Namespace) -> None:
         f"sessions {args.sessions:,}, events {args.events:,}, due sessions {args.due:,} "
         f"over {args.seconds:g} s, background activity {args.rate:,.0f}/s, seed {args.seed}"
     )
+    print(f"source: {source_version()}; load average at start {load_average()}")
 
     tmp = Path(tempfile.mkdtemp(prefix="dormant-bench-", dir=args.tmp_dir))
     url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
@@ -496,12 +564,14 @@ async def main(args: argparse.Namespace) -> None:
         writes = throughput.rows / max(1, throughput.events)
         print(
             f"activity: {throughput.events:,} events over {loaded:,} sessions; apply "
-            f"{throughput.apply_s:.2f} s, flush {throughput.flush_s:.2f} s; "
-            f"{flush_summary(throughput.flushes)}"
+            f"{throughput.apply_s:.2f} s ({throughput.events / throughput.apply_cpu_s:,.0f} "
+            f"events per CPU-second), flush {throughput.flush_s:.2f} s (event loop blocked "
+            f"{throughput.flush_cpu_s:.2f} s of it); {flush_summary(throughput.flushes)}"
         )
         del engine
 
-        lead = max(3.0, 2.0 * memory["load_s"] + 2.0)
+        # Room for inserting the due sessions and loading everything before the first is due.
+        lead = max(5.0, 4.0 * memory["load_s"] + 5.0)
         now = clock.now()
         due_ids = await bulk_insert(store, due_rows(args.due, rng, now, lead, args.seconds))
         due_deadlines: dict[str, float] = {}
@@ -515,8 +585,10 @@ async def main(args: argparse.Namespace) -> None:
         print(
             f"deadlines: loaded {late.loaded:,} sessions in {late.load_s:.2f} s; "
             f"{late.due_total:,} due events ({len(late.lateness):,} of the due sessions, "
-            f"{len(late.other_due):,} others), {late.past_at_start} already past at start, "
-            f"{late.not_asleep} due sessions not asleep at the end; "
+            f"{len(late.other_due):,} others), {late.past_at_start} already past at start "
+            f"(not counted), {late.not_asleep} due sessions not asleep at the end, "
+            f"{late.unscheduled} of them running with no deadline left (never put to sleep "
+            f"until a restart); "
             f"{late.background_events:,} background events"
         )
         print(f"deadlines: flush loop {flush_summary(late.flushes)}")
@@ -527,6 +599,15 @@ async def main(args: argparse.Namespace) -> None:
             f"{ms(percentile(late.loop_lag, 50))} p99 {ms(percentile(late.loop_lag, 99))} "
             f"max {ms(max(late.loop_lag, default=float('nan')))}"
         )
+        states = await due_states(store, list(due_deadlines))
+        pending = len(await store.pending_operations())
+        print(
+            f"deadlines: due sessions by state at the end {states}; "
+            f"operations left pending {pending:,}"
+        )
+        if late.stop_error:
+            print(f"deadlines: engine.stop() failed: {late.stop_error}")
+        print(f"load average at end {load_average()}")
     finally:
         if store is not None:
             await store.close()
@@ -571,8 +652,8 @@ async def main(args: argparse.Namespace) -> None:
     print()
     print(table(rows))
     print(f"\nengine warnings/errors logged: {problems.count}")
-    for line in problems.first:
-        print(f"  {line}")
+    for line, n in problems.kinds.most_common(10):
+        print(f"  {n:>6} x {line}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
