@@ -115,15 +115,33 @@ class Api:
         response = self.call("GET", f"/v1/sessions/{sid}", (200, 404))
         return None if response.status_code == 404 else str(response.json()["state"])
 
-    def wait_state(self, sid: str, wanted: set[str]) -> str:
-        deadline = time.monotonic() + OP_TIMEOUT
+    def wait_state(
+        self, sid: str, wanted: set[str], timeout: float = OP_TIMEOUT, soft: bool = False
+    ) -> str:
+        """Until the session is in ``wanted`` (or failed, or gone); after ``timeout`` fail,
+        or with ``soft`` return the state it is in."""
+        deadline = time.monotonic() + timeout
         while True:
             state = self.state(sid)
             if state in wanted or state in ("failed", None):
                 return state or "gone"
             if time.monotonic() > deadline:
+                if soft:
+                    return str(state)
                 raise AssertionError(f"{sid} stuck in {state}, wanted {wanted}")
             time.sleep(0.3)
+
+    def drive(self, sid: str, action: str, target: str) -> str:
+        """Ask for ``action`` until the session is ``target``: a crash can lose a request that
+        was answered 202 before its operation was written, so a client asks again."""
+        deadline = time.monotonic() + OP_TIMEOUT
+        while True:
+            state = self.wait_state(sid, {"running", "sleeping"})  # past any transition
+            if state == target or state in ("failed", "gone"):
+                return state
+            assert time.monotonic() < deadline, f"{sid} never became {target}"
+            self.call("POST", f"/v1/sessions/{sid}/{action}", (202, 409))
+            self.wait_state(sid, {target}, timeout=20, soft=True)
 
     def close(self) -> None:
         self.http.close()
@@ -146,15 +164,9 @@ def life(
             acked.add(sid)
         if api.wait_state(sid, {"running"}) != "running":
             return sid
-        # sleep (a crash may have undone the request: ask until it is asleep)
-        while (state := api.wait_state(sid, {"running", "sleeping"})) == "running":
-            api.call("POST", f"/v1/sessions/{sid}/sleep", (202, 409))
-            if api.wait_state(sid, {"sleeping"}) == "sleeping":
-                break
-        while (state := api.wait_state(sid, {"running", "sleeping"})) == "sleeping":
-            api.call("POST", f"/v1/sessions/{sid}/wake", (202, 409))
-            if api.wait_state(sid, {"running"}) == "running":
-                break
+        if api.drive(sid, "sleep", "sleeping") != "sleeping":
+            return sid
+        state = api.drive(sid, "wake", "running")
         if index % 2 == 0:
             api.call("DELETE", f"/v1/sessions/{sid}", (202, 404))
             deadline = time.monotonic() + OP_TIMEOUT
