@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-from dormant.errors import DormantError, RuntimeFailure, RuntimeUnavailable
+from dormant.errors import DormantError, RuntimeFailure, RuntimeUnavailable, TemporaryError
 from dormant.runtimes import ContainerInfo, ContainerSpec, ContainerStatus, Runtime
 
 
@@ -135,3 +135,28 @@ class FakeRuntime(Runtime):
 
     def running(self) -> set[str]:
         return {n for n, c in self.containers.items() if c.status is ContainerStatus.RUNNING}
+
+
+class FlakyStore:
+    """Wraps a real store; :meth:`fail` makes the next calls of a method raise a
+    :class:`dormant.errors.TemporaryError` (a busy or unreachable database)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._failures: dict[str, int] = {}
+
+    def fail(self, method: str, times: int = 1) -> None:
+        self._failures[method] = self._failures.get(method, 0) + times
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._store, name)
+        if not callable(target) or not asyncio.iscoroutinefunction(target):
+            return target
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self._failures.get(name, 0) > 0:
+                self._failures[name] -= 1
+                raise TemporaryError(f"store unavailable (provoked failure of {name})")
+            return await target(*args, **kwargs)
+
+        return call

@@ -312,3 +312,24 @@ async def test_ports_are_never_handed_out_twice_and_exhaustion_is_clear(rig: Rig
 
         n = (await conn.execute(select(func.count()).select_from(sessions))).scalar_one()
     assert n == 3
+
+
+async def test_a_due_session_whose_handling_fails_is_tried_again(rig: Rig) -> None:
+    from dormant.testing import FlakyStore
+
+    sid = await create(rig)
+    flaky = FlakyStore(rig.store)
+    rig.engine.store = flaky  # type: ignore[assignment]
+    flaky.fail("get_session", times=2)
+    await rig.advance(15 * 60)
+    assert await state(rig, sid) is State.RUNNING  # the store refused; the deadline stays armed
+    for _ in range(20):
+        await rig.advance(1)
+    assert await state(rig, sid) is State.SLEEPING
+
+
+async def test_per_session_locks_do_not_outlive_their_use(rig: Rig) -> None:
+    for user in ("a", "b", "c"):
+        await create(rig, user)
+    await rig.advance(15 * 60)
+    assert rig.engine._locks == {}

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -59,11 +59,19 @@ T = TypeVar("T")
 MAX_CLOCK_SKEW = timedelta(seconds=60)
 
 
+@dataclass(slots=True)
+class _SessionLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     flush_interval: float = 1.0
     runtime_concurrency: int = 8
+    #: Due sessions handled at once (each needs store connections).
+    due_concurrency: int = 32
     backoff: Backoff = field(default_factory=Backoff)
     instance_heartbeat: float = 10.0
     #: After the retry budget is spent on an unreachable runtime (RuntimeUnavailable), keep
@@ -92,7 +100,8 @@ class Engine:
         self._state: dict[str, State] = {}
         self._pending: dict[str, ActivityTimes] = {}
         self._warned: set[str] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _SessionLock] = {}
+        self._due_slots = asyncio.Semaphore(self.settings.due_concurrency)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._wakeup = asyncio.Event()
@@ -127,6 +136,8 @@ class Engine:
         ]
 
     async def stop(self) -> None:
+        # The flusher is cancelled too; an interrupted flush keeps its batch (see flush) and
+        # the final flush below writes it.
         for task in self._loops:
             task.cancel()
         for task in self._loops:
@@ -247,7 +258,7 @@ class Engine:
         return len(self._state)
 
     def busy_sessions(self) -> set[str]:
-        return {sid for sid, lock in self._locks.items() if lock.locked()}
+        return {sid for sid, entry in self._locks.items() if entry.lock.locked()}
 
     # signals ------------------------------------------------------------------------------
 
@@ -425,7 +436,7 @@ class Engine:
                 NewEvent("decision", "user logged out", "logout", action=Action.DELETE.value),
             )
             self._delete_requested.add(sid)
-            self._spawn(self._due(sid))
+            self._spawn(self._due_guarded(sid))
         return ids
 
     async def keepalive(
@@ -482,8 +493,20 @@ class Engine:
         due = self.deadlines.pop_due(now)
         for sid, at in due:
             self._emit(EngineEvent("due", sid, None, seconds=(now - at).total_seconds()))
-            self._spawn(self._due(sid))
+            self._spawn(self._due_guarded(sid))
         return len(due)
+
+    async def _due_guarded(self, sid: str, attempt: int = 1) -> None:
+        """Bounded concurrency, and a deadline is never dropped: if handling fails (store busy,
+        runtime down) it is re-armed with backoff and tried again."""
+        try:
+            async with self._due_slots:
+                await self._due(sid)
+        except DormantError as exc:
+            delay = self.settings.backoff.delay(min(attempt, 10))
+            log.warning("due session %s not handled (%s); again in %.2fs", sid, exc, delay)
+            if sid in self._state:
+                self._arm(sid, self.clock.now() + timedelta(seconds=delay))
 
     async def _schedule_loop(self) -> None:
         while True:
@@ -506,7 +529,7 @@ class Engine:
                 sleeper.cancel()
 
     async def _due(self, sid: str) -> None:
-        async with self._lock(sid):
+        async with self._session_lock(sid):
             record = await self._fresh(sid)
             if record is None or not record.state.live:
                 self._forget(sid)
@@ -550,7 +573,12 @@ class Engine:
         if record.next_action != decision.action.value or record.next_action_at != decision.at:
             await self._save(record, [])
         else:
-            self.deadlines.set(record.id, decision.at)
+            self._arm(record.id, decision.at)
+
+    def _arm(self, sid: str, at: datetime | None) -> None:
+        """Set a session's deadline; wake the scheduler if it is now the earliest."""
+        if self.deadlines.set(sid, at):
+            self._wakeup.set()
 
     # activity coalescing ------------------------------------------------------------------
 
@@ -562,8 +590,8 @@ class Engine:
         batch, self._pending = self._pending, {}
         try:
             await self.store.flush_activity(batch)
-        except DormantError:
-            for sid, times in batch.items():  # keep them for the next flush
+        except BaseException:  # also cancellation at shutdown: keep them for the next flush
+            for sid, times in batch.items():
                 self._pending[sid] = _merge_times(times, self._pending.get(sid))
             raise
         return len(batch)
@@ -596,7 +624,7 @@ class Engine:
         reason: str = "created",
     ) -> None:
         """create (idempotent) + start, then ``running``; the intent row is written already."""
-        async with self._lock(sid):
+        async with self._session_lock(sid):
             record = await self.store.get_session(sid)
             if record is None or record.state not in (State.CREATING, State.STARTING):
                 if op_id is not None:
@@ -645,7 +673,7 @@ class Engine:
                 await self._finish_op(op_id, "done", attempts, None)
 
     async def _begin_wake(self, sid: str, code: str, reason: str) -> None:
-        async with self._lock(sid):
+        async with self._session_lock(sid):
             record = await self.store.get_session(sid)
             if record is None or record.state not in (State.SLEEPING, State.FAILED):
                 return
@@ -662,7 +690,7 @@ class Engine:
         await self._begin_wake(sid, "activity", f"woken by {kind.value} activity")
 
     async def _run_stop(self, sid: str, code: str, reason: str) -> None:
-        async with self._lock(sid):
+        async with self._session_lock(sid):
             record = await self.store.get_session(sid)
             if record is None or record.state not in (State.RUNNING, State.STOPPING):
                 return
@@ -707,11 +735,11 @@ class Engine:
         log.info(
             "sleep skipped session=%s code=%s: no longer due (%s)", record.id, code, decision.reason
         )
-        self.deadlines.set(record.id, decision.at)
+        self._arm(record.id, decision.at)
         return False
 
     async def _run_delete(self, sid: str, code: str, reason: str, op_id: int | None = None) -> None:
-        async with self._lock(sid):
+        async with self._session_lock(sid):
             record = await self.store.get_session(sid)
             if record is None or record.state is State.DELETED:
                 if op_id is not None:
@@ -799,7 +827,7 @@ class Engine:
     async def mark_vanished(self, sid: str, status: str) -> None:
         """A running session's container is gone or stopped behind dormant's back: it is
         asleep now (wake brings it back), and the policy takes it from there."""
-        async with self._lock(sid):
+        async with self._session_lock(sid):
             record = await self.store.get_session(sid)
             if record is None or record.state is not State.RUNNING:
                 return
@@ -818,7 +846,7 @@ class Engine:
 
     async def stop_stray(self, sid: str) -> None:
         """A sleeping session's container runs: stop it again."""
-        async with self._lock(sid):
+        async with self._session_lock(sid):
             record = await self.store.get_session(sid)
             if record is None or record.state is not State.SLEEPING:
                 return
@@ -928,7 +956,7 @@ class Engine:
     async def _mutate(
         self, sid: str, change: Callable[[SessionRecord], SessionRecord], event: NewEvent
     ) -> SessionRecord:
-        async with self._lock(sid):
+        async with self._session_lock(sid):
             record = await self._fresh(sid)
             if record is None or record.state in (State.DELETED, State.DELETING):
                 raise NotFound(f"session {sid} not found")
@@ -944,11 +972,21 @@ class Engine:
             next_action_reason=decision.reason,
         )
 
-    def _lock(self, sid: str) -> asyncio.Lock:
-        lock = self._locks.get(sid)
-        if lock is None:
-            lock = self._locks[sid] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _session_lock(self, sid: str) -> AsyncIterator[None]:
+        """One writer per session in this process; the lock lives only while someone uses it
+        (keeping one per session ever decided would cost memory for nothing)."""
+        entry = self._locks.get(sid)
+        if entry is None:
+            entry = self._locks[sid] = _SessionLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0 and self._locks.get(sid) is entry:
+                del self._locks[sid]
 
     def _forget(self, sid: str) -> None:
         self._state.pop(sid, None)
@@ -957,9 +995,6 @@ class Engine:
         self._warned.discard(sid)
         self._delete_requested.discard(sid)
         self.deadlines.discard(sid)
-        lock = self._locks.get(sid)
-        if lock is not None and not lock.locked():
-            del self._locks[sid]
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         async def guarded() -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Mapping, Sequence
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, bindparam, case, event, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from dormant.errors import Conflict, TemporaryError
+from dormant.errors import Conflict, DormantError, TemporaryError
 from dormant.policy import ActivityTimes, State
 from dormant.store.base import Store
 from dormant.store.records import (
@@ -35,7 +39,9 @@ from dormant.store.schema import (
 
 def make_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # Named parameters: SQLAlchemy's default for SQLite (qmark) costs much more CPU per row
+        # on executemany (the activity flush), measured by benchmarks/bench_engine.py.
+        engine = create_async_engine(url, connect_args={"timeout": 30}, paramstyle="named")
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -65,6 +71,37 @@ def _event_rows(session_id: str, events: Sequence[NewEvent], now: datetime) -> l
     ]
 
 
+#: Rows per activity-flush transaction.
+FLUSH_CHUNK = 500
+
+
+def _translate_errors(cls: type[SqlStoreT]) -> type[SqlStoreT]:
+    """Database trouble (pool exhausted, connection lost, locked) leaves as TemporaryError, at
+    the boundary, so callers retry instead of crashing; DormantErrors pass through."""
+
+    def wrap(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(fn)
+        async def translated(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except DormantError:
+                raise
+            except (SATimeoutError, DBAPIError, OSError) as exc:
+                detail = getattr(exc, "orig", None) or exc
+                raise TemporaryError(f"store unavailable: {detail}") from exc
+
+        return translated
+
+    for name, value in list(vars(cls).items()):
+        if inspect.iscoroutinefunction(value) and not name.startswith("_"):
+            setattr(cls, name, wrap(value))
+    return cls
+
+
+SqlStoreT = TypeVar("SqlStoreT")
+
+
+@_translate_errors
 class SqlStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
@@ -223,11 +260,16 @@ class SqlStore(Store):
             }
             for sid, t in batch.items()
         ]
-        try:
-            async with self.engine.begin() as conn:
-                await conn.execute(stmt, params)
-        except OperationalError as exc:
-            raise TemporaryError(f"store unavailable: {exc.orig}") from exc
+        # Chunks, each its own short transaction, so one huge batch neither holds the write
+        # lock nor the event loop for seconds; every row is an idempotent max(), so a chunk
+        # written twice after a failure is harmless.
+        for start in range(0, len(params), FLUSH_CHUNK):
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.execute(stmt, params[start : start + FLUSH_CHUNK])
+            except OperationalError as exc:
+                raise TemporaryError(f"store unavailable: {exc.orig}") from exc
+            await asyncio.sleep(0)
 
     async def used_ports(self) -> set[int]:
         async with self.engine.connect() as conn:
