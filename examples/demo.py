@@ -32,15 +32,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", default="alice", help="the session's user")
     parser.add_argument("--name", default=None, help="the participant name shown in presence")
     parser.add_argument("--session", default=None, help="use this session instead of a new one")
+    parser.add_argument(
+        "--policy", default=None, help='policy overrides as JSON, e.g. {"sleep_after": "5m"}'
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     args = parser.parse_args(argv)
     if not args.key:
         parser.error("--key (or DORMANT_API_KEY) is required")
 
+    try:
+        policy = json.loads(args.policy) if args.policy else None
+    except ValueError as exc:
+        parser.error(f"--policy is not JSON: {exc}")
     client = Client(args.dormant, args.key)
     try:
-        session_id = args.session or client.create_session(args.user)["id"]
+        session_id = args.session or client.create_session(args.user, policy=policy)["id"]
     except ApiError as exc:
         print(f"dormant refused: {exc}", file=sys.stderr)
         return 1

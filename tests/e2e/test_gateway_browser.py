@@ -7,6 +7,7 @@ Set ``DORMANT_SCREENSHOT=path.png`` to keep the screenshot (``examples/screensho
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -34,27 +35,22 @@ async def api(server: Server) -> AsyncIterator[Api]:
 
 
 @pytest.fixture
-def demo(server: Server) -> Iterator[LineProcess]:
-    """``examples/demo.py``: creates a session for carol and serves the page and its tokens."""
-    proc = LineProcess(
-        [
-            sys.executable,
-            str(REPO / "examples" / "demo.py"),
-            "--dormant",
-            server.url,
-            "--key",
-            server.key,
-            "--user",
-            "carol",
-            "--name",
-            "Carol",
-        ],
-        cwd=REPO,
-    )
+def demo(server: Server) -> Iterator[Callable[..., LineProcess]]:
+    """``demo(*args)`` runs ``examples/demo.py``: it creates a session for carol and serves the
+    page and its tokens. Stopped afterwards, also on failure."""
+    started: list[LineProcess] = []
+
+    def start(*args: str) -> LineProcess:
+        command = [sys.executable, str(REPO / "examples" / "demo.py")]
+        command += ["--dormant", server.url, "--key", server.key, "--user", "carol"]
+        started.append(LineProcess([*command, "--name", "Carol", *args], cwd=REPO))
+        return started[-1]
+
     try:
-        yield proc
+        yield start
     finally:
-        proc.close()
+        for proc in started:
+            proc.close()
 
 
 @pytest.fixture
@@ -67,9 +63,13 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
 
 
 async def test_example_page_tracks_the_user_and_shows_the_session(
-    server: Server, api: Api, demo: LineProcess, browser: Browser, tmp_path: Path
+    server: Server,
+    api: Api,
+    demo: Callable[..., LineProcess],
+    browser: Browser,
+    tmp_path: Path,
 ) -> None:
-    started = await demo.wait(lambda m: "url" in m, "the demo backend to start")
+    started = await demo().wait(lambda m: "url" in m, "the demo backend to start")
     sid = started["session_id"]
     await api.wait_state(sid, "running")
     await browser.ready()
@@ -135,3 +135,30 @@ async def test_example_page_tracks_the_user_and_shows_the_session(
 
     assert browser.page_errors() == []
     assert "Traceback" not in server.logs()
+
+
+async def test_a_silent_tab_is_warned_then_slept_and_a_click_wakes_it(
+    api: Api, demo: Callable[..., LineProcess], browser: Browser
+) -> None:
+    policy = json.dumps({"sleep_after": 8, "warn_before": 6, "heartbeat_interval": 1})
+    started = await demo("--policy", policy).wait(lambda m: "url" in m, "the demo backend")
+    sid = started["session_id"]
+    await api.wait_state(sid, "running")
+    await browser.ready()
+    await browser.do("goto", url=started["url"])
+    await browser.do("waitText", selector="#status", text="connected")
+
+    # Nobody touches the page: an open tab answering heartbeats is not a user.
+    await browser.do("waitText", selector="#warning", text="Sleeping at")
+    await browser.do("waitText", selector="#state", text="sleeping")
+    stops = [e for e in await api.timeline(sid) if e["to_state"] == "stopping"]
+    assert [e["code"] for e in stops] == ["inactivity"]
+    assert await browser.do("eval", expr="window.tracker.status") == "connected"
+
+    await browser.do("click", selector="#build")
+    await browser.do("waitText", selector="#state", text="running")
+    woken = await api.wait_state(sid, "running")
+    assert woken["last_activity"]["kind"] == "build" and woken["connections"] == 1
+    wakes = [e for e in await api.timeline(sid) if e["from_state"] == "sleeping"]
+    assert [e["code"] for e in wakes] == ["activity"]
+    assert browser.page_errors() == []

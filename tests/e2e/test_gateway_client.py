@@ -71,6 +71,10 @@ async def test_async_client_drives_a_session_and_a_realtime_connection(server: S
         finally:
             await live.close()
 
+        async def closed() -> bool:
+            return (await dormant.get_session(sid))["connections"] == 0
+
+        await eventually(closed, what="the disconnect counted")
         events = await dormant.events(sid)
         assert [e["code"] for e in events if e["type"] == "activity"][:2] == [
             "connect",

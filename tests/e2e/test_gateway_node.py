@@ -12,13 +12,30 @@ from tests.e2e.gateway_support import Api, NodeClient
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the module: 1 s heartbeats, 2 activity events/s (bursts of 5)."""
+    env = {
+        "DORMANT_POLICY_HEARTBEAT_INTERVAL": "1",
+        "DORMANT_GATEWAY_ACTIVITY_RATE": "2",
+        "DORMANT_GATEWAY_ACTIVITY_BURST": "5",
+    }
+    srv = Server(tmp_path_factory.mktemp("gateway-node"), ports=20, env=env).start()
+    try:
+        yield srv
+    finally:
+        logs = srv.logs()
+        left = srv.cleanup()
+        print(f"--- {srv.home} log tail ---\n{srv.log_tail()}")
+        assert not left, f"session processes survived: {left}"
+        assert "Traceback" not in logs, logs[-5000:]
+
+
 @pytest.fixture
-async def api(server_factory: Callable[..., Server]) -> AsyncIterator[Api]:
-    srv = server_factory(DORMANT_POLICY_HEARTBEAT_INTERVAL="1")
-    client = Api(srv.url, srv.key)
+async def api(server: Server) -> AsyncIterator[Api]:
+    client = Api(server.url, server.key)
     yield client
     await client.close()
-    assert "Traceback" not in srv.logs()
 
 
 @pytest.fixture
@@ -41,24 +58,28 @@ async def test_official_js_client_session_presence_activity_and_events(
 ) -> None:
     session = await api.create("node-user")
     sid = session["id"]
-    ann = await node().ready()
-    bob = await node().ready()
+    ann, bob, cy = [await node().ready() for _ in range(3)]
     ann.send(cmd="connect", token=await api.token(sid, name="Ann"))
     bob.send(cmd="connect", token=await api.token(sid, name="Bob"), transports=["websocket"])
-    await ann.wait(lambda m: m.get("type") == "connected", "Ann connected")
-    await bob.wait(lambda m: m.get("type") == "connected", "Bob connected")
+    cy.send(cmd="connect", token=await api.token(sid, name="Cy"))
+    for who in (ann, bob, cy):
+        await who.wait(lambda m: m.get("type") == "connected", "connected")
 
     first = await ann.event("session")
     assert first["id"] == sid and first["state"] == "running"
-    presence = await bob.event("presence", lambda p: p["occupancy"] == 2)
-    assert sorted(p["name"] for p in presence["participants"]) == ["Ann", "Bob"]
+    for who in (ann, bob, cy):
+        presence = await who.event("presence", lambda p: p["occupancy"] == 3)
+        assert sorted(p["name"] for p in presence["participants"]) == ["Ann", "Bob", "Cy"]
+    cy.send(cmd="disconnect")
+    await ann.event("presence", lambda p: p["occupancy"] == 2)
 
     # Heartbeats: the JS client answers pings; a pong gives a measured, stable round trip.
     await ann.event("ping")
-    measured = await api.wait_session(
-        sid, lambda s: s["connection_quality"] == "stable", "quality from pongs"
+    await api.wait_session(
+        sid,
+        lambda s: s["connection_quality"] == "stable" and s["connections"] == 2,
+        "quality from pongs, two connections counted",
     )
-    assert measured["connections"] == 2
 
     assert await ann.call("activity", {"kind": "build", "detail": {"target": "web"}}) == {
         "ok": True,
@@ -113,3 +134,71 @@ async def test_official_js_client_that_never_pongs_is_dropped(
     gone = await mute.wait(lambda m: m.get("type") == "disconnect", "dropped")
     assert gone["reason"] == "io server disconnect"
     await api.wait_session(session["id"], lambda s: s["connections"] == 0, "no connections")
+
+
+async def test_official_js_client_silent_tab_is_warned_slept_and_woken(
+    api: Api, node: Callable[[], NodeClient]
+) -> None:
+    policy = {"sleep_after": 4, "warn_before": 2}
+    session = await api.create("node-tab", policy=policy)
+    sid = session["id"]
+    tab = await node().ready()
+    tab.send(cmd="connect", token=await api.token(sid))
+    await tab.wait(lambda m: m.get("type") == "connected", "connected")
+
+    warning = await tab.event("sleep-warning")
+    assert "no meaningful activity" in warning["reason"]
+    await tab.event("session", lambda s: s["state"] == "sleeping")
+    assert (await tab.call("activity", {"kind": "command"}))["ok"] is True
+    await tab.event("session", lambda s: s["state"] == "starting")
+    await tab.event("session", lambda s: s["state"] == "running")
+    stops = [e["code"] for e in await api.timeline(sid) if e["to_state"] == "stopping"]
+    assert stops == ["inactivity"]
+
+
+async def test_official_js_client_grace_inside_keeps_outside_sleeps(
+    api: Api, node: Callable[[], NodeClient]
+) -> None:
+    short = await api.create("node-gone", policy={"disconnect_grace": 1})
+    leaving = await node().ready()
+    leaving.send(cmd="connect", token=await api.token(short["id"]))
+    await leaving.event("session")
+    leaving.send(cmd="disconnect")
+    await api.wait_state(short["id"], "sleeping")
+    stops = [e["code"] for e in await api.timeline(short["id"]) if e["to_state"] == "stopping"]
+    assert stops == ["disconnect_grace"]
+
+    session = await api.create("node-grace", policy={"disconnect_grace": 600})
+    sid = session["id"]
+    token = await api.token(sid)
+    first = await node().ready()
+    first.send(cmd="connect", token=token)
+    await first.event("session")
+    first.send(cmd="disconnect")
+    gone = await api.wait_session(sid, lambda s: s["level"] == "disconnected", "disconnected")
+    assert "nobody came back" in gone["next_action"]["reason"]
+    again = await node().ready()
+    again.send(cmd="connect", token=token)
+    await again.event("session")
+    back = await api.wait_session(sid, lambda s: s["connections"] == 1, "back")
+    assert back["state"] == "running" and "nobody came back" not in back["next_action"]["reason"]
+
+
+async def test_official_js_client_rate_limit_and_oversize(
+    api: Api, node: Callable[[], NodeClient]
+) -> None:
+    session = await api.create("node-limits")
+    client = await node().ready()
+    client.send(cmd="connect", token=await api.token(session["id"]), transports=["websocket"])
+    await client.wait(lambda m: m.get("type") == "connected", "connected")
+
+    answers = [await client.call("activity", {"kind": "chat"}) for _ in range(12)]
+    limited = [a for a in answers if not a["ok"]]
+    assert limited and all(a["error"]["code"] == "rate_limited" for a in limited)
+    assert (await client.event("error", lambda e: e["code"] == "rate_limited"))["dropped"] >= 1
+
+    client.send(cmd="emit", event="activity", data={"kind": "chat", "detail": "x" * 70_000})
+    problem = await client.event("error", lambda e: e["code"] == "payload_too_large")
+    assert "65536" in problem["message"]
+    assert not [m for m in client.seen if m.get("type") == "disconnect"]
+    await api.wait_session(session["id"], lambda s: s["connections"] == 1, "still connected")

@@ -4,6 +4,7 @@ recorder (the real one is covered end to end in tests/e2e/test_gateway*.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -245,3 +246,39 @@ async def test_an_overtaken_engine_event_does_not_undo_a_fresher_view(hub: Hub) 
     await hub.gateway._push(room, warned)  # the warning's record, delivered late
     assert len(hub.wire.sent) == sent
     assert hub.wire.to("c1", "session")[-1]["warning"] is None
+
+
+async def test_a_connect_storm_costs_one_lookup_and_a_few_counts(hub: Hub) -> None:
+    hub.gateway.settings = GatewaySettings(max_connections=100, max_connections_per_session=100)
+    record = await hub.session()
+    token = hub.token(record)
+    env = {"QUERY_STRING": "EIO=4"}
+    reads = 0
+    get = hub.rig.engine.get
+
+    async def counting_get(*args: Any, **kw: Any) -> SessionRecord:
+        nonlocal reads
+        reads += 1
+        return await get(*args, **kw)
+
+    hub.rig.engine.get = counting_get  # type: ignore[method-assign]
+    joined = await asyncio.gather(
+        *(hub.gateway._on_connect(f"c{i}", env, {"token": token}) for i in range(30))
+    )
+    assert all(joined)
+    await hub.settle()
+    stored = await hub.stored(record)
+    assert stored.connections == 30
+    events = await hub.rig.store.list_events(record.id)
+    connects = [e for e in events if e.code == "connect"]
+    assert 1 <= len(connects) < 30
+    assert reads - len(connects) == 1, "one lookup; Engine.connect reads once per call itself"
+
+    for i in range(30):
+        await hub.gateway._on_disconnect(f"c{i}", "transport close")
+    await hub.settle()
+    stored = await hub.stored(record)
+    assert stored.connections == 0 and stored.last_disconnect_at is not None
+    level, decision = hub.rig.engine.describe(stored)
+    assert level.value == "disconnected" and decision.code == "disconnect_grace"
+    assert record.id not in hub.gateway._rooms

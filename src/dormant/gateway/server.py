@@ -156,6 +156,7 @@ class Room:
         "joining",
         "last_key",
         "last_kind",
+        "left",
         "level",
         "level_check_at",
         "lock",
@@ -163,9 +164,12 @@ class Room:
         "newest",
         "presence_dirty",
         "presence_next",
+        "record",
         "refresh_again",
         "refreshing",
         "session_id",
+        "synced",
+        "syncing",
     )
 
     def __init__(self, session_id: str) -> None:
@@ -182,6 +186,12 @@ class Room:
         self.presence_next = 0.0
         self.refreshing = False
         self.refresh_again = False
+        #: The freshest view of the session (first join, engine events, refreshes).
+        self.record: SessionRecord | None = None
+        #: The count the engine has; a worker brings it to ``len(members)``, coalescing storms.
+        self.synced = 0
+        self.syncing = False
+        self.left = False
 
     @property
     def name(self) -> str:
@@ -392,77 +402,101 @@ class Gateway:
 
     async def _join(self, sid: str, claims: Claims, room: Room) -> bool:
         now = self.clock.monotonic()
-        # The session's own heartbeat settings replace these once the engine answers.
         conn = Connection(
             sid,
             claims,
-            Heartbeat(25.0, 3, now),
+            Heartbeat(25.0, 3, now),  # replaced by the session's settings below
             TokenBucket(self.settings.activity_rate, self.settings.activity_burst, now),
         )
-        conn.joined_at = self.clock.now().isoformat()
         self._conns[sid] = conn
-        async with room.lock:
-            room.members[sid] = conn
-            counted = False
-            try:
-                # One engine call: it checks the session exists and counts the connection.
-                # Bounded, so a connect storm queues here instead of exhausting the store.
-                async with self._store_slots:
-                    record = await self.engine.connect(claims.session_id, count=len(room.members))
-                counted = True
-                if record.tenant != claims.tenant:
-                    raise NotFound(f"session {claims.session_id} not found")
-            except Exception as exc:
-                room.members.pop(sid, None)
-                self._conns.pop(sid, None)
-                if counted:
-                    await self._recount(room)
-                if isinstance(exc, NotFound):
-                    return self._refuse(Refused("session_not_found", "the session is gone"))
-                if not isinstance(exc, DormantError):
-                    log.exception("attaching a connection to session %s failed", room.session_id)
-                return self._refuse(Refused("unavailable", "cannot attach right now; retry"))
-            if conn.closed:  # the client went away while the engine was counting it
-                room.members.pop(sid, None)
-                self._conns.pop(sid, None)
-                await self._recount(room)
-                return False
-            policy = self.engine.policy_of(record)
-            conn.heartbeat = Heartbeat(policy.heartbeat_interval, policy.missed_pongs, now)
-            conn.registered = True
+        record = room.record
+        if record is None:
+            # The first of a room looks the session up; whoever arrives meanwhile waits for it,
+            # and later ones need no store at all: a reconnect storm costs one read.
+            async with room.lock:
+                record = room.record
+                if record is None:
+                    try:
+                        async with self._store_slots:
+                            record = await self.engine.get(room.session_id)
+                    except Exception as exc:
+                        self._conns.pop(sid, None)
+                        if isinstance(exc, NotFound):
+                            return self._refuse(Refused("session_not_found", "no such session"))
+                        if not isinstance(exc, DormantError):
+                            log.exception("looking up session %s failed", room.session_id)
+                        return self._refuse(Refused("unavailable", "cannot attach now; retry"))
+                    room.record = record
+                    room.synced = record.connections
+        if conn.closed:  # the client went away while we were looking
+            self._conns.pop(sid, None)
+            return False
+        if record.tenant != claims.tenant or record.state in (State.DELETING, State.DELETED):
+            self._conns.pop(sid, None)
+            return self._refuse(Refused("session_not_found", "no such session"))
+        policy = self.engine.policy_of(record)
+        conn.heartbeat = Heartbeat(policy.heartbeat_interval, policy.missed_pongs, now)
+        conn.joined_at = self.clock.now().isoformat()
+        conn.registered = True
+        room.members[sid] = conn
         await self.sio.enter_room(sid, room.name)
         self.stats.connections = len(self._conns)
         self.stats.connected_total += 1
         heapq.heappush(self._heap, (conn.heartbeat.next_at, next(self._seq), sid))
         self._presence_soon(room)
+        self._sync(room)
         # The CONNECT packet goes out when this handler returns; greet after it.
-        self._spawn(self._greet(conn, record))
+        self._spawn(self._greet(conn))
         return True
 
-    async def _recount(self, room: Room) -> None:
-        """Tell the engine the room's count again (after a connection counted then dropped)."""
-        try:
-            async with self._store_slots:
-                await self.engine.disconnect(room.session_id, count=len(room.members))
-        except NotFound:
-            pass
-        except Exception:
-            log.exception("recounting the connections of session %s failed", room.session_id)
+    def _sync(self, room: Room) -> None:
+        """Bring the engine's count of the room's session to the room's; one worker a room."""
+        if not room.syncing:
+            room.syncing = True
+            self._spawn(self._sync_now(room))
 
-    async def _greet(self, conn: Connection, record: SessionRecord) -> None:
+    async def _sync_now(self, room: Room) -> None:
+        """``connect``/``disconnect`` with the live count until the engine agrees. A storm of
+        joins and leaves becomes a few calls; the last leave is always told (grace starts)."""
+        try:
+            while True:
+                count = len(room.members)
+                left, room.left = room.left, False
+                if count == room.synced and not (left and count == 0):
+                    return
+                try:
+                    async with self._store_slots:
+                        if count > room.synced:
+                            record = await self.engine.connect(room.session_id, count=count)
+                        else:
+                            record = await self.engine.disconnect(room.session_id, count=count)
+                except NotFound:
+                    room.synced = count
+                    await self._close_room(room)
+                    return
+                except Exception:
+                    log.exception("counting connections of session %s failed", room.session_id)
+                    return  # the ticker tries again
+                room.synced = count
+                await self._push(room, record)
+        finally:
+            room.syncing = False
+            self._drop_room_if_empty(room)
+
+    async def _greet(self, conn: Connection) -> None:
         await asyncio.sleep(0)
-        if conn.closed:
-            return
         room = self._rooms.get(conn.session_id)
+        if conn.closed or room is None or room.record is None:
+            return
+        record = room.record
         view = self._view(record, room)
         await self.sio.emit("session", view.payload, to=conn.sid)
-        if room is not None and (room.newest is None or _age(record) >= room.newest):
-            room.newest = _age(record)
+        if room.last_key is None:
             room.last_key = view.key
             room.last_kind = record.last_activity_kind
             self._arm_level_check(room, record)
-            if record.warned_at is not None and view.payload["warning"] is not None:
-                await self.sio.emit("sleep-warning", view.payload["warning"], to=conn.sid)
+        if view.payload["warning"] is not None:
+            await self.sio.emit("sleep-warning", view.payload["warning"], to=conn.sid)
 
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
         conn = self._conns.get(sid)
@@ -474,35 +508,29 @@ class Gateway:
         self._conns.pop(sid, None)
         self.stats.connections = len(self._conns)
         room = self._rooms.get(conn.session_id)
-        if room is None:
+        if room is None or room.members.pop(sid, None) is None:
             return
-        record: SessionRecord | None = None
-        async with room.lock:
-            room.members.pop(sid, None)
-            try:
-                async with self._store_slots:
-                    record = await self.engine.disconnect(conn.session_id, count=len(room.members))
-            except NotFound:
-                pass
-            except Exception:
-                log.exception("recording the disconnect of %s failed", sid)
         log.info(
             "connection closed session=%s reason=%s left=%d",
             conn.session_id,
             reason,
             len(room.members),
         )
-        if room.members:
-            self._presence_soon(room)
-            if record is not None:
-                await self._push(room, record)
-        self._drop_room_if_empty(room)
+        room.left = True
+        self._presence_soon(room)
+        self._sync(room)
 
     def _presence_soon(self, room: Room) -> None:
         room.presence_dirty = True
 
     def _drop_room_if_empty(self, room: Room) -> None:
-        if room.empty and self._rooms.get(room.session_id) is room:
+        """Forget a room nobody is in once the engine knows it (a new one starts afresh)."""
+        if (
+            room.empty
+            and not room.syncing
+            and (room.synced == 0 or room.record is None)
+            and self._rooms.get(room.session_id) is room
+        ):
             del self._rooms[room.session_id]
 
     # client events ----------------------------------------------------------------------------
@@ -580,7 +608,11 @@ class Gateway:
 
     def _on_engine_event(self, event: EngineEvent) -> None:
         room = self._rooms.get(event.session_id)
-        if room is None or not room.members:
+        if room is None:
+            return
+        if not room.members:
+            if event.session is not None:  # keep the cached view fresh for whoever joins next
+                self._spawn(self._push(room, event.session))
             return
         if event.type == "transition" and event.session is not None:
             self._spawn(self._push(room, event.session))
@@ -655,12 +687,13 @@ class Gateway:
 
     async def _push(self, room: Room, record: SessionRecord, force: bool = False) -> None:
         """Send ``session`` to the room if what clients see changed."""
-        if not room.members:
-            return
         age = _age(record)
         if room.newest is not None and age < room.newest:
             return  # an engine event overtaken by a fresher read: clients know better already
         room.newest = age
+        room.record = record
+        if not room.members:
+            return
         view = self._view(record, room)
         self._arm_level_check(room, record)
         if not force and view.key == room.last_key:
@@ -746,6 +779,8 @@ class Gateway:
             if room.level_check_at is not None and room.level_check_at <= now:
                 room.level_check_at = None
                 self._refresh(room)
+            if not room.syncing and len(room.members) != room.synced:
+                self._sync(room)  # a count the engine did not take (store trouble): again
 
     async def _heartbeats(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now:
