@@ -32,7 +32,7 @@ import socketio  # type: ignore[import-untyped]
 
 from dormant.clock import Clock
 from dormant.engine import Engine, EngineEvent
-from dormant.errors import DormantError, InvalidInput, NotFound
+from dormant.errors import DormantError, InvalidInput, NotFound, TemporaryError
 from dormant.gateway.heartbeat import Heartbeat, Quality, worst
 from dormant.gateway.limits import TokenBucket
 from dormant.gateway.protocol import (
@@ -474,9 +474,12 @@ class Gateway:
                     room.synced = count
                     await self._close_room(room)
                     return
+                except TemporaryError as exc:
+                    log.warning("counting connections of %s: %s; retrying", room.session_id, exc)
+                    return  # the ticker tries again
                 except Exception:
                     log.exception("counting connections of session %s failed", room.session_id)
-                    return  # the ticker tries again
+                    return
                 room.synced = count
                 await self._push(room, record)
         finally:
@@ -735,6 +738,9 @@ class Gateway:
                         record = await self.engine.get(room.session_id)
                 except NotFound:
                     await self._close_room(room)
+                    return
+                except TemporaryError as exc:
+                    log.warning("refreshing session %s: %s", room.session_id, exc)
                     return
                 except Exception:
                     log.exception("refreshing session %s failed", room.session_id)
