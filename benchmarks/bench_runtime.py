@@ -183,7 +183,7 @@ async def make_engine(host: str, directory: Path, concurrency: int) -> tuple[Eng
     )
     engine = Engine(
         store,
-        {"docker": DockerRuntime(host)},
+        {"docker": DockerRuntime(host, scope={"bench": RUN})},
         Catalog({"box": template}, dict(PRESETS), default_template="box"),
         SystemClock(),
         PortAllocator(PORTS, store.used_ports),
@@ -208,7 +208,7 @@ async def main(args: argparse.Namespace) -> str:
     host = args.host
     n, limit = args.sessions, args.concurrency
     raw = RawEngine(host)
-    runtime = DockerRuntime(host)
+    runtime = DockerRuntime(host, scope={"bench": RUN})
     tmp = Path(tempfile.mkdtemp(prefix="dormant-bench-"))
     engine, store = await make_engine(host, tmp, limit)
     try:

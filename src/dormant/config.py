@@ -134,6 +134,9 @@ class Settings(BaseModel):
     #: The Docker Engine API of the docker runtime (``DORMANT_DOCKER_HOST``); default
     #: ``DOCKER_HOST`` or ``unix:///var/run/docker.sock``.
     docker_host: str | None = Field(default=None, max_length=500)
+    #: ``key=value[,key=value]``: labels that confine the docker runtime to its own containers
+    #: (several deployments or test runs on one engine); ``DORMANT_DOCKER_SCOPE``.
+    docker_scope: str | None = Field(default=None, max_length=500)
     #: How long operations wait for an unreachable runtime before failing (seconds).
     runtime_outage_patience: float = Field(default=300.0, ge=0, le=86400)
     rate_limit: float = Field(default=200.0, gt=0)
@@ -163,6 +166,28 @@ class Settings(BaseModel):
     def _ports(cls, value: str) -> str:
         parse_port_range(value)
         return value
+
+    @field_validator("docker_scope")
+    @classmethod
+    def _scope(cls, value: str | None) -> str | None:
+        if value is not None:
+            cls.parse_scope(value)
+        return value
+
+    @staticmethod
+    def parse_scope(value: str | None) -> dict[str, str]:
+        scope: dict[str, str] = {}
+        for part in (value or "").split(","):
+            key, sep, label = part.strip().partition("=")
+            if not part.strip():
+                continue
+            if not sep or not key or not label:
+                raise ValueError(f"docker_scope must look like key=value[,key=value], not {part!r}")
+            scope[key] = label
+        return scope
+
+    def docker_scope_labels(self) -> dict[str, str]:
+        return self.parse_scope(self.docker_scope)
 
     def resolved_data_dir(self) -> Path:
         if self.data_dir:

@@ -53,7 +53,9 @@ def build_runtimes(settings: Settings) -> dict[str, Runtime]:
     if "docker" in wanted:
         from dormant.runtimes.docker import DockerRuntime
 
-        runtimes["docker"] = DockerRuntime(settings.docker_host)
+        runtimes["docker"] = DockerRuntime(
+            settings.docker_host, scope=settings.docker_scope_labels()
+        )
     # Other backends plug in through the dormant.runtimes entry points.
     for name in wanted - {"process", "docker"}:
         from dormant.runtimes import runtime_class

@@ -78,6 +78,7 @@ def docker_server(
         start=False,
         DORMANT_CONFIG=str(config),
         DORMANT_DOCKER_HOST=service.url,
+        DORMANT_DOCKER_SCOPE=f"{RUN_LABEL}={RUN_ID}",
         DORMANT_RECONCILE_INTERVAL="3",
         DORMANT_RUNTIME_OUTAGE_PATIENCE="300",
         DORMANT_RATE_LIMIT="100000",

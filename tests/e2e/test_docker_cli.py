@@ -37,7 +37,12 @@ def test_rm_all_sleeping_deletes_exactly_the_sleeping_sessions(
         f'[templates.ghost]\nruntime = "docker"\nimage = "localhost/no-such-image:404"\n'
         f"port = {CONTAINER_PORT}\n"
     )
-    server = server_factory(ports=20, DORMANT_CONFIG=str(config), DORMANT_DOCKER_HOST=docker_host)
+    server = server_factory(
+        ports=20,
+        DORMANT_CONFIG=str(config),
+        DORMANT_DOCKER_HOST=docker_host,
+        DORMANT_DOCKER_SCOPE=f"{RUN_LABEL}={RUN_ID}",
+    )
     # an image the engine does not have: refused before a session or container exists
     refused_image = server.client().post(
         "/v1/sessions", json={"user_id": "u", "template": "ghost", "labels": {RUN_LABEL: RUN_ID}}

@@ -33,7 +33,12 @@ def load(tmp_path: Path, text: str, **env: str) -> object:
 
 
 def test_a_full_docker_template_loads_and_builds_the_runtime(tmp_path: Path) -> None:
-    settings = load(tmp_path, GOOD, DORMANT_DOCKER_HOST="unix:///run/x.sock")
+    settings = load(
+        tmp_path,
+        GOOD,
+        DORMANT_DOCKER_HOST="unix:///run/x.sock",
+        DORMANT_DOCKER_SCOPE="team=a,env=t",
+    )
     tpl = settings.catalog().templates["box"]  # type: ignore[attr-defined]
     assert tpl.runtime == "docker" and tpl.image == "localhost/dormant-httpd:2"
     assert tpl.read_only and tpl.no_new_privileges and tpl.cap_drop == ("ALL",)
@@ -41,6 +46,14 @@ def test_a_full_docker_template_loads_and_builds_the_runtime(tmp_path: Path) -> 
     runtimes = build_runtimes(settings)  # type: ignore[arg-type]
     assert isinstance(runtimes["docker"], DockerRuntime)
     assert runtimes["docker"].host == "unix:///run/x.sock"
+    assert runtimes["docker"].scope == {"team": "a", "env": "t"}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("scope", ["team", "=a", "team=", "dormant.session=x"])
+def test_a_bad_docker_scope_is_refused(tmp_path: Path, scope: str) -> None:
+    with pytest.raises(InvalidInput, match="scope"):
+        settings = load(tmp_path, GOOD, DORMANT_DOCKER_SCOPE=scope)
+        build_runtimes(settings)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

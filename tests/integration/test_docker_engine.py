@@ -74,7 +74,7 @@ async def make_rig(
     url = f"sqlite+aiosqlite:///{tmp_path / 'dormant.db'}"
     await upgrade_async(url)
     store = SqlStore(url)
-    runtime = DockerRuntime(host)
+    runtime = DockerRuntime(host, scope={RUN_LABEL: RUN_ID})
     engine = Engine(
         store,
         {"docker": runtime},
@@ -236,7 +236,7 @@ async def test_an_engine_event_wakes_the_reconciler(rig: Rig) -> None:
     record = await rig.engine.get(sid)
     loop = asyncio.create_task(rig.reconciler.loop(interval=3600))  # only events can wake it
     try:
-        await asyncio.sleep(0.5)  # the event stream connects
+        await asyncio.wait_for(rig.runtime.watching.wait(), 60)  # the event stream is connected
         podman.podman("rm", "-f", "-t", "0", record.container_name)
         for _ in range(600):
             if await rig.state(sid) is State.SLEEPING:

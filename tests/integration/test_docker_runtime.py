@@ -49,7 +49,7 @@ def sid() -> str:
 
 @pytest.fixture
 async def runtime(docker_host: str, containers: None) -> AsyncIterator[DockerRuntime]:
-    rt = DockerRuntime(docker_host)
+    rt = DockerRuntime(docker_host, scope={RUN_LABEL: RUN_ID})
     try:
         yield rt
     finally:
@@ -132,7 +132,9 @@ async def test_create_of_an_existing_name_for_the_same_session_adopts_it(
     first = await runtime.create(s)
     again = await runtime.create(s)  # made by this process: found, not made again
     assert again["id"] == first["id"]
-    restarted = DockerRuntime(runtime.host)  # a restarted dormant: the create conflicts
+    restarted = DockerRuntime(
+        runtime.host, scope={RUN_LABEL: RUN_ID}
+    )  # a restarted dormant: the create conflicts
     try:
         adopted = await restarted.create(s)
     finally:
@@ -294,7 +296,14 @@ async def test_list_managed_sees_every_labelled_container(runtime: DockerRuntime
     podman.podman(
         "create", "--name", f"unlabelled-{RUN_ID}", "--label", f"{RUN_LABEL}={RUN_ID}", IMAGE
     )
-    found = {i.name: i for i in await runtime.list_managed()}
+    other = f"dormant-other-scope-{RUN_ID}"
+    podman.podman("create", "--name", other, "--label", "dormant.managed=true", IMAGE)
+    try:
+        found = {i.name: i for i in await runtime.list_managed()}
+    finally:
+        podman.remove_containers([other])
+    assert other not in found  # managed, but outside this runtime's scope
+    assert found[a.name].labels[RUN_LABEL] == RUN_ID
     assert found[a.name].status is ContainerStatus.STOPPED
     assert found[b.name].status is ContainerStatus.RUNNING
     assert found[b.name].session_id == b.session_id
@@ -314,7 +323,7 @@ async def test_watch_reports_events_of_managed_containers(runtime: DockerRuntime
 
     watcher = asyncio.create_task(runtime.watch(notify))
     try:
-        await asyncio.sleep(0.2)  # let the stream connect before the event
+        await asyncio.wait_for(runtime.watching.wait(), 60)  # connected before the event
         await runtime.create(s)
         await asyncio.wait_for(arrived.wait(), 30)
     finally:
@@ -329,7 +338,7 @@ async def test_engine_outage_and_recovery(
     """A killed API service: calls fail as temporary; after a restart they work, and the
     containers it ran are still there (conmon keeps them)."""
     with podman.private_service(tmp_path) as service:
-        rt = DockerRuntime(service.url)
+        rt = DockerRuntime(service.url, scope={RUN_LABEL: RUN_ID})
         try:
             s = spec(sid())
             state = await rt.start(s.name, await rt.create(s))

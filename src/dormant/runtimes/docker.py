@@ -72,6 +72,7 @@ _NETWORK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _TMPFS_OPTIONS = re.compile(r"^[A-Za-z0-9=,._-]{0,200}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")
 
 #: Crash points for chaos tests. A test arms one by creating the file named after it in
 #: ``DORMANT_TEST_CRASH_DIR``; the next time dormant gets there it removes the file and SIGKILLs
@@ -266,6 +267,9 @@ class DockerRuntime(Runtime):
     """Containers on a Docker Engine API at ``host`` (``unix://``, ``tcp://`` or ``http://``).
 
     ``host`` defaults to ``DORMANT_DOCKER_HOST``, then ``DOCKER_HOST``, then the usual socket.
+    ``scope`` (labels, ``DORMANT_DOCKER_SCOPE``) confines this dormant to the containers that
+    carry them: it puts them on every container it makes and lists, watches and reconciles
+    only those, so that several dormant deployments (or test runs) can share one engine.
     """
 
     name: ClassVar[str] = "docker"
@@ -278,6 +282,7 @@ class DockerRuntime(Runtime):
         ping_timeout: float = 2.0,
         probe_host: str = "127.0.0.1",
         image_cache_seconds: float = 30.0,
+        scope: dict[str, str] | None = None,
     ) -> None:
         self.host = (
             host
@@ -289,11 +294,17 @@ class DockerRuntime(Runtime):
         self.ping_timeout = ping_timeout
         self.probe_host = probe_host
         self.image_cache_seconds = image_cache_seconds
+        self.scope = dict(scope or {})
+        for key, value in self.scope.items():
+            if not _LABEL.match(key) or key.startswith("dormant.") or not value or "," in value:
+                raise InvalidInput(f"docker scope label {key}={value!r} is not valid")
         self._docker: aiodocker.Docker | None = None
         self._images: dict[str, float] = {}
         self._crash_dir = os.environ.get("DORMANT_TEST_CRASH_DIR") or None
         #: Containers this process made or adopted, by name: their session id.
         self._made: dict[str, str] = {}
+        #: Set while the event stream of :meth:`watch` is connected.
+        self.watching = asyncio.Event()
 
     def _crash_point(self, point: str) -> None:
         if self._crash_dir is None:
@@ -390,6 +401,7 @@ class DockerRuntime(Runtime):
     async def create(self, spec: ContainerSpec) -> dict[str, Any]:
         self._crash_point("after-intent")
         config = container_config(spec)
+        config["Labels"].update(self.scope)
         assert spec.image is not None
         await self._ensure_image(spec.image)
         state = {
@@ -586,12 +598,14 @@ class DockerRuntime(Runtime):
         )
 
     async def list_managed(self) -> list[ContainerInfo]:
-        params = {"all": "1", "filters": json.dumps({"label": [f"{MANAGED_LABEL}=true"]})}
+        params = {"all": "1", "filters": json.dumps({"label": self._label_filter()})}
         rows: list[dict[str, Any]] = await self._call(
             "list containers", lambda d: d._query_json("containers/json", params=params)
         )
         infos = []
         for row in rows:
+            if any((row.get("Labels") or {}).get(k) != v for k, v in self.scope.items()):
+                continue  # an engine that ORs label filters: keep to the scope anyway
             names = row.get("Names") or [row.get("Id", "")]
             infos.append(
                 ContainerInfo(
@@ -606,12 +620,11 @@ class DockerRuntime(Runtime):
 
     async def watch(self, notify: Callable[[str], None]) -> None:
         """Follow the engine's events for dormant's containers; raise when the stream breaks."""
-        params = {
-            "filters": json.dumps({"type": ["container"], "label": [f"{MANAGED_LABEL}=true"]})
-        }
+        params = {"filters": json.dumps({"type": ["container"], "label": self._label_filter()})}
         docker = self._client()
         try:
             async with docker._query("events", params=params, timeout=None) as response:
+                self.watching.set()
                 try:
                     async for line in response.content:
                         if not line.strip():
@@ -624,12 +637,16 @@ class DockerRuntime(Runtime):
                         action = event.get("Action") or event.get("status")
                         notify(f"{action} {attrs.get('name', '')}")
                 finally:
+                    self.watching.clear()
                     response.close()  # also when cancelled: aiodocker leaves it to us
         except DockerError as exc:
             raise translate(exc, "events") from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise RuntimeUnavailable(f"events: container engine unreachable: {exc}") from exc
         raise RuntimeUnavailable("events: the engine closed the event stream")
+
+    def _label_filter(self) -> list[str]:
+        return [f"{MANAGED_LABEL}=true", *(f"{k}={v}" for k, v in self.scope.items())]
 
     async def close(self) -> None:
         docker, self._docker = self._docker, None
