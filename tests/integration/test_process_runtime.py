@@ -130,7 +130,14 @@ async def test_marked_process_without_a_directory_is_found_and_removed(
     }
     proc = subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
     try:
-        infos = {i.name: i for i in await runtime.list_managed()}
+        # The child may still be between fork and exec (its environ is the parent's until
+        # then): look again for a little while, as the next reconcile sweep would.
+        infos = {}
+        for _ in range(100):
+            infos = {i.name: i for i in await runtime.list_managed()}
+            if "dormant-stray" in infos:
+                break
+            await asyncio.sleep(0.05)
         assert "dormant-stray" in infos
         assert infos["dormant-stray"].session_id == "stray"
         await runtime.remove("dormant-stray", {})
