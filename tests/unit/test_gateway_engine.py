@@ -282,3 +282,12 @@ async def test_a_connect_storm_costs_one_lookup_and_a_few_counts(hub: Hub) -> No
     level, decision = hub.rig.engine.describe(stored)
     assert level.value == "disconnected" and decision.code == "disconnect_grace"
     assert record.id not in hub.gateway._rooms
+
+
+async def test_concurrent_joins_fill_the_server_exactly(hub: Hub) -> None:
+    one, two = await hub.session(), await hub.session()
+    env = {"QUERY_STRING": "EIO=4"}
+    joins = [hub.gateway._on_connect(f"a{i}", env, {"token": hub.token(one)}) for i in range(3)]
+    joins.append(hub.gateway._on_connect("b0", env, {"token": hub.token(two)}))
+    assert all(await asyncio.gather(*joins))  # 4 of 4: joining ones are not counted twice
+    assert await hub.refused("b1", hub.token(two)) == "server_full"

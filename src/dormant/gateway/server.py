@@ -10,8 +10,9 @@ Each connection authenticates with ``auth: {token}`` (a JWT from ``POST
 - it is pinged every ``heartbeat_interval`` of its session's policy and dropped after
   ``missed_pongs`` unanswered pings (Engine.IO's own ping/pong stays on underneath).
 
-The engine learns each session's live connections through ``connect``/``disconnect``; the
-last one leaving starts the grace period. Nothing a client sends can raise out of a handler:
+The engine learns each session's live connections through ``connect``/``disconnect`` with the
+live count, coalesced per session (a storm of joins is a few writes); the last one leaving
+starts the grace period. Nothing a client sends can raise out of a handler:
 bad input gets an ``error {code, message}`` event and the connection stays.
 """
 
@@ -281,7 +282,6 @@ class Gateway:
         self.asgi_app = socketio.ASGIApp(self.sio, socketio_path=None)
         self._conns: dict[str, Connection] = {}
         self._rooms: dict[str, Room] = {}
-        self._reserved = 0
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -366,12 +366,10 @@ class Gateway:
                 )
             )
         room.joining += 1
-        self._reserved += 1
         try:
             return await self._join(sid, claims, room)
         finally:
             room.joining -= 1
-            self._reserved -= 1
             self._drop_room_if_empty(room)
 
     def _admit(self, environ: dict[str, Any], auth: Any) -> Claims:
@@ -387,7 +385,8 @@ class Gateway:
             claims = self.tokens.verify(auth.get("token"))
         except TokenError as exc:
             raise Refused(exc.code, str(exc)) from None
-        if len(self._conns) + self._reserved >= self.settings.max_connections:
+        # Joining connections are in _conns already (nothing awaits between here and there).
+        if len(self._conns) >= self.settings.max_connections:
             raise Refused(
                 "server_full",
                 f"this server holds {self.settings.max_connections} connections (its limit); "
