@@ -25,8 +25,8 @@ log = logging.getLogger("dormant.reconciler")
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """``kind``: ``remove-orphan``, ``mark-vanished``, ``stop-stray``, ``resume``, ``delete``
-    (a deletion acknowledged before a crash), ``close-operation``."""
+    """``kind``: ``remove-orphan``, ``mark-vanished``, ``stop-stray``, ``resume``, ``delete``,
+    ``sleep``, ``wake`` (requests accepted before a crash), ``close-operation``."""
 
     kind: str
     target: str
@@ -126,6 +126,20 @@ def plan(
                 )
             )
             continue
+        if record is not None and (
+            (op.kind == "stop" and record.state is State.RUNNING)
+            or (op.kind == "start" and record.state in (State.SLEEPING, State.FAILED))
+        ):
+            verb = "sleep" if op.kind == "stop" else "wake"
+            steps.append(
+                Step(
+                    verb,
+                    op.session_id,
+                    f"{verb} accepted (operation {op.id}) but interrupted by a crash",
+                    operation_id=op.id,
+                )
+            )
+            continue
         steps.append(
             Step(
                 "close-operation",
@@ -205,6 +219,9 @@ class Reconciler:
                 await engine.stop_stray(step.target)
             elif step.kind == "resume":
                 await engine.resume(step.target)
+            elif step.kind in ("sleep", "wake") and step.operation_id is not None:
+                kind = "stop" if step.kind == "sleep" else "start"
+                engine.resume_intent(step.target, kind, step.operation_id, step.reason)
             elif step.kind == "delete" and step.operation_id is not None:
                 engine.resume_delete(step.target, step.operation_id, step.reason)
             elif step.kind == "close-operation" and step.operation_id is not None:

@@ -166,3 +166,22 @@ async def test_vanished_container_makes_the_session_sleep_and_wake_recreates_it(
     await rig.engine.wake(record.id)
     await rig.settle()
     assert rig.runtime.running() == {record.container_name}
+
+
+async def test_sleep_and_wake_accepted_before_a_crash_are_carried_out(rig: Rig) -> None:
+    a = await rig.engine.create_session(tenant="t", user_id="a")
+    b = await rig.engine.create_session(tenant="t", user_id="b")
+    await rig.settle()
+    await rig.engine.sleep(b.id)
+    await rig.settle()
+    # What a crash right after the 202s leaves: intents written, nothing else done.
+    await rig.store.insert_operation(a.id, "stop", a.container_name, a.labels, "dead", T0)
+    await rig.store.insert_operation(b.id, "start", b.container_name, b.labels, "dead", T0)
+    steps = await Reconciler(rig.engine).run()
+    await rig.settle()
+    assert ("sleep", a.id) in kinds(steps)
+    assert ("wake", b.id) in kinds(steps)
+    fresh_a, fresh_b = await rig.store.get_session(a.id), await rig.store.get_session(b.id)
+    assert fresh_a is not None and fresh_a.state is State.SLEEPING
+    assert fresh_b is not None and fresh_b.state is State.RUNNING
+    assert await rig.store.pending_operations() == []

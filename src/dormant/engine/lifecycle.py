@@ -379,7 +379,10 @@ class Engine:
                 f"session {session_id} is {record.state.value}; only a running "
                 "session can be put to sleep"
             )
-        self._spawn(self._run_stop(session_id, code, reason))
+        # Like a delete, an accepted sleep is written down before the 202 (the intent row), so a
+        # crash does not lose it: the reconciler carries out pending intents after a restart.
+        op_id = await self._intent(record, "stop")
+        self._spawn(self._run_stop(session_id, code, reason, op_id))
         return record
 
     async def wake(
@@ -394,8 +397,16 @@ class Engine:
             return record
         if record.state is State.STOPPING:
             raise Conflict(f"session {session_id} is stopping; wake it once it sleeps")
-        self._spawn(self._begin_wake(session_id, code, reason))
+        op_id = await self._intent(record, "start")
+        self._spawn(self._begin_wake(session_id, code, reason, op_id))
         return record
+
+    def resume_intent(self, session_id: str, kind: str, op_id: int, reason: str) -> None:
+        """Carry out a sleep or wake accepted before a crash (reconciler)."""
+        if kind == "stop":
+            self._spawn(self._run_stop(session_id, "reconcile", reason, op_id))
+        elif kind == "start":
+            self._spawn(self._begin_wake(session_id, "reconcile", reason, op_id))
 
     async def delete(
         self,
@@ -672,12 +683,15 @@ class Engine:
             if op_id is not None:
                 await self._finish_op(op_id, "done", attempts, None)
 
-    async def _begin_wake(self, sid: str, code: str, reason: str) -> None:
+    async def _begin_wake(self, sid: str, code: str, reason: str, op_id: int | None = None) -> None:
         async with self._session_lock(sid):
             record = await self.store.get_session(sid)
             if record is None or record.state not in (State.SLEEPING, State.FAILED):
+                if op_id is not None:
+                    await self._finish_op(op_id, "superseded", 0, None)
                 return
-            op_id = await self._intent(record, "start")
+            if op_id is None:
+                op_id = await self._intent(record, "start")
             await self._transition(record, State.STARTING, code, reason, action="wake", error=None)
         await self._run_start(sid, op_id, creating=False, code=code, reason=reason)
 
@@ -689,20 +703,23 @@ class Engine:
             return
         await self._begin_wake(sid, "activity", f"woken by {kind.value} activity")
 
-    async def _run_stop(self, sid: str, code: str, reason: str) -> None:
+    async def _run_stop(self, sid: str, code: str, reason: str, op_id: int | None = None) -> None:
         async with self._session_lock(sid):
             record = await self.store.get_session(sid)
             if record is None or record.state not in (State.RUNNING, State.STOPPING):
+                if op_id is not None:
+                    await self._finish_op(op_id, "superseded", 0, None)
                 return
             if record.state is State.RUNNING:
                 # Re-decide from fresh state: activity may have arrived since this was scheduled.
                 if code not in ("manual", "reconcile") and not self._still_due(record, code):
                     return
-                op_id = await self._intent(record, "stop")
+                if op_id is None:
+                    op_id = await self._intent(record, "stop")
                 record = await self._transition(
                     record, State.STOPPING, code, reason, action=Action.SLEEP.value
                 )
-            else:
+            elif op_id is None:
                 op_id = await self._intent(record, "stop")
             runtime = self.runtime_of(record)
             try:
