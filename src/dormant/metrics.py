@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -41,6 +42,10 @@ class Metrics:
         self.registry.register(_EngineCollector(engine, reconciler))
         engine.listeners.append(self.observe)
 
+    def add_gateway(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+        """Export the real-time gateway's counters (read from ``stats()`` at each scrape)."""
+        self.registry.register(_GatewayCollector(stats))
+
     def observe(self, event: EngineEvent) -> None:
         if event.type == "transition" and event.to_state:
             self.transitions_applied_total.labels(event.to_state, event.code).inc()
@@ -76,3 +81,47 @@ class _EngineCollector(Collector):
             "Activity events applied by the engine.",
             value=self.engine.events_applied,
         )
+
+
+class _GatewayCollector(Collector):
+    _COUNTERS = (
+        ("connected_total", "dormant_connections_accepted", "Real-time connections accepted."),
+        ("activity_applied", "dormant_gateway_activity_applied", "Activity events applied."),
+        (
+            "activity_dropped",
+            "dormant_gateway_activity_dropped",
+            "Activity dropped by the rate limit.",
+        ),
+        (
+            "invalid_events",
+            "dormant_gateway_events_rejected",
+            "Invalid real-time events answered with an error.",
+        ),
+        (
+            "heartbeat_drops",
+            "dormant_connections_dropped",
+            "Connections dropped after missed pongs.",
+        ),
+        ("broadcasts", "dormant_broadcasts_sent", "Broadcasts relayed to session rooms."),
+    )
+
+    def __init__(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self.stats()
+        yield GaugeMetricFamily(
+            "dormant_connections_open_count",
+            "Real-time connections open now.",
+            value=stats.get("connections", 0),
+        )
+        for key, name, doc in self._COUNTERS:
+            yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
+        refused = CounterMetricFamily(
+            "dormant_connections_refused",
+            "Real-time connections refused, by reason.",
+            labels=["code"],
+        )
+        for code, n in sorted(dict(stats.get("refused", {})).items()):
+            refused.add_metric([code], n)
+        yield refused

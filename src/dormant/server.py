@@ -167,6 +167,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
     services = build_services(settings, clock)
     metrics = Metrics(services.engine, services.reconciler)
     gateway = build_gateway(settings, services.engine)
+    metrics.add_gateway(gateway.stats.as_dict)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -328,6 +328,9 @@ def test_health_metrics_and_docs(server: Server) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert re.search(r"^dormant_sessions_live_count 1(\.0)?$", response.text, re.M), response.text
+    # the real-time gateway's counters are exported too (no client is connected here)
+    assert re.search(r"^dormant_connections_open_count 0(\.0)?$", response.text, re.M)
+    assert "dormant_connections_refused_total" in response.text
     assert "dormant_sessions_created_total" in response.text
 
     response = anonymous.get("/docs")
