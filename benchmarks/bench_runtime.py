@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -305,6 +306,7 @@ async def main(args: argparse.Namespace) -> str:
             await rt.close()
         await store.close()
         await raw.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     med = {key: statistics.median(values) for key, values in cells.items()}
     rates = [
