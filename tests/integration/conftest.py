@@ -1,15 +1,51 @@
-"""Integration fixtures. The docker runtime's tests use a real Podman (``podman.py``); whatever
-they do, their containers are removed, and after the session none of this run's containers
-labelled ``dormant.managed=true`` may remain (on CI: none at all)."""
+"""Integration fixtures. ``store`` is a migrated SqlStore on SQLite and on the real PostgreSQL
+(a throw-away database per test). The docker runtime's tests use a real Podman
+(``podman.py``); whatever they do, their containers are removed, and after the session none of
+this run's containers labelled ``dormant.managed=true`` may remain (on CI: none at all)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import asyncpg
 import pytest
 
+from dormant.store import SqlStore
+from dormant.store.migrate import upgrade_async
+
 from . import podman
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+        await upgrade_async(url)
+        s = SqlStore(url)
+        try:
+            yield s
+        finally:
+            await s.close()
+        return
+    name = f"dormant_test_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    try:
+        await upgrade_async(url)
+        s = SqlStore(url)
+        try:
+            yield s
+        finally:
+            await s.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 @pytest.fixture(scope="session")

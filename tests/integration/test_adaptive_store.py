@@ -3,13 +3,10 @@ adaptive policy configured the way ``dormant serve`` reads it (dormant.toml)."""
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import pytest
 from alembic import command
 
@@ -24,34 +21,6 @@ from dormant.testing import FakeClock, FakeRuntime
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-        await upgrade_async(url)
-        s = SqlStore(url)
-        try:
-            yield s
-        finally:
-            await s.close()
-        return
-    name = f"dormant_test_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    try:
-        await upgrade_async(url)
-        s = SqlStore(url)
-        try:
-            yield s
-        finally:
-            await s.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def model(*gaps: float) -> GapModel:

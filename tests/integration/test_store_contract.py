@@ -2,51 +2,18 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import asyncpg
 import pytest
 
 from dormant.errors import Conflict
 from dormant.policy import ActivityTimes, State
 from dormant.store import NewEvent, SessionRecord, SqlStore
-from dormant.store.migrate import upgrade_async
 from dormant.store.records import ApiKeyRecord, InstanceRecord
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-        await upgrade_async(url)
-        s = SqlStore(url)
-        try:
-            yield s
-        finally:
-            await s.close()
-        return
-    name = f"dormant_test_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    try:
-        await upgrade_async(url)
-        s = SqlStore(url)
-        try:
-            yield s
-        finally:
-            await s.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def record(sid: str, port: int | None = None, user: str = "u1") -> SessionRecord:
