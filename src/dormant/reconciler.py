@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -17,16 +17,21 @@ from dormant.engine import Engine
 from dormant.errors import DormantError
 from dormant.policy import State
 from dormant.runtimes import ContainerInfo, ContainerStatus, Runtime
-from dormant.runtimes.base import CREATED_LABEL, INSTANCE_LABEL
+from dormant.runtimes.base import CREATED_LABEL, DEPLOYMENT_LABEL, INSTANCE_LABEL
 from dormant.store.records import OperationRecord, SessionRecord
 
 log = logging.getLogger("dormant.reconciler")
 
+#: A container is judged an orphan only this long after it was made and after its session was
+#: deleted: what happened moments ago may not be visible in both views yet.
+SETTLE = timedelta(seconds=30)
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """``kind``: ``remove-orphan``, ``mark-vanished``, ``stop-stray``, ``resume``, ``delete``,
-    ``sleep``, ``wake`` (requests accepted before a crash), ``close-operation``."""
+    """``kind``: ``remove-orphan``, ``mark-vanished``, ``stop-stray``, ``repair-failed``,
+    ``resume``, ``delete``, ``sleep``, ``wake`` (requests accepted before a crash),
+    ``close-operation``. ``version`` is the session's version the step was judged on."""
 
     kind: str
     target: str
@@ -34,9 +39,30 @@ class Step:
     runtime: str = ""
     container: ContainerInfo | None = None
     operation_id: int | None = None
+    version: int | None = None
 
     def describe(self) -> str:
         return f"{self.kind:16} {self.target:40} {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The steps, and what the sweep saw but would not judge: containers of other deployments
+    (``foreign``), containers from before deployment ids whose session is not here
+    (``unadopted``), and runtimes whose listing failed (``skipped``: unknown is not absent)."""
+
+    steps: list[Step]
+    foreign: int = 0
+    unadopted: int = 0
+    skipped: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        parts = [f"ignored {self.foreign} container(s) of other deployments"]
+        if self.unadopted:
+            parts.append(f"left {self.unadopted} unlabelled container(s) with no session here")
+        if self.skipped:
+            parts.append(f"skipped runtime(s) {', '.join(self.skipped)}: listing failed")
+        return "; ".join(parts)
 
 
 def _created(info: ContainerInfo) -> datetime | None:
@@ -58,20 +84,45 @@ def plan(
     instance_id: str,
     live_instances: set[str],
     sweep_started: datetime,
-) -> list[Step]:
-    """What to do so that containers and sessions agree. ``containers`` is per runtime name;
-    ``sessions`` holds every live session; ``busy`` are sessions with an operation in flight
-    in this process (left alone)."""
+    deployment_id: str | None = None,
+    ended: Mapping[str, SessionRecord | None] | None = None,
+    settle: timedelta = SETTLE,
+    skipped: Iterable[str] = (),
+    inflight_ops: set[int] | None = None,
+) -> Plan:
+    """What to do so that containers and sessions agree.
+
+    ``containers`` is per runtime name, listed *before* ``sessions`` (every live session) and
+    ``operations`` were read, starting at ``sweep_started``. ``busy`` are sessions with an
+    operation in flight in this process (left alone). ``ended`` holds, for the session ids of
+    containers with no live session, the session's row as read after the listing (deleted) or
+    ``None`` (no row). A container is an orphan only when that read is positive and settled:
+    the session is gone, or deleted for longer than ``settle``, and the container was made
+    before ``sweep_started - settle``. Nothing that changed after the listing began is judged
+    by it. Only containers labelled with ``deployment_id`` are this deployment's."""
     steps: list[Step] = []
     seen: set[str] = set()
+    foreign = unadopted = 0
+    skipped = tuple(skipped)
+    ended = ended or {}
+    settled = sweep_started - settle
     for runtime, infos in containers.items():
         for info in infos:
             sid = info.session_id
             record = sessions.get(sid) if sid else None
-            if record is not None and record.container_name == info.name:
+            owner = info.labels.get(DEPLOYMENT_LABEL)
+            if deployment_id is not None and owner and owner != deployment_id:
+                foreign += 1  # another deployment's: never touched, whatever its scope
+                continue
+            mine = record is not None and record.container_name == info.name
+            if deployment_id is not None and not owner and not mine:
+                unadopted += 1  # from before deployment ids, not ours to judge
+                continue
+            if mine:
+                assert record is not None
                 seen.add(record.id)
-                if sid in busy:
-                    continue
+                if sid in busy or record.state_since > sweep_started:
+                    continue  # changed after the listing began: the listing says nothing
                 if record.state is State.SLEEPING and info.status is ContainerStatus.RUNNING:
                     steps.append(
                         Step(
@@ -80,6 +131,7 @@ def plan(
                             "session sleeps but its container runs",
                             runtime,
                             info,
+                            version=record.version,
                         )
                     )
                 elif record.state is State.RUNNING and info.status is not ContainerStatus.RUNNING:
@@ -90,31 +142,64 @@ def plan(
                             f"container is {info.status.value}",
                             runtime,
                             info,
+                            version=record.version,
+                        )
+                    )
+                elif record.state is State.FAILED and info.status is ContainerStatus.RUNNING:
+                    steps.append(
+                        Step(
+                            "repair-failed",
+                            record.id,
+                            "session failed but its container runs",
+                            runtime,
+                            info,
+                            version=record.version,
                         )
                     )
                 continue
-            owner = info.labels.get(INSTANCE_LABEL)
-            if owner and owner != instance_id and owner in live_instances:
+            if sid in busy:
+                continue
+            inst = info.labels.get(INSTANCE_LABEL)
+            if inst and inst != instance_id and inst in live_instances:
                 continue  # another live instance converges its own containers
             created = _created(info)
-            if created is not None and created > sweep_started:
-                continue  # made after this sweep began: its session may not be visible yet
-            why = "no session" if record is None else "session has another container"
+            if created is None or created > settled:
+                continue  # made after (or just before) this sweep began: not judged by it
+            if record is not None:
+                why = "session has another container"
+            elif sid and sid in ended:
+                gone = ended[sid]
+                if gone is not None and (gone.deleted_at or gone.state_since) > settled:
+                    continue  # deleted moments ago: its own delete is removing it
+                why = "session deleted" if gone is not None else "no session"
+            elif sid:
+                continue  # its session was not read after the listing: unknown, not absent
+            else:
+                why = "no session label"
             steps.append(
                 Step("remove-orphan", info.name, f"orphan: {why} (session {sid})", runtime, info)
             )
     for sid, record in sessions.items():
-        if sid in busy:
+        if sid in busy or record.state_since > sweep_started:
             continue
         if record.state.transitional:
             steps.append(
-                Step("resume", sid, f"left {record.state.value} by an interrupted operation")
+                Step(
+                    "resume",
+                    sid,
+                    f"left {record.state.value} by an interrupted operation",
+                    version=record.version,
+                )
             )
-        elif record.state is State.RUNNING and sid not in seen:
-            steps.append(Step("mark-vanished", sid, "container is missing"))
+        elif record.state is State.RUNNING and sid not in seen and record.runtime not in skipped:
+            steps.append(Step("mark-vanished", sid, "container is missing", version=record.version))
     for op in operations:
-        if op.session_id in busy:
+        if op.session_id in busy or op.id in (inflight_ops or set()):
             continue
+        if op.created_at > sweep_started:
+            continue  # started after the listing began
+        if op.instance_id != instance_id and op.instance_id in live_instances:
+            continue  # a live replica's operation is its own business
         record = sessions.get(op.session_id)
         if op.kind == "remove" and record is not None and record.state is not State.DELETING:
             steps.append(
@@ -148,7 +233,7 @@ def plan(
                 operation_id=op.id,
             )
         )
-    return steps
+    return Plan(steps, foreign, unadopted, skipped)
 
 
 class Reconciler:
@@ -156,8 +241,18 @@ class Reconciler:
     runtime becomes reachable again. Events only wake it: every sweep compares full views.
     A burst of events costs one sweep (``debounce``), and sweeps are ``min_gap`` apart."""
 
-    def __init__(self, engine: Engine, *, debounce: float = 0.5, min_gap: float = 2.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        debounce: float = 0.5,
+        min_gap: float = 2.0,
+        settle: timedelta = SETTLE,
+    ) -> None:
         self.engine = engine
+        self.settle = settle
+        self.last_plan = Plan([])
+        self.skipped_reads = 0
         self.orphans_removed = 0
         self.last_run: datetime | None = None
         self.debounce = debounce
@@ -171,12 +266,21 @@ class Reconciler:
         log.debug("reconcile poked: %s", why)
         self._poked.set()
 
-    async def gather_plan(self) -> list[Step]:
+    async def gather_plan(self) -> Plan:
+        """List every runtime's containers first, then read the store: a session or operation
+        that changes after the listing began is never judged by it."""
         engine = self.engine
+        deployment_id = await engine.ensure_deployment()
         started = engine.clock.now()
         containers: dict[str, list[ContainerInfo]] = {}
+        skipped: list[str] = []
         for name, runtime in engine.runtimes.items():
-            containers[name] = await runtime.list_managed()
+            try:
+                containers[name] = await runtime.list_managed()
+            except DormantError as exc:
+                skipped.append(name)
+                self.skipped_reads += 1
+                log.warning("reconcile skips runtime %s: listing failed: %s", name, exc)
         sessions: dict[str, SessionRecord] = {}
         after: str | None = None
         while True:
@@ -185,9 +289,17 @@ class Reconciler:
                 break
             sessions.update((r.id, r) for r in page)
             after = page[-1].id
+        # Containers whose session is not live: read their rows now, after the listing.
+        ended: dict[str, SessionRecord | None] = {}
+        for infos in containers.values():
+            for info in infos:
+                sid = info.session_id
+                owner = info.labels.get(DEPLOYMENT_LABEL)
+                if sid and sid not in sessions and owner == deployment_id and sid not in ended:
+                    ended[sid] = await engine.store.get_session(sid)
         operations = await engine.store.pending_operations()
         live = await engine.store.live_instances(since=started - _instance_ttl(engine))
-        return plan(
+        result = plan(
             containers,
             sessions,
             operations,
@@ -195,11 +307,20 @@ class Reconciler:
             instance_id=engine.settings.instance_id,
             live_instances={i.id for i in live},
             sweep_started=started,
+            deployment_id=deployment_id,
+            ended=ended,
+            settle=self.settle,
+            skipped=skipped,
+            inflight_ops=engine.inflight_operations(),
         )
+        if result.foreign or result.unadopted:
+            log.info("reconcile: %s", result.summary())
+        return result
 
     async def run(self, dry_run: bool = False) -> list[Step]:
         async with self._sweeping:  # one sweep at a time
-            steps = await self.gather_plan()
+            self.last_plan = await self.gather_plan()
+            steps = self.last_plan.steps
             self.last_run = self.engine.clock.now()
             if dry_run:
                 return steps
@@ -208,17 +329,20 @@ class Reconciler:
 
     async def _apply(self, step: Step) -> None:
         engine = self.engine
-        log.info("reconcile %s %s: %s", step.kind, step.target, step.reason)
         try:
+            acted = True
             if step.kind == "remove-orphan" and step.container is not None:
-                await engine.remove_container(step.runtime, step.container, step.reason)
-                self.orphans_removed += 1
+                acted = await engine.remove_container(step.runtime, step.container, step.reason)
+                if acted:
+                    self.orphans_removed += 1
             elif step.kind == "mark-vanished":
-                await engine.mark_vanished(step.target, step.reason)
+                acted = await engine.mark_vanished(step.target, step.reason)
             elif step.kind == "stop-stray":
-                await engine.stop_stray(step.target)
+                acted = await engine.stop_stray(step.target)
+            elif step.kind == "repair-failed":
+                acted = await engine.repair_failed(step.target)
             elif step.kind == "resume":
-                await engine.resume(step.target)
+                acted = await engine.resume(step.target, step.version)
             elif step.kind in ("sleep", "wake") and step.operation_id is not None:
                 kind = "stop" if step.kind == "sleep" else "start"
                 engine.resume_intent(step.target, kind, step.operation_id, step.reason)
@@ -228,6 +352,10 @@ class Reconciler:
                 await engine.store.finish_operation(
                     step.operation_id, "interrupted", 0, step.reason, engine.clock.now()
                 )
+            if acted:
+                log.info("reconcile %s %s: %s", step.kind, step.target, step.reason)
+            else:
+                log.debug("reconcile %s %s: nothing to do on a fresh look", step.kind, step.target)
         except DormantError as exc:
             log.warning("reconcile step %s %s failed: %s", step.kind, step.target, exc)
 

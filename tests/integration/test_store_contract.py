@@ -125,3 +125,46 @@ async def test_event_counts_group_transitions_by_action_and_reason(store: SqlSto
     )
     counts = await store.event_counts("t1")
     assert counts == {"create": {"create": 1}, "sleep": {"inactivity": 1}}
+
+
+async def test_deployment_id_is_made_once_and_kept(store: SqlStore) -> None:
+    first = await store.deployment_id("abc123", T0)
+    again = await store.deployment_id("zzz999", T0 + timedelta(days=1))
+    assert (first, again) == ("abc123", "abc123")
+
+
+async def test_connection_counts_per_instance_roundtrip(store: SqlStore) -> None:
+    await store.insert_session(record("c1"), NewEvent("transition", "created"), None)
+    await store.insert_session(record("c2"), NewEvent("transition", "created"), None)
+    got = await store.get_session("c1")
+    assert got is not None and got.connections_by_instance == {}
+    await store.update_session(
+        got.replace(connections=3, connections_by_instance={"i1": 2, "i2": 1}), got.version
+    )
+    with_counts = await store.sessions_with_connections()
+    assert [(r.id, r.connections, r.connections_by_instance) for r in with_counts] == [
+        ("c1", 3, {"i1": 2, "i2": 1})
+    ]
+
+
+async def test_purge_removes_only_sessions_deleted_before_the_cutoff(store: SqlStore) -> None:
+    for sid, deleted_at in (("old", T0), ("new", T0 + timedelta(days=40)), ("live", None)):
+        await store.insert_session(
+            record(sid), NewEvent("transition", "created"), ("create", "i1")
+        )
+        if deleted_at is not None:
+            got = await store.get_session(sid)
+            assert got is not None
+            await store.update_session(
+                got.replace(state=State.DELETED, deleted_at=deleted_at),
+                got.version,
+                [NewEvent("transition", "deleted")],
+            )
+    cutoff = T0 + timedelta(days=30)
+    assert await store.purge_deleted(cutoff, 500) == 1
+    assert await store.get_session("old") is None
+    assert await store.list_events("old") == []
+    assert {o.session_id for o in await store.pending_operations()} == {"new", "live"}
+    assert await store.get_session("new") is not None
+    assert len(await store.list_events("live")) == 1
+    assert await store.purge_deleted(cutoff, 500) == 0

@@ -46,6 +46,16 @@ def container(
     return ContainerInfo(f"dormant-{sid}", labels, status)
 
 
+async def ghost_labels(rig: Rig) -> dict[str, str]:
+    """dormant's labels on a container with no session, made well before the sweep."""
+    return {
+        "dormant.managed": "true",
+        "dormant.session": "ghost",
+        "dormant.deployment": await rig.engine.ensure_deployment(),
+        "dormant.created": (rig.clock.now() - timedelta(hours=1)).isoformat(),
+    }
+
+
 def kinds(steps: list) -> list[tuple[str, str]]:  # type: ignore[type-arg]
     return sorted((s.kind, s.target) for s in steps)
 
@@ -57,6 +67,7 @@ def run_plan(
     busy: set[str] | None = None,
     live: set[str] | None = None,
 ) -> list:  # type: ignore[type-arg]
+    live_ids = {s.id for s in sessions}
     return plan(
         {"process": containers},
         {s.id: s for s in sessions},
@@ -65,7 +76,8 @@ def run_plan(
         instance_id="me",
         live_instances=live or {"me"},
         sweep_started=T0 + timedelta(minutes=1),
-    )
+        ended={c.session_id: None for c in containers if c.session_id not in live_ids},
+    ).steps
 
 
 def test_agreeing_views_need_nothing() -> None:
@@ -118,9 +130,7 @@ def test_interrupted_transitions_are_resumed_unless_in_flight_here() -> None:
 
 async def test_reconcile_removes_orphans_and_resumes_interrupted_sessions(rig: Rig) -> None:
     # A container with dormant's labels but no session, as after a crash before the row landed.
-    ghost = ContainerSpec(
-        "dormant-ghost", "ghost", {"dormant.managed": "true", "dormant.session": "ghost"}, None
-    )
+    ghost = ContainerSpec("dormant-ghost", "ghost", await ghost_labels(rig), None)
     await rig.runtime.create(ghost)
     await rig.runtime.start("dormant-ghost", {})
     # A session whose create was interrupted: row written, runtime never called.
@@ -144,9 +154,7 @@ async def test_reconcile_removes_orphans_and_resumes_interrupted_sessions(rig: R
 
 
 async def test_dry_run_changes_nothing(rig: Rig) -> None:
-    ghost = ContainerSpec(
-        "dormant-ghost", "ghost", {"dormant.managed": "true", "dormant.session": "ghost"}, None
-    )
+    ghost = ContainerSpec("dormant-ghost", "ghost", await ghost_labels(rig), None)
     await rig.runtime.create(ghost)
     steps = await Reconciler(rig.engine).run(dry_run=True)
     assert kinds(steps) == [("remove-orphan", "dormant-ghost")]

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import logging
 import os
+import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from dormant.clock import Clock
+from dormant.engine.connections import dead_instances, drop_gone
 from dormant.engine.deadlines import Deadlines
 from dormant.engine.ids import container_name, new_session_id
 from dormant.engine.notify import EngineEvent, Listener
@@ -49,6 +53,7 @@ from dormant.policy import (
 )
 from dormant.policy.adaptive import GapModel, Learner, effective_policy, learner_of, observe
 from dormant.runtimes import ContainerInfo, ContainerSpec, ContainerStatus, Runtime
+from dormant.runtimes.base import DEPLOYMENT_LABEL
 from dormant.store.base import Store
 from dormant.store.records import InstanceRecord, NewEvent, SessionRecord
 
@@ -57,6 +62,11 @@ T = TypeVar("T")
 
 #: Activity stamped this far in the future is a client clock error, not a plan.
 MAX_CLOCK_SKEW = timedelta(seconds=60)
+
+#: Set inside background operations: their store calls wait out a store outage (up to
+#: ``store_outage_patience``) instead of failing, because the runtime step they follow or precede
+#: has been acknowledged. Request handlers leave it unset and fail fast (503).
+_PATIENT: contextvars.ContextVar[bool] = contextvars.ContextVar("dormant_patient", default=False)
 
 
 @dataclass(slots=True)
@@ -77,6 +87,12 @@ class EngineSettings:
     #: After the retry budget is spent on an unreachable runtime (RuntimeUnavailable), keep
     #: waiting this long (probing at the backoff cap) before failing the operation.
     outage_patience: float = 0.0
+    #: How long background operations wait for an unreachable store before giving up (the
+    #: reconciler then finishes them); a store error never turns a runtime success into failure.
+    store_outage_patience: float = 300.0
+    #: Deleted sessions (rows, timelines, operations) are purged this long after deletion.
+    retention: float = 30 * 86400.0
+    purge_interval: float = 3600.0
 
 
 class Engine:
@@ -107,6 +123,13 @@ class Engine:
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(self.settings.runtime_concurrency)
         self._delete_requested: set[str] = set()
+        #: Operations running (or queued) in this process, by session: the reconciler leaves
+        #: these sessions and their intent rows alone.
+        self._inflight: dict[str, int] = {}
+        self._inflight_ops: set[int] = set()
+        self.deployment_id: str | None = None
+        self.connections_dropped = 0
+        self.sessions_purged = 0
         self.events_applied = 0
         # adaptive policy: learned idle-gap models by key, and a learner per adaptive session
         self.models: dict[str, GapModel] = {}
@@ -115,8 +138,20 @@ class Engine:
 
     # lifecycle of the engine itself -------------------------------------------------------
 
+    async def ensure_deployment(self) -> str:
+        """This deployment's id (made and stored on the first start); stamped on containers."""
+        if self.deployment_id is None:
+            self.deployment_id = await self.store.deployment_id(
+                secrets.token_hex(8), self.clock.now()
+            )
+        return self.deployment_id
+
     async def load(self) -> int:
-        """Resume every live session's deadline from the store; returns how many."""
+        """Resume every live session's deadline from the store; returns how many. Connection
+        counts held by this instance's dead predecessors (and by this id before a restart) are
+        dropped: their clients went with them, and their grace periods start now."""
+        await self.ensure_deployment()
+        await self.drop_dead_connections(include_self=True)
         stored = await self.store.load_adaptive()
         self.models.update({key: GapModel.from_json(doc) for key, doc in stored.items()})
         rows = await self.store.live_schedule()
@@ -133,6 +168,7 @@ class Engine:
             asyncio.create_task(self._schedule_loop(), name="dormant-scheduler"),
             asyncio.create_task(self._flush_loop(), name="dormant-flusher"),
             asyncio.create_task(self._heartbeat_loop(), name="dormant-heartbeat"),
+            asyncio.create_task(self._purge_loop(), name="dormant-purge"),
         ]
 
     async def stop(self) -> None:
@@ -258,7 +294,12 @@ class Engine:
         return len(self._state)
 
     def busy_sessions(self) -> set[str]:
-        return {sid for sid, entry in self._locks.items() if entry.lock.locked()}
+        """Sessions with an operation in flight in this process (running or waiting)."""
+        locked = {sid for sid, entry in self._locks.items() if entry.lock.locked()}
+        return locked | set(self._inflight)
+
+    def inflight_operations(self) -> set[int]:
+        return set(self._inflight_ops)
 
     # signals ------------------------------------------------------------------------------
 
@@ -273,12 +314,14 @@ class Engine:
         env: dict[str, str] | None = None,
     ) -> SessionRecord:
         tpl = self.catalog.template(template)
+        tpl.check_request_env(env or {})  # nothing from a request reaches the host unasked
         settings = self.catalog.policy(tpl.policy)
         if policy:
             settings = settings.with_overrides(policy)
         runtime = self.runtimes.get(tpl.runtime)
         if runtime is None:
             raise InvalidInput(f"template {tpl.name!r} needs runtime {tpl.runtime!r}, not enabled")
+        await self.ensure_deployment()
         now = self.clock.now()
         sid = new_session_id(now)
         name = container_name(sid)
@@ -316,7 +359,7 @@ class Engine:
         self._state[sid] = State.CREATING
         self._log_transition(record, None, State.CREATING, "create", "created")
         assert op_id is not None
-        self._spawn(self._run_start(sid, op_id, creating=True))
+        self._spawn_op(sid, op_id, lambda: self._run_start(sid, op_id, creating=True))
         return record
 
     def _system_labels(
@@ -329,6 +372,7 @@ class Engine:
             "dormant.tenant": tenant,
             "dormant.template": tpl.name,
             "dormant.instance": self.settings.instance_id,
+            DEPLOYMENT_LABEL: self.deployment_id or "",
             "dormant.created": now.isoformat(),
         }
 
@@ -362,7 +406,7 @@ class Engine:
             self._wakeup.set()
             self._emit(EngineEvent("warning-cancelled", session_id, None, "activity", kind.value))
         if state is State.SLEEPING:
-            self._spawn(self._wake_on_activity(session_id, kind))
+            self._spawn_op(session_id, None, lambda: self._wake_on_activity(session_id, kind))
 
     async def sleep(
         self,
@@ -382,7 +426,7 @@ class Engine:
         # Like a delete, an accepted sleep is written down before the 202 (the intent row), so a
         # crash does not lose it: the reconciler carries out pending intents after a restart.
         op_id = await self._intent(record, "stop")
-        self._spawn(self._run_stop(session_id, code, reason, op_id))
+        self._spawn_op(session_id, op_id, lambda: self._run_stop(session_id, code, reason, op_id))
         return record
 
     async def wake(
@@ -398,15 +442,19 @@ class Engine:
         if record.state is State.STOPPING:
             raise Conflict(f"session {session_id} is stopping; wake it once it sleeps")
         op_id = await self._intent(record, "start")
-        self._spawn(self._begin_wake(session_id, code, reason, op_id))
+        self._spawn_op(session_id, op_id, lambda: self._begin_wake(session_id, code, reason, op_id))
         return record
 
     def resume_intent(self, session_id: str, kind: str, op_id: int, reason: str) -> None:
         """Carry out a sleep or wake accepted before a crash (reconciler)."""
         if kind == "stop":
-            self._spawn(self._run_stop(session_id, "reconcile", reason, op_id))
+            self._spawn_op(
+                session_id, op_id, lambda: self._run_stop(session_id, "reconcile", reason, op_id)
+            )
         elif kind == "start":
-            self._spawn(self._begin_wake(session_id, "reconcile", reason, op_id))
+            self._spawn_op(
+                session_id, op_id, lambda: self._begin_wake(session_id, "reconcile", reason, op_id)
+            )
 
     async def delete(
         self,
@@ -420,12 +468,14 @@ class Engine:
         # even when another operation holds the session and the removal has to wait for it.
         op_id = await self._intent(record, "remove")
         self._delete_requested.add(session_id)
-        self._spawn(self._run_delete(session_id, code, reason, op_id))
+        self._spawn_op(session_id, op_id, lambda: self._run_delete(session_id, code, reason, op_id))
 
     def resume_delete(self, session_id: str, op_id: int, reason: str) -> None:
         """Carry out a deletion acknowledged before a crash (reconciler)."""
         self._delete_requested.add(session_id)
-        self._spawn(self._run_delete(session_id, "reconcile", reason, op_id))
+        self._spawn_op(
+            session_id, op_id, lambda: self._run_delete(session_id, "reconcile", reason, op_id)
+        )
 
     async def logout(self, user_id: str, tenant: str | None) -> list[str]:
         """Delete every live session of a user now (through the policy's logout rule)."""
@@ -447,7 +497,7 @@ class Engine:
                 NewEvent("decision", "user logged out", "logout", action=Action.DELETE.value),
             )
             self._delete_requested.add(sid)
-            self._spawn(self._due_guarded(sid))
+            self._spawn_op(sid, None, functools.partial(self._due_guarded, sid))
         return ids
 
     async def keepalive(
@@ -476,25 +526,75 @@ class Engine:
         """A real-time client attached (hook for the gateway). ``count``, when given, is the
         caller's live count for the session (it corrects a count left stale by a crash)."""
         await self.get(session_id)
+        me = self.settings.instance_id
+
+        def change(r: SessionRecord) -> SessionRecord:
+            mine = r.connections_by_instance.get(me, 0) + 1 if count is None else count
+            return _with_count(r, me, mine).replace(ever_connected=True)
+
         return await self._mutate(
-            session_id,
-            lambda r: r.replace(
-                connections=r.connections + 1 if count is None else count, ever_connected=True
-            ),
-            NewEvent("activity", "client connected", "connect"),
+            session_id, change, NewEvent("activity", "client connected", "connect")
         )
 
     async def disconnect(self, session_id: str, count: int | None = None) -> SessionRecord:
         """A real-time client left, for any reason; the last one starts the grace period."""
         now = self.clock.now()
+        me = self.settings.instance_id
+
+        def change(r: SessionRecord) -> SessionRecord:
+            mine = r.connections_by_instance.get(me, 0) - 1 if count is None else count
+            return _with_count(r, me, mine).replace(last_disconnect_at=now)
+
         return await self._mutate(
-            session_id,
-            lambda r: r.replace(
-                connections=max(0, r.connections - 1) if count is None else count,
-                last_disconnect_at=now,
-            ),
-            NewEvent("activity", "client disconnected", "disconnect"),
+            session_id, change, NewEvent("activity", "client disconnected", "disconnect")
         )
+
+    async def drop_dead_connections(self, *, include_self: bool = False) -> int:
+        """Drop the connection counts held by instances that are gone (their clients went with
+        them); a session left with none starts its grace period now. ``include_self`` at start:
+        whatever this instance id held before a restart is stale too. Returns sessions changed."""
+        now = self.clock.now()
+        known = await self.store.live_instances(since=datetime.min.replace(tzinfo=UTC))
+        dead = dead_instances(
+            known,
+            now=now,
+            ttl=_instance_ttl(self.settings),
+            me=self.settings.instance_id if include_self else None,
+        )
+        if not include_self and not dead:
+            return 0  # nobody died: no need to look at sessions
+        rows = await self.store.sessions_with_connections()
+        live_ids = {i.id for i in known} - dead
+        changed = 0
+        for row in rows:
+            gone = set(row.connections_by_instance) - live_ids
+            untracked = row.connections != sum(row.connections_by_instance.values())
+            if not gone and not (include_self and untracked):
+                continue
+            who = ", ".join(sorted(gone)) or "an earlier version"
+            try:
+                saved = await self._mutate(
+                    row.id,
+                    functools.partial(drop_gone, live=live_ids, now=now),
+                    NewEvent(
+                        "activity",
+                        f"connections held by instance {who} dropped: the instance is gone",
+                        "connections-dropped",
+                    ),
+                )
+            except NotFound:
+                continue
+            changed += 1
+            self.connections_dropped += max(0, row.connections - saved.connections)
+            log.warning(
+                "session %s: dropped %d connection(s) of gone instance(s) %s",
+                row.id,
+                row.connections - saved.connections,
+                who,
+            )
+        for instance_id in dead - {self.settings.instance_id}:
+            await self.store.remove_instance(instance_id)  # handled; not looked at again
+        return changed
 
     # scheduler ----------------------------------------------------------------------------
 
@@ -504,7 +604,7 @@ class Engine:
         due = self.deadlines.pop_due(now)
         for sid, at in due:
             self._emit(EngineEvent("due", sid, None, seconds=(now - at).total_seconds()))
-            self._spawn(self._due_guarded(sid))
+            self._spawn_op(sid, None, functools.partial(self._due_guarded, sid))
         return len(due)
 
     async def _due_guarded(self, sid: str, attempt: int = 1) -> None:
@@ -620,8 +720,37 @@ class Engine:
             await asyncio.sleep(self.settings.instance_heartbeat)
             try:
                 await self.heartbeat()
+                await self.drop_dead_connections()
+            except DormantError as exc:
+                log.warning("instance heartbeat failed: %s", exc)
             except Exception:
                 log.exception("instance heartbeat failed")
+
+    async def purge(self) -> int:
+        """Remove deleted sessions older than ``retention`` (rows, timelines, operations).
+        Level-triggered on ``deleted_at``, so nothing is lost across restarts."""
+        before = self.clock.now() - timedelta(seconds=self.settings.retention)
+        total = 0
+        while True:
+            n = await self.store.purge_deleted(before, 500)
+            total += n
+            if n < 500:
+                break
+            await asyncio.sleep(0)
+        if total:
+            self.sessions_purged += total
+            log.info("purged %d deleted session(s) older than %s", total, before.isoformat())
+        return total
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                await self.purge()
+            except DormantError as exc:
+                log.warning("purge of deleted sessions failed: %s", exc)
+            except Exception:
+                log.exception("purge of deleted sessions failed")
+            await asyncio.sleep(self.settings.purge_interval)
 
     # operations ---------------------------------------------------------------------------
 
@@ -634,7 +763,9 @@ class Engine:
         code: str = "create",
         reason: str = "created",
     ) -> None:
-        """create (idempotent) + start, then ``running``; the intent row is written already."""
+        """create (idempotent) + start, then ``running``; the intent row is written already.
+        Only the runtime calls can fail the session: a store error after a runtime step that
+        succeeded is waited out (patient store calls) and never turned into ``failed``."""
         async with self._session_lock(sid):
             record = await self.store.get_session(sid)
             if record is None or record.state not in (State.CREATING, State.STARTING):
@@ -646,40 +777,43 @@ class Engine:
             attempts = 0
             try:
                 async with self._slots:
-                    state, n = await self._retry(
+                    state, attempts = await self._retry(
                         lambda: runtime.create(spec), self.settings.backoff
                     )
-                    attempts += n
-                    if record.state is State.CREATING:
-                        record = await self._transition(
-                            record,
-                            State.STARTING,
-                            code,
-                            "container created",
-                            runtime_state={**record.runtime_state, **state},
-                        )
-                    ready = record
+            except DormantError as exc:
+                await self._fail(record, exc, op_id, attempts, started=False)
+                return
+            if record.state is State.CREATING:
+                record = await self._transition(
+                    record,
+                    State.STARTING,
+                    code,
+                    "container created",
+                    runtime_state={**record.runtime_state, **state},
+                )
+            ready = record
+            try:
+                async with self._slots:
                     started, n = await self._retry(
                         lambda: runtime.start(
                             ready.container_name, {**ready.runtime_state, **state}
                         ),
                         self.settings.backoff,
                     )
-                    attempts += n
-                now = self.clock.now()
-                record = await self._transition(
-                    record,
-                    State.RUNNING,
-                    code,
-                    reason,
-                    runtime_state=started,
-                    state_since=now,
-                    warned_at=None,
-                    error=None,
-                )
             except DormantError as exc:
-                await self._fail(record, exc, op_id, attempts)
+                await self._fail(record, exc, op_id, attempts, started=True)
                 return
+            attempts += n
+            record = await self._transition(
+                record,
+                State.RUNNING,
+                code,
+                reason,
+                runtime_state=started,
+                state_since=self.clock.now(),
+                warned_at=None,
+                error=None,
+            )
             if op_id is not None:
                 await self._finish_op(op_id, "done", attempts, None)
 
@@ -728,18 +862,18 @@ class Engine:
                         lambda: runtime.stop(record.container_name, dict(record.runtime_state)),
                         self.settings.backoff,
                     )
-                await self._transition(
-                    record,
-                    State.SLEEPING,
-                    code,
-                    reason,
-                    runtime_state=state,
-                    state_since=self.clock.now(),
-                    warned_at=None,
-                )
             except DormantError as exc:
-                await self._fail(record, exc, op_id, 0)
+                await self._fail(record, exc, op_id, 0, started=True)
                 return
+            await self._transition(
+                record,
+                State.SLEEPING,
+                code,
+                reason,
+                runtime_state=state,
+                state_since=self.clock.now(),
+                warned_at=None,
+            )
             self._warned.discard(sid)
             await self._finish_op(op_id, "done", attempts, None)
 
@@ -792,66 +926,94 @@ class Engine:
                 deleted_at=now,
                 end_reason=reason,
                 connections=0,
+                connections_by_instance={},
             )
             await self._finish_op(op_id, "done", attempts, None)
         self._forget(sid)
 
     async def _fail(
-        self, record: SessionRecord, exc: DormantError, op_id: int | None, attempts: int
+        self,
+        record: SessionRecord,
+        exc: DormantError,
+        op_id: int | None,
+        attempts: int,
+        *,
+        started: bool,
     ) -> None:
+        """A runtime step failed for good: the session is ``failed`` with the error. A session
+        is never ``failed`` while its container runs, so a container that may have started is
+        stopped first (best effort; the reconciler repairs what this misses)."""
         message = str(exc)
         if isinstance(exc, TemporaryError):
             message = f"gave up after retries: {message}"
+        if started:
+            runtime = self.runtime_of(record)
+            try:
+                await runtime.stop(record.container_name, dict(record.runtime_state))
+            except DormantError as stop_exc:
+                log.warning("could not stop %s after a failure: %s", record.id, stop_exc)
         fresh = await self.store.get_session(record.id) or record
         if fresh.state.live and fresh.state is not State.DELETING:
             await self._transition(fresh, State.FAILED, "error", message, error=message)
+        log.warning("session %s failed: %s", record.id, message)
         if op_id is not None:
             await self._finish_op(op_id, "failed", attempts, message)
 
-    async def remove_container(self, runtime_name: str, info: ContainerInfo, reason: str) -> None:
-        """Remove a container no live session owns (reconciler)."""
+    async def remove_container(self, runtime_name: str, info: ContainerInfo, reason: str) -> bool:
+        """Remove a container no live session owns (reconciler). Looks once more first: a
+        container already gone is not an orphan removed. Returns whether one was removed."""
         runtime = self.runtimes[runtime_name]
+        if await runtime.inspect(info.name) is None:
+            return False
         async with self._slots:
             await self._retry(lambda: runtime.remove(info.name, {}), self.settings.backoff)
         self._emit(
             EngineEvent("orphan-removed", info.session_id or info.name, None, "orphan", reason)
         )
-        log.info("orphan removed name=%s session=%s: %s", info.name, info.session_id, reason)
+        log.warning("orphan removed name=%s session=%s: %s", info.name, info.session_id, reason)
+        return True
 
-    async def resume(self, sid: str) -> None:
-        """Finish a session left in a transitional state (after a crash)."""
+    async def resume(self, sid: str, seen_version: int | None = None) -> bool:
+        """Finish a session left in a transitional state (after a crash). ``seen_version`` is
+        the version the reconciler judged: a session that changed since is left alone, as is
+        one with an operation in flight here. Returns whether an operation was started."""
+        if sid in self._inflight:
+            return False
         record = await self.store.get_session(sid)
-        if record is None:
-            return
+        if record is None or (seen_version is not None and record.version != seen_version):
+            return False
         reason = f"resumed after restart (was {record.state.value})"
         if record.state in (State.CREATING, State.STARTING):
             op_id = await self._intent(record, "start")
-            self._spawn(
-                self._run_start(
-                    sid,
-                    op_id,
-                    creating=record.state is State.CREATING,
-                    code="reconcile",
-                    reason=reason,
-                )
+            creating = record.state is State.CREATING
+            self._spawn_op(
+                sid,
+                op_id,
+                lambda: self._run_start(
+                    sid, op_id, creating=creating, code="reconcile", reason=reason
+                ),
             )
         elif record.state is State.STOPPING:
-            self._spawn(self._run_stop(sid, "reconcile", reason))
+            self._spawn_op(sid, None, lambda: self._run_stop(sid, "reconcile", reason))
         elif record.state is State.DELETING:
             self._delete_requested.add(sid)
-            self._spawn(self._run_delete(sid, "reconcile", reason))
+            self._spawn_op(sid, None, lambda: self._run_delete(sid, "reconcile", reason))
+        else:
+            return False
+        return True
 
-    async def mark_vanished(self, sid: str, status: str) -> None:
+    async def mark_vanished(self, sid: str, status: str) -> bool:
         """A running session's container is gone or stopped behind dormant's back: it is
-        asleep now (wake brings it back), and the policy takes it from there."""
+        asleep now (wake brings it back), and the policy takes it from there. Returns whether
+        the session was changed (the container is looked at again first)."""
         async with self._session_lock(sid):
             record = await self.store.get_session(sid)
             if record is None or record.state is not State.RUNNING:
-                return
+                return False
             # The plan was made from a listing that may predate a start: look again.
             info = await self.runtime_of(record).inspect(record.container_name)
             if info is not None and info.status is ContainerStatus.RUNNING:
-                return
+                return False
             await self._transition(
                 record,
                 State.SLEEPING,
@@ -860,18 +1022,52 @@ class Engine:
                 state_since=self.clock.now(),
                 action=Action.SLEEP.value,
             )
+            return True
 
-    async def stop_stray(self, sid: str) -> None:
+    async def stop_stray(self, sid: str) -> bool:
         """A sleeping session's container runs: stop it again."""
         async with self._session_lock(sid):
             record = await self.store.get_session(sid)
             if record is None or record.state is not State.SLEEPING:
-                return
+                return False
             runtime = self.runtime_of(record)
             await self._retry(
                 lambda: runtime.stop(record.container_name, dict(record.runtime_state)),
                 self.settings.backoff,
             )
+            return True
+
+    async def repair_failed(self, sid: str) -> bool:
+        """A ``failed`` session whose container runs (a store error once hid a start that
+        worked): if it serves, it is ``running`` again; if not, it is stopped."""
+        async with self._session_lock(sid):
+            record = await self.store.get_session(sid)
+            if record is None or record.state is not State.FAILED:
+                return False
+            runtime = self.runtime_of(record)
+            info = await runtime.inspect(record.container_name)
+            if info is None or info.status is not ContainerStatus.RUNNING:
+                return False
+            try:
+                started = await runtime.start(record.container_name, dict(record.runtime_state))
+            except DormantError as exc:
+                log.warning("failed session %s runs but does not serve; stopping: %s", sid, exc)
+                await self._retry(
+                    lambda: runtime.stop(record.container_name, dict(record.runtime_state)),
+                    self.settings.backoff,
+                )
+                return True
+            await self._transition(
+                record,
+                State.RUNNING,
+                "reconcile",
+                "container found running and serving; state repaired",
+                runtime_state=started,
+                state_since=self.clock.now(),
+                warned_at=None,
+                error=None,
+            )
+            return True
 
     # plumbing -----------------------------------------------------------------------------
 
@@ -901,7 +1097,7 @@ class Engine:
             port=record.port,
             command=list(tpl.command) if tpl.command else None,
             image=tpl.image,
-            env={**tpl.env, **record.env},
+            env=tpl.session_env(record.env),
             container_port=tpl.port,
             resources=tpl.resources,
             start_timeout=tpl.start_timeout,
@@ -911,20 +1107,46 @@ class Engine:
             cap_drop=tuple(tpl.cap_drop),
             no_new_privileges=tpl.no_new_privileges,
             network_mode=tpl.network_mode,
+            user=tpl.user,
         )
 
     async def _intent(self, record: SessionRecord, kind: str) -> int:
-        return await self.store.insert_operation(
-            record.id,
-            kind,
-            record.container_name,
-            record.labels,
-            self.settings.instance_id,
-            self.clock.now(),
+        return await self._patiently(
+            lambda: self.store.insert_operation(
+                record.id,
+                kind,
+                record.container_name,
+                record.labels,
+                self.settings.instance_id,
+                self.clock.now(),
+            )
         )
 
     async def _finish_op(self, op_id: int, status: str, attempts: int, error: str | None) -> None:
-        await self.store.finish_operation(op_id, status, attempts, error, self.clock.now())
+        now = self.clock.now()
+        await self._patiently(
+            lambda: self.store.finish_operation(op_id, status, attempts, error, now)
+        )
+
+    async def _patiently(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """A store call; inside a background operation it waits out a store outage (up to
+        ``store_outage_patience``) rather than fail what the runtime already did."""
+        if not _PATIENT.get():
+            return await fn()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.store_outage_patience
+        attempt = 0
+        while True:
+            try:
+                return await fn()
+            except TemporaryError as exc:
+                attempt += 1
+                delay = self.settings.backoff.delay(min(attempt, 10))
+                if loop.time() + delay > deadline:
+                    raise
+                if attempt == 1:
+                    log.warning("store unavailable, operation waits for it: %s", exc)
+                await asyncio.sleep(delay)
 
     async def _transition(
         self,
@@ -957,9 +1179,11 @@ class Engine:
         candidate = self._with_decision(record, now)
         for _ in range(5):
             try:
-                saved = await self.store.update_session(candidate, version, events, now)
+                saved = await self._patiently(
+                    functools.partial(self.store.update_session, candidate, version, events, now)
+                )
             except Conflict:
-                current = await self.store.get_session(record.id)
+                current = await self._patiently(lambda: self.store.get_session(record.id))
                 if current is None:
                     raise
                 candidate = self._with_decision(_reapply(current, candidate), now)
@@ -1012,6 +1236,49 @@ class Engine:
         self._warned.discard(sid)
         self._delete_requested.discard(sid)
         self.deadlines.discard(sid)
+
+    def _spawn_op(self, sid: str, op_id: int | None, make: Callable[[], Awaitable[None]]) -> None:
+        """Run an operation in the background, marked in flight (the reconciler leaves it
+        alone) from now until it ends. Its store calls are patient; if it still meets a store
+        error (a read before any runtime step, or an outage beyond patience) it runs again from
+        fresh state, which is safe because every runtime call is idempotent."""
+        self._inflight[sid] = self._inflight.get(sid, 0) + 1
+        if op_id is not None:
+            self._inflight_ops.add(op_id)
+
+        async def run() -> None:
+            _PATIENT.set(True)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settings.store_outage_patience
+            attempt = 0
+            try:
+                while True:
+                    try:
+                        await make()
+                        return
+                    except TemporaryError as exc:
+                        attempt += 1
+                        delay = self.settings.backoff.delay(min(attempt, 10))
+                        if loop.time() + delay > deadline:
+                            log.error(
+                                "operation on %s gave up on the store (%s); the reconciler "
+                                "will finish it",
+                                sid,
+                                exc,
+                            )
+                            return
+                        log.warning("operation on %s meets a store error, again: %s", sid, exc)
+                        await asyncio.sleep(delay)
+            finally:
+                left = self._inflight.get(sid, 1) - 1
+                if left <= 0:
+                    self._inflight.pop(sid, None)
+                else:
+                    self._inflight[sid] = left
+                if op_id is not None:
+                    self._inflight_ops.discard(op_id)
+
+        self._spawn(run())
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         async def guarded() -> None:
@@ -1097,3 +1364,18 @@ def _reapply(current: SessionRecord, ours: SessionRecord) -> SessionRecord:
 
 
 _MIN = datetime.min.replace(tzinfo=UTC)
+
+
+def _with_count(record: SessionRecord, instance_id: str, count: int) -> SessionRecord:
+    """This instance's live count of a session's connections; the total is the sum."""
+    by = dict(record.connections_by_instance)
+    if count > 0:
+        by[instance_id] = count
+    else:
+        by.pop(instance_id, None)
+    return record.replace(connections_by_instance=by, connections=sum(by.values()))
+
+
+def _instance_ttl(settings: EngineSettings) -> timedelta:
+    """An instance that has not beaten its heart for this long is gone."""
+    return timedelta(seconds=settings.instance_heartbeat * 3)

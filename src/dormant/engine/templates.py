@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from dormant.errors import InvalidInput
@@ -27,6 +30,90 @@ class Template:
     cap_drop: tuple[str, ...] = ()
     no_new_privileges: bool = False
     network_mode: str | None = None
+    #: Names (or ``fnmatch`` patterns such as ``GIT_*``) of variables a request may set; none by
+    #: default. Loader and interpreter variables are refused whatever this says.
+    env_allow: tuple[str, ...] = ()
+    #: Run the session as this host user (process runtime, when dormant is root).
+    user: str | None = None
+
+    def check_request_env(self, env: Mapping[str, str]) -> None:
+        """Refuse (``InvalidInput``, naming the variable) what a request may not set."""
+        for name in sorted(env):
+            if (reason := refusal_reason(name)) is not None:
+                raise InvalidInput(f"env {name!r} {reason}")
+            if not env_allowed(name, self.env_allow):
+                allowed = ", ".join(self.env_allow) or "none"
+                raise InvalidInput(
+                    f"env {name!r} is not allowed by template {self.name!r} (env_allow: {allowed})"
+                )
+
+    def session_env(self, request_env: Mapping[str, str]) -> dict[str, str]:
+        """The environment of a session: the template's own (the operator's, trusted) and what
+        the request set, keeping of the latter only what :meth:`check_request_env` accepts
+        today (a session stored before a rule existed, or before ``env_allow`` was narrowed,
+        does not carry a refused variable into its next start)."""
+        allowed = {
+            name: value
+            for name, value in request_env.items()
+            if refusal_reason(name) is None and env_allowed(name, self.env_allow)
+        }
+        return {**self.env, **allowed}
+
+
+#: Set by dormant itself for every session.
+_RESERVED = re.compile(r"^(PORT|DORMANT_.*)$", re.IGNORECASE)
+
+#: Variables that change how a host loads, finds or interprets programs (dynamic loader,
+#: interpreters and their package managers, compilers, shells, locale and path lookups, config
+#: directories, proxies and certificates, pagers, browsers and editors that tools spawn). A
+#: request never sets them, whatever a template's ``env_allow`` says. ``env_allow`` is the real
+#: control (nothing by default); this list catches allow patterns wider than meant (``*``).
+_HOST_CONTROLLED_NAMES = (
+    # dynamic loader, libc
+    r"LD_.*|DYLD_.*|GCONV_PATH|LOCPATH|NLSPATH|MALLOC_.*|GLIBC_TUNABLES|HOSTALIASES|RESOLV_.*"
+    r"|LOCALDOMAIN|TMPDIR|TMP|TEMP"
+    # interpreters, runtimes, package managers, build tools
+    r"|PYTHON.*|PYENV_.*|VIRTUAL_ENV|PIP_.*|NODE_.*|NPM_CONFIG_.*|YARN_.*|PERL.*|RUBY.*|GEM_.*"
+    r"|GEMRC|IRBRC|BUNDLE_.*|JAVA_.*|_JAVA_OPTIONS|JDK_JAVA_OPTIONS|CLASSPATH|MAVEN_OPTS"
+    r"|GRADLE_OPTS|ANT_OPTS|SBT_OPTS|LUA_.*|TCL.*|R_.*|PHP.*|ERL_.*|ELIXIR_ERL_OPTIONS|JULIA_.*"
+    r"|GOFLAGS|GOROOT|GOPATH|GOENV|GOTOOLCHAIN|GOPROXY|CARGO_.*|RUSTC.*|RUSTFLAGS|RUSTUP_.*"
+    r"|DOTNET_.*|CORE_.*|COR_.*|CORECLR_.*|COMPLUS_.*|CC|CXX|CPP|LD|AR|CFLAGS|CXXFLAGS"
+    r"|CPPFLAGS|LDFLAGS|LIBRARY_PATH|CPATH|MAKEFLAGS|MFLAGS|JUPYTER_.*|IPYTHONDIR"
+    r"|QT_.*|GST_.*|GIO_.*|GTK_.*"
+    # shells
+    r"|BASH_ENV|ENV|BASH_FUNC_.*|SHELLOPTS|BASHOPTS|PS4|IFS|CDPATH|PROMPT_COMMAND|ZDOTDIR"
+    r"|HISTFILE|SHELL"
+    # programs that tools spawn, where they look for things, who they think they are
+    r"|BROWSER|EDITOR|VISUAL|PAGER|MANPAGER|LESS.*|SUDO_ASKPASS|SSH_ASKPASS.*|PATH|HOME|USER"
+    r"|LOGNAME|XDG_.*"
+    # network trust: certificates, TLS engines, proxies
+    r"|SSL_CERT_.*|OPENSSL_.*|CURL_.*|REQUESTS_CA_BUNDLE|WGETRC|HTTPS?_PROXY|ALL_PROXY|NO_PROXY"
+    # git: the ones that run programs, load configuration or move the repository
+    r"|GIT_SSH.*|GIT_EXEC_PATH|GIT_CONFIG.*|GIT_ASKPASS|GIT_EXTERNAL_DIFF|GIT_PROXY_COMMAND"
+    r"|GIT_PAGER|GIT_EDITOR|GIT_SEQUENCE_EDITOR|GIT_TEMPLATE_DIR|GIT_DIR|GIT_WORK_TREE"
+    r"|GIT_COMMON_DIR|GIT_ALLOW_PROTOCOL|GIT_PROTOCOL_FROM_USER|GIT_TRACE.*"
+)
+_HOST_CONTROLLED = re.compile(rf"^({_HOST_CONTROLLED_NAMES})$", re.IGNORECASE)
+
+
+def is_host_controlled(name: str) -> bool:
+    """True for a variable no request may set (host-controlled or set by dormant itself)."""
+    return refusal_reason(name) is not None
+
+
+def refusal_reason(name: str) -> str | None:
+    """Why a request may never set ``name`` (the end of a sentence), or ``None``."""
+    if _RESERVED.match(name):
+        return "is reserved: dormant sets it for every session"
+    if _HOST_CONTROLLED.match(name):
+        return (
+            "is never taken from a request: it controls how the host loads, finds or runs programs"
+        )
+    return None
+
+
+def env_allowed(name: str, allow: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in allow)
 
 
 @dataclass(frozen=True, slots=True)

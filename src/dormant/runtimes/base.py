@@ -7,7 +7,8 @@ Contract (every backend, every method):
 
 - **Names are given, never invented.** dormant picks a deterministic container name and the
   labels (``dormant.managed=true``, ``dormant.session``, ``dormant.user``, ``dormant.tenant``,
-  ``dormant.template``, ``dormant.instance``, ``dormant.created``) and writes them to its intent log
+  ``dormant.template``, ``dormant.instance``, ``dormant.deployment``, ``dormant.created``) and
+  writes them to its intent log
   *before* calling ``create``, so that after a crash the reconciler can find what was made.
 - **Idempotent.** ``create`` of a name that exists for the same session adopts it; ``stop`` and
   ``remove`` of something that does not exist succeed; ``start`` of a running container succeeds.
@@ -21,7 +22,9 @@ Contract (every backend, every method):
   (like JupyterHub's ``Spawner.get_state``); dormant stores it with the session and passes it back
   to every later call (``load_state``), also after dormant itself restarted.
 - ``list_managed`` returns every container this backend runs for dormant, whether or not dormant
-  still remembers it: it is how orphans are found.
+  still remembers it, with its labels: it is how orphans are found. It lists other deployments'
+  containers too (the reconciler ignores them by their ``dormant.deployment`` label and reports
+  how many), and raises rather than return a partial list: unknown is not absent.
 - ``check`` refuses a spec that cannot work (``InvalidInput``) before any session is made;
   ``watch`` streams change events, used only to wake the reconciler early.
 """
@@ -39,6 +42,9 @@ from typing import Any, ClassVar
 MANAGED_LABEL = "dormant.managed"
 SESSION_LABEL = "dormant.session"
 INSTANCE_LABEL = "dormant.instance"
+#: The deployment that owns a container (its id is kept in that deployment's database). A dormant
+#: lists, reconciles and removes only containers carrying its own.
+DEPLOYMENT_LABEL = "dormant.deployment"
 CREATED_LABEL = "dormant.created"
 
 
@@ -73,6 +79,8 @@ class ContainerSpec:
     cap_drop: tuple[str, ...] = ()
     no_new_privileges: bool = False
     network_mode: str | None = None
+    #: Run as this host user (name or uid); the process runtime only.
+    user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ class MemoryStore(Store):
         self.adaptive: dict[str, dict[str, Any]] = {}
         self._op_id = 0
         self._event_id = 0
+        self._deployment: str | None = None
 
     async def close(self) -> None:
         return None
@@ -190,6 +191,32 @@ class MemoryStore(Store):
             if tenant is None or r.tenant == tenant:
                 counts[r.state.value] = counts.get(r.state.value, 0) + 1
         return counts
+
+    async def sessions_with_connections(self) -> list[SessionRecord]:
+        return [
+            r for r in self.sessions.values() if r.connections and r.state is not State.DELETED
+        ]
+
+    async def purge_deleted(self, before: datetime, limit: int) -> int:
+        doomed = sorted(
+            (r for r in self.sessions.values() if r.state is State.DELETED),
+            key=lambda r: r.deleted_at or before,
+        )
+        ids = [r.id for r in doomed if r.deleted_at is not None and r.deleted_at < before][:limit]
+        for sid in ids:
+            record = self.sessions.pop(sid)
+            if record.port is not None and self.ports.get(record.port) == sid:
+                del self.ports[record.port]
+            self.events.pop(sid, None)
+        for op_id in [i for i, op in self.operations.items() if op.session_id in set(ids)]:
+            del self.operations[op_id]
+            self._pending_ops.discard(op_id)
+        return len(ids)
+
+    async def deployment_id(self, candidate: str, now: datetime) -> str:
+        if self._deployment is None:
+            self._deployment = candidate
+        return self._deployment
 
     # operations -----------------------------------------------------------------------------
 

@@ -122,6 +122,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def revoke_key(self, key_id: str, now: datetime) -> bool: ...
 
+    @abc.abstractmethod
+    async def sessions_with_connections(self) -> list[SessionRecord]:
+        """Live sessions whose connection count is not zero (to drop a dead instance's)."""
+
+    @abc.abstractmethod
+    async def purge_deleted(self, before: datetime, limit: int) -> int:
+        """Remove up to ``limit`` sessions deleted before ``before``, with their timelines and
+        operations, each in one transaction; returns how many sessions were removed."""
+
+    # deployment
+    @abc.abstractmethod
+    async def deployment_id(self, candidate: str, now: datetime) -> str:
+        """This deployment's id: the stored one, else ``candidate``, stored now (first start).
+        Concurrent first starts agree on one id."""
+
     # instances
     @abc.abstractmethod
     async def heartbeat_instance(self, record: InstanceRecord) -> None: ...

@@ -33,6 +33,7 @@ class SessionRecord:
     last_activity_source: str | None = None
     last_seen_at: datetime | None = None
     connections: int = 0
+    connections_by_instance: dict[str, int] = field(default_factory=dict)
     ever_connected: bool = False
     last_disconnect_at: datetime | None = None
     busy_until: datetime | None = None

@@ -69,6 +69,9 @@ sessions = Table(
     Column("last_activity_source", String(40)),
     Column("last_seen_at", UTCDateTime()),
     Column("connections", Integer, nullable=False, default=0),
+    #: ``{instance_id: count}``; ``connections`` is their sum. Kept per instance so that the
+    #: counts of a dead instance can be dropped (its clients are gone with it).
+    Column("connections_by_instance", JSON, nullable=False, default=dict, server_default="{}"),
     Column("ever_connected", Boolean, nullable=False, default=False),
     Column("last_disconnect_at", UTCDateTime()),
     Column("busy_until", UTCDateTime()),
@@ -85,6 +88,7 @@ sessions = Table(
     Index("ix_sessions_tenant_user", "tenant", "user_id"),
     Index("ix_sessions_state", "state"),
     Index("ux_sessions_port", "port", unique=True),
+    Index("ix_sessions_deleted_at", "deleted_at"),
 )
 
 operations = Table(
@@ -103,6 +107,7 @@ operations = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_operations_status", "status"),
     Index("ix_operations_session", "session_id"),
+    Index("ix_operations_updated", "status", "updated_at"),
 )
 
 session_events = Table(
@@ -153,4 +158,14 @@ adaptive_models = Table(
     Column("observations", Integer, nullable=False, default=0),
     Column("weight", Float, nullable=False, default=0.0),
     Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+#: One row: this deployment's id, made on first start and stamped on every container
+#: (``dormant.deployment``); a dormant touches only containers that carry it.
+deployment = Table(
+    "deployment",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("singleton", Integer, nullable=False, unique=True),
 )

@@ -30,6 +30,7 @@ from dormant.store.schema import (
     UTCDateTime,
     adaptive_models,
     api_keys,
+    deployment,
     instances,
     operations,
     session_events,
@@ -285,6 +286,61 @@ class SqlStore(Store):
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return {str(r[0]): int(r[1]) for r in rows}
+
+    async def sessions_with_connections(self) -> list[SessionRecord]:
+        query = select(sessions).where(
+            sessions.c.connections != 0, sessions.c.state != State.DELETED.value
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [SessionRecord.from_row(r) for r in rows]
+
+    async def purge_deleted(self, before: datetime, limit: int) -> int:
+        async with self.engine.begin() as conn:
+            ids = [
+                r.id
+                for r in (
+                    await conn.execute(
+                        select(sessions.c.id)
+                        .where(
+                            sessions.c.state == State.DELETED.value,
+                            sessions.c.deleted_at < before,
+                        )
+                        .order_by(sessions.c.deleted_at)
+                        .limit(limit)
+                    )
+                ).all()
+            ]
+            if not ids:
+                return 0
+            await conn.execute(session_events.delete().where(session_events.c.session_id.in_(ids)))
+            await conn.execute(operations.delete().where(operations.c.session_id.in_(ids)))
+            await conn.execute(
+                sessions.delete().where(
+                    sessions.c.id.in_(ids), sessions.c.state == State.DELETED.value
+                )
+            )
+        return len(ids)
+
+    # deployment -----------------------------------------------------------------------------
+
+    async def deployment_id(self, candidate: str, now: datetime) -> str:
+        query = select(deployment.c.id).where(deployment.c.singleton == 1)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is not None:
+            return str(row.id)
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    insert(deployment).values(id=candidate, created_at=now, singleton=1)
+                )
+        except IntegrityError:
+            pass  # another process made it first: take theirs
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        assert row is not None
+        return str(row.id)
 
     # operations -----------------------------------------------------------------------------
 
