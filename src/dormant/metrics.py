@@ -81,6 +81,26 @@ class _EngineCollector(Collector):
             "Activity events applied by the engine.",
             value=self.engine.events_applied,
         )
+        yield CounterMetricFamily(
+            "dormant_reconcile_reads_skipped",
+            "Runtime listings that failed, so the sweep judged nothing of that runtime.",
+            value=self.reconciler.skipped_reads,
+        )
+        yield GaugeMetricFamily(
+            "dormant_containers_foreign_count",
+            "Containers of other deployments seen (and left alone) by the last sweep.",
+            value=self.reconciler.last_plan.foreign,
+        )
+        yield CounterMetricFamily(
+            "dormant_connections_stale_dropped",
+            "Connection counts dropped because the instance holding them was gone.",
+            value=self.engine.connections_dropped,
+        )
+        yield CounterMetricFamily(
+            "dormant_sessions_purged",
+            "Deleted sessions removed (with timelines and operations) after retention.",
+            value=self.engine.sessions_purged,
+        )
 
 
 class _GatewayCollector(Collector):
