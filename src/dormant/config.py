@@ -35,10 +35,12 @@ from dormant.policy import (
     build_policy,
 )
 from dormant.runtimes import ContainerSpec, Resources
+from dormant.runtimes.process import resolve_user
 
 KNOWN_RUNTIMES = ("process", "docker")
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)b?$", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_ENV_PATTERN = re.compile(r"^[A-Za-z0-9_*?]{1,128}$")
 
 
 class ResourcesConfig(BaseModel):
@@ -79,6 +81,12 @@ class TemplateConfig(BaseModel):
     cap_drop: list[str] = Field(default_factory=list, max_length=64)
     no_new_privileges: bool = False
     network_mode: str | None = Field(default=None, max_length=128)
+    #: Variables a create request may set (names or ``fnmatch`` patterns like ``GIT_*``); none
+    #: by default. ``env`` above is the operator's and is not checked.
+    env_allow: list[str] = Field(default_factory=list, max_length=256)
+    #: Process runtime: run the sessions as this host user (name or uid); needs dormant to run
+    #: as root unless it is dormant's own user.
+    user: str | None = Field(default=None, min_length=1, max_length=64)
 
     @field_validator("runtime")
     @classmethod
@@ -86,6 +94,33 @@ class TemplateConfig(BaseModel):
         if value not in KNOWN_RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(KNOWN_RUNTIMES)}")
         return value
+
+    @field_validator("env_allow")
+    @classmethod
+    def _env_allow(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if not _ENV_PATTERN.match(pattern):
+                raise ValueError(
+                    f"env_allow entry {pattern!r} must be a variable name or a pattern of "
+                    "A-Z a-z 0-9 _ * ? (1-128 characters)"
+                )
+        return patterns
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                resolve_user(value)
+            except InvalidInput as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _user_runtime(self) -> TemplateConfig:
+        if self.user is not None and self.runtime != "process":
+            raise ValueError("user is for the process runtime (a container image sets its own)")
+        return self
 
     @model_validator(mode="after")
     def _docker(self) -> TemplateConfig:
@@ -239,6 +274,8 @@ class Settings(BaseModel):
                 cap_drop=tuple(cfg.cap_drop),
                 no_new_privileges=cfg.no_new_privileges,
                 network_mode=cfg.network_mode,
+                env_allow=tuple(cfg.env_allow),
+                user=cfg.user,
             )
         if self.default_template not in templates:
             raise InvalidInput(f"default_template {self.default_template!r} is not defined")

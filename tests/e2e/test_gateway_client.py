@@ -3,7 +3,9 @@ connection of its own (python-socketio underneath)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -116,7 +118,12 @@ async def test_realtime_refusals_raise_with_the_gateway_code(server: Server) -> 
         assert refused.value.code == "not_found"
 
 
-def test_sync_client_covers_the_same_calls(server: Server) -> None:
+def test_sync_client_covers_the_same_calls(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    config = tmp_path / "dormant.toml"
+    config.write_text('[templates.default]\nenv_allow = ["MODE"]\n')  # the env sent below
+    server = server_factory(DORMANT_CONFIG=str(config))
     with Client(server.url, server.key) as dormant:
         sid = dormant.create_session("gina", env={"MODE": "x"})["id"]
         server.wait_state(sid, "running")

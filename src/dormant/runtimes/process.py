@@ -4,6 +4,11 @@ Sleep stops the group, wake starts the command again in the same work directory,
 the group and the directory. Every process carries ``DORMANT_RUNTIME_ROOT``, ``DORMANT_CONTAINER``
 and ``DORMANT_SESSION`` in its environment and its pid and start time are recorded on disk, so a
 restarted dormant finds its processes, also ones whose directory is gone (orphans).
+
+A spec's ``user`` runs the session as that host user (dormant must be root, unless it is its own
+user): the process gets the user's uid, primary gid and no supplementary groups, ``HOME``,
+``USER`` and ``LOGNAME`` of that user, and owns its work directory (mode 0700). Only ``PATH``,
+``HOME``, ``LANG``, ``LC_ALL`` and ``TZ`` are taken from dormant's own environment.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -41,7 +48,7 @@ DEFAULT_COMMAND = [
     "--directory",
     "{workdir}",
 ]
-_PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
+_PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 _LOG_TAIL = 2000
 
 
@@ -68,6 +75,53 @@ def _proc_environ(pid: int) -> dict[str, str]:
         if sep:
             env[key.decode(errors="replace")] = value.decode(errors="replace")
     return env
+
+
+def resolve_user(value: str) -> pwd.struct_passwd:
+    """The host user ``value`` (a name or a uid) that dormant may run sessions as, or
+    ``InvalidInput``: it must exist, and be dormant's own user unless dormant runs as root."""
+    try:
+        entry = pwd.getpwuid(int(value)) if value.isdigit() else pwd.getpwnam(value)
+    except (KeyError, OverflowError):
+        raise InvalidInput(f"user {value!r} does not exist on this host") from None
+    me = os.geteuid()
+    if me != 0 and entry.pw_uid != me:
+        raise InvalidInput(
+            f"user {value!r} needs dormant to run as root (it runs as uid {me}); "
+            "remove user or run dormant as root"
+        )
+    return entry
+
+
+def _permits(path: Path, user: pwd.struct_passwd, bits: int) -> bool:
+    """Whether ``user`` (primary group only, as sessions run) has ``bits`` (an ``X_OK``-style
+    mask of 4/2/1) on ``path`` by its mode bits."""
+    if user.pw_uid == 0:
+        return True
+    st = path.stat()
+    if st.st_uid == user.pw_uid:
+        mode = (st.st_mode & stat.S_IRWXU) >> 6
+    elif st.st_gid == user.pw_gid:
+        mode = (st.st_mode & stat.S_IRWXG) >> 3
+    else:
+        mode = st.st_mode & stat.S_IRWXO
+    return mode & bits == bits
+
+
+def _unreachable(path: Path, user: pwd.struct_passwd) -> Path | None:
+    """The first directory on the way to ``path`` (itself excluded) that ``user`` cannot
+    enter, or ``None``."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not _permits(parent, user, os.X_OK):
+            return parent
+    return None
+
+
+def _as_user(user: pwd.struct_passwd) -> dict[str, Any]:
+    """Arguments of ``create_subprocess_exec`` that run the child as ``user``."""
+    if user.pw_uid == os.geteuid():
+        return {}
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
 class ProcessRuntime(Runtime):
@@ -118,6 +172,34 @@ class ProcessRuntime(Runtime):
 
     # contract -------------------------------------------------------------------------------
 
+    async def check(self, spec: ContainerSpec) -> None:
+        if spec.user is not None:
+            self._check_user(spec, spec.user)
+
+    def _check_user(self, spec: ContainerSpec, name: str) -> None:
+        """That ``name`` may be used, and can reach the work directories and run the command
+        (by file modes): else a session would only fail when started."""
+        user = resolve_user(name)
+        if (blocked := _unreachable(self.root / "x", user)) is not None:
+            raise InvalidInput(
+                f"user {name!r} cannot enter {blocked}, on the way to the sessions' "
+                f"directories in {self.root}; allow it (chmod o+x) or move the data directory"
+            )
+        program = (spec.command or DEFAULT_COMMAND)[0]
+        if "{" in program:
+            return
+        search = spec.env.get("PATH", os.environ.get("PATH", os.defpath))
+        found = shutil.which(program, path=search)
+        if found is None:
+            return  # start fails with "cannot run", as it does without a user
+        for path in dict.fromkeys((Path(os.path.abspath(found)), Path(found).resolve())):
+            blocked = _unreachable(path, user)
+            if blocked is not None or not _permits(path, user, os.X_OK):
+                raise InvalidInput(
+                    f"user {name!r} cannot run {found} (no access to {blocked or path}); "
+                    "give the template a command that it can run"
+                )
+
     async def create(self, spec: ContainerSpec) -> dict[str, Any]:
         if spec.port is None:
             raise InvalidInput("the process runtime needs a port for every session")
@@ -127,11 +209,19 @@ class ProcessRuntime(Runtime):
             raise RuntimeFailure(
                 f"{spec.name} already exists for session {existing.get('session_id')}"
             )
-        (directory / "work").mkdir(parents=True, exist_ok=True)
+        work = directory / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        if spec.user is not None:
+            user = resolve_user(spec.user)
+            directory.chmod(0o711)  # the user enters it, and reads nothing else in it
+            os.chown(work, user.pw_uid, user.pw_gid)
+            work.chmod(0o700)
         data = asdict(spec)
         data["created_at"] = spec.labels.get("dormant.created", "")
         tmp = directory / "spec.json.tmp"
-        tmp.write_text(json.dumps(data))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the env
+        with open(fd, "w") as out:
+            out.write(json.dumps(data))
         tmp.replace(directory / "spec.json")
         return {"dir": str(directory)}
 
@@ -153,6 +243,14 @@ class ProcessRuntime(Runtime):
         values = {"port": str(port), "workdir": str(workdir), "session": spec["session_id"]}
         command = [part.format(**values) for part in (spec["command"] or DEFAULT_COMMAND)]
         env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
+        run_as: dict[str, Any] = {}
+        if spec.get("user") is not None:
+            try:
+                user = resolve_user(str(spec["user"]))
+            except InvalidInput as exc:
+                raise RuntimeFailure(str(exc)) from None
+            env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+            run_as = _as_user(user)
         env.update(spec["env"])
         env.update(
             PORT=str(port),
@@ -160,7 +258,8 @@ class ProcessRuntime(Runtime):
             DORMANT_CONTAINER=name,
             DORMANT_RUNTIME_ROOT=str(self.root),
         )
-        log = open(directory / "log.txt", "ab")  # noqa: SIM115 - handed to the child
+        fd = os.open(directory / "log.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log = open(fd, "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = await asyncio.create_subprocess_exec(
                 *command,
@@ -170,6 +269,7 @@ class ProcessRuntime(Runtime):
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                **run_as,
             )
         except OSError as exc:
             raise RuntimeFailure(f"cannot run {command[0]!r}: {exc.strerror}") from exc
