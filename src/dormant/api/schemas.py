@@ -10,7 +10,6 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_RESERVED_ENV = ("PORT", "DORMANT_")
 
 
 class Strict(BaseModel):
@@ -39,11 +38,11 @@ class CreateSession(Strict):
     @field_validator("env")
     @classmethod
     def _env(cls, env: dict[str, str]) -> dict[str, str]:
+        """Syntax only: which names a request may set is the engine's decision (the template's
+        ``env_allow``, never a host-controlled or reserved name), answered as 422 ``invalid``."""
         for key, value in env.items():
             if not _ENV_KEY.match(key):
                 raise ValueError(f"env name {key!r} is not a valid variable name")
-            if key == "PORT" or key.startswith("DORMANT_"):
-                raise ValueError(f"env name {key!r} is reserved")
             if len(value) > 4096 or "\0" in value:
                 raise ValueError(f"env {key!r}: value too long or contains NUL")
         return env
