@@ -34,6 +34,7 @@ from dormant.policy import (
     build_adaptive,
     build_policy,
 )
+from dormant.policy.durations import parse_duration
 from dormant.runtimes import ContainerSpec, Resources
 from dormant.runtimes.process import resolve_user
 
@@ -174,6 +175,15 @@ class Settings(BaseModel):
     docker_scope: str | None = Field(default=None, max_length=500)
     #: How long operations wait for an unreachable runtime before failing (seconds).
     runtime_outage_patience: float = Field(default=300.0, ge=0, le=86400)
+    #: How long background operations wait out an unreachable database (seconds); a store
+    #: error never turns a runtime step that worked into ``failed``.
+    store_outage_patience: float = Field(default=300.0, ge=0, le=86400)
+    #: Deleted sessions (rows, timelines, operations) are purged this long after deletion
+    #: (``DORMANT_RETENTION``: seconds or ``"30d"``).
+    retention: float = Field(default=30 * 86400.0, ge=60, le=3660 * 86400)
+    #: The reconciler judges a container an orphan only once it, and its session's deletion,
+    #: are this old (seconds): what happened moments ago may not be in both views yet.
+    reconcile_settle: float = Field(default=30.0, ge=0, le=3600)
     rate_limit: float = Field(default=200.0, gt=0)
     rate_burst: int = Field(default=400, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024**2)
@@ -195,6 +205,11 @@ class Settings(BaseModel):
     gateway_activity_rate: float = Field(default=20.0, gt=0, le=10_000)
     gateway_activity_burst: int = Field(default=40, ge=1, le=100_000)
     gateway_cors_origins: str = "*"
+
+    @field_validator("retention", "store_outage_patience", "reconcile_settle", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        return parse_duration(value, name="duration")
 
     @field_validator("port_range")
     @classmethod

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +74,16 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         flush_interval=settings.flush_interval,
         runtime_concurrency=settings.runtime_concurrency,
         outage_patience=settings.runtime_outage_patience,
+        store_outage_patience=settings.store_outage_patience,
+        retention=settings.retention,
     )
     if settings.instance_id:
-        engine_settings = EngineSettings(
-            instance_id=settings.instance_id,
-            flush_interval=settings.flush_interval,
-            runtime_concurrency=settings.runtime_concurrency,
-            outage_patience=settings.runtime_outage_patience,
-        )
+        engine_settings = dataclasses.replace(engine_settings, instance_id=settings.instance_id)
     engine = Engine(
         store, runtimes, settings.catalog(), clock or SystemClock(), ports, engine_settings
     )
-    return Services(settings, store, engine, Reconciler(engine), runtimes)
+    reconciler = Reconciler(engine, settle=timedelta(seconds=settings.reconcile_settle))
+    return Services(settings, store, engine, reconciler, runtimes)
 
 
 async def ensure_admin_key(services: Services) -> str | None:

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 from dormant.errors import InvalidInput, RuntimeFailure
 from dormant.runtimes.base import (
+    DEPLOYMENT_LABEL,
     MANAGED_LABEL,
     SESSION_LABEL,
     ContainerInfo,
@@ -257,6 +258,8 @@ class ProcessRuntime(Runtime):
             DORMANT_SESSION=spec["session_id"],
             DORMANT_CONTAINER=name,
             DORMANT_RUNTIME_ROOT=str(self.root),
+            # Which deployment owns it, also for a process whose directory is gone.
+            DORMANT_DEPLOYMENT=str(spec["labels"].get(DEPLOYMENT_LABEL, "")),
         )
         fd = os.open(directory / "log.txt", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         log = open(fd, "ab")  # noqa: SIM115 - handed to the child
@@ -390,6 +393,8 @@ class ProcessRuntime(Runtime):
         labels = {MANAGED_LABEL: "true"}
         if "DORMANT_SESSION" in env:
             labels[SESSION_LABEL] = env["DORMANT_SESSION"]
+        if env.get("DORMANT_DEPLOYMENT"):
+            labels[DEPLOYMENT_LABEL] = env["DORMANT_DEPLOYMENT"]
         return ContainerInfo(name, labels, ContainerStatus.RUNNING, None, {"pid": pid})
 
     async def list_managed(self) -> list[ContainerInfo]:
