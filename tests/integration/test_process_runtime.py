@@ -122,6 +122,7 @@ async def test_only_locale_path_and_home_come_from_dormants_environment(
         "DORMANT_SESSION",
         "DORMANT_CONTAINER",
         "DORMANT_RUNTIME_ROOT",
+        "DORMANT_DEPLOYMENT",
     } | ({"LC_ALL"} & set(os.environ)) | ({"TZ"} & set(os.environ))
     assert (env["PATH"], env["HOME"], env["LANG"]) == (
         os.environ["PATH"],
