@@ -1292,11 +1292,17 @@ class Engine:
         task.add_done_callback(self._tasks.discard)
 
     def _emit(self, event: EngineEvent) -> None:
-        for listener in self.listeners:
-            try:
-                listener(event)
-            except Exception:
-                log.exception("engine listener failed")
+        # Listeners (the gateway) answer clients: what they start must fail fast, not inherit
+        # an operation's patience with the store.
+        token = _PATIENT.set(False)
+        try:
+            for listener in self.listeners:
+                try:
+                    listener(event)
+                except Exception:
+                    log.exception("engine listener failed")
+        finally:
+            _PATIENT.reset(token)
 
     def _log_transition(
         self, record: SessionRecord, old: State | None, new: State, code: str, reason: str
