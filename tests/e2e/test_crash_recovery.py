@@ -181,6 +181,7 @@ def test_sigkill_during_creates_and_deletes(server_factory: Callable[..., Server
 def test_reconcile_cli_removes_a_hand_started_orphan(server: Server) -> None:
     keeper = server.create("keeper")
     server.wait_state(keeper["id"], "running")
+    deployment = next(iter(server.marked().values()))["DORMANT_DEPLOYMENT"]
     server.stop()
     assert server.port_answers(keeper["port"]), "a session outlives a stopped server"
 
@@ -193,12 +194,16 @@ def test_reconcile_cli_removes_a_hand_started_orphan(server: Server) -> None:
             "DORMANT_RUNTIME_ROOT": str(server.runtime_root),
             "DORMANT_CONTAINER": "dormant-ghost",
             "DORMANT_SESSION": "ghost",
+            "DORMANT_DEPLOYMENT": deployment,  # ours: a process of this deployment
         },
         start_new_session=True,
     )
     try:
         server.wait_until(lambda: ghost.pid in server.marked(), what="the ghost to be marked")
 
+        young = server.cli("reconcile", "--dry-run")
+        assert "reconcile would do 0 step(s)" in young.stdout, "judged before it settled"
+        server.env["DORMANT_RECONCILE_SETTLE"] = "0"
         dry = server.cli("reconcile", "--dry-run")
         assert "reconcile would do 1 step(s)" in dry.stdout, dry.stdout
         plan = [line.split() for line in dry.stdout.splitlines()[1:]]

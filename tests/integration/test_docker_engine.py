@@ -165,12 +165,18 @@ async def test_isolation_settings_of_a_template_reach_the_container(rig: Rig) ->
 
 
 def hand_made(
-    name: str, session: str, instance: str, created: str = "2020-01-01T00:00:00+00:00"
+    name: str,
+    session: str,
+    instance: str,
+    created: str = "2020-01-01T00:00:00+00:00",
+    deployment: str | None = None,
 ) -> None:
+    owner = ["--label", f"dormant.deployment={deployment}"] if deployment else []
     podman.podman(
         "create",
         "--name",
         name,
+        *owner,
         "--label",
         "dormant.managed=true",
         "--label",
@@ -190,13 +196,17 @@ async def test_reconcile_removes_orphans_but_not_another_live_instances_containe
 ) -> None:
     kept = await rig.create()
     now = rig.engine.clock.now()
+    ours = await rig.engine.ensure_deployment()
     await rig.store.heartbeat_instance(InstanceRecord("other-live", "elsewhere", 1, now, now))
-    hand_made(f"dormant-orphan-{RUN_ID}", "no-such-session", "long-gone")
-    hand_made(f"dormant-theirs-{RUN_ID}", "their-session", "other-live")
-    hand_made(f"dormant-mine-{RUN_ID}", "no-such-session-2", "it-1")
+    hand_made(f"dormant-orphan-{RUN_ID}", "no-such-session", "long-gone", deployment=ours)
+    hand_made(f"dormant-theirs-{RUN_ID}", "their-session", "other-live", deployment=ours)
+    hand_made(f"dormant-mine-{RUN_ID}", "no-such-session-2", "it-1", deployment=ours)
     # made "after the sweep began" (a session may not be visible yet): left alone too
     future = (now + timedelta(hours=1)).isoformat()
-    hand_made(f"dormant-young-{RUN_ID}", "young-session", "long-gone", future)
+    hand_made(f"dormant-young-{RUN_ID}", "young-session", "long-gone", future, deployment=ours)
+    # another deployment's, and one from before deployment ids with no session here: never ours
+    hand_made(f"dormant-foreign-{RUN_ID}", "x", "long-gone", deployment="0123456789abcdef")
+    hand_made(f"dormant-legacy-{RUN_ID}", "y", "long-gone")
 
     plan = await rig.reconciler.run(dry_run=True)
     assert podman.container_names(podman.managed_containers()) >= {f"dormant-orphan-{RUN_ID}"}
@@ -210,6 +220,8 @@ async def test_reconcile_removes_orphans_but_not_another_live_instances_containe
     assert f"dormant-mine-{RUN_ID}" not in names
     assert f"dormant-theirs-{RUN_ID}" in names
     assert f"dormant-young-{RUN_ID}" in names
+    assert f"dormant-foreign-{RUN_ID}" in names and f"dormant-legacy-{RUN_ID}" in names
+    assert (rig.reconciler.last_plan.foreign, rig.reconciler.last_plan.unadopted) == (1, 1)
     assert f"dormant-{kept}" in names
     assert await rig.state(kept) is State.RUNNING
 

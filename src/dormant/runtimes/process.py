@@ -65,6 +65,22 @@ def _proc_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def _proc_started_at(pid: int) -> datetime | None:
+    """When the process started (wall clock), from its start ticks and the boot time."""
+    ticks = _proc_start_time(pid)
+    if ticks is None:
+        return None
+    try:
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, ValueError):
+        return None
+    return datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), tz=UTC)
+
+
 def _proc_environ(pid: int) -> dict[str, str]:
     try:
         raw = Path(f"/proc/{pid}/environ").read_bytes()
@@ -395,7 +411,8 @@ class ProcessRuntime(Runtime):
             labels[SESSION_LABEL] = env["DORMANT_SESSION"]
         if env.get("DORMANT_DEPLOYMENT"):
             labels[DEPLOYMENT_LABEL] = env["DORMANT_DEPLOYMENT"]
-        return ContainerInfo(name, labels, ContainerStatus.RUNNING, None, {"pid": pid})
+        started = _proc_started_at(pid)  # a stray's age: when its process started
+        return ContainerInfo(name, labels, ContainerStatus.RUNNING, started, {"pid": pid})
 
     async def list_managed(self) -> list[ContainerInfo]:
         infos: dict[str, ContainerInfo] = {}
