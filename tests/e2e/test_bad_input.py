@@ -205,6 +205,19 @@ _CASES = [
          {"json": {"user_id": "u", "policy": [1]}}, 422, "invalid_request", ["policy"]),
     case("malformed-json", "POST", "/v1/sessions",
          {"content": '{"user_id": ', "headers": JSON}, 422, "malformed_json", ["JSON"]),
+    case("body-not-utf8", "POST", "/v1/sessions",
+         {"content": b'{"user_id": "\xff\xfe"}', "headers": JSON}, 422, "malformed_json",
+         ["JSON", "UTF-8"]),
+    case("json-3000-deep", "POST", "/v1/sessions",
+         {"content": "[" * 3000 + "]" * 3000, "headers": JSON}, 422, "malformed_json",
+         ["JSON", "nested too deeply"]),
+    case("token-ttl-bool", "POST", f"/v1/sessions/{SID}/tokens",
+         {"content": '{"ttl": true}', "headers": JSON}, 422, "invalid_request", ["ttl"]),
+    case("token-ttl-string", "POST", f"/v1/sessions/{SID}/tokens",
+         {"content": '{"ttl": "600"}', "headers": JSON}, 422, "invalid_request", ["ttl"]),
+    case("token-ttl-tiny", "POST", f"/v1/sessions/{SID}/tokens",
+         {"content": '{"ttl": 1e-300}', "headers": JSON}, 422, "invalid_request",
+         ["ttl", "greater than or equal to 1"]),
     case("unknown-field", "POST", "/v1/sessions",
          {"json": {"user_id": "u", "colour": "red"}}, 422, "unknown_field", ["colour"]),
     case("missing-user", "POST", "/v1/sessions",
@@ -328,6 +341,7 @@ def test_port_exhaustion(server_factory: Callable[..., Server]) -> None:
     message = assert_error(response, 503, "capacity_exhausted")
     assert "no free port" in message
     assert "DORMANT_PORT_RANGE" in message
+    assert response.headers["retry-after"] == "10"
     after = (
         sorted(s["id"] for s in server.all_sessions()),
         sorted(server.marked()),
@@ -364,6 +378,7 @@ def test_rate_limit(server_factory: Callable[..., Server]) -> None:
     assert limited, statuses
     message = assert_error(limited[0], 429, "rate_limited")
     assert "5" in message
+    assert int(limited[0].headers["retry-after"]) >= 1
     # the bucket is per key: another key is not limited
     assert server.client(other).get("/v1/sessions").status_code == 200
     # and the limited key gets through again once its bucket refills

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -56,19 +60,125 @@ async def create_key(store: Store, tenant: str, admin: bool, name: str, now: dat
 
 
 async def authenticate(store: Store, key: str | None) -> Principal:
+    """The principal of ``key``. Within :func:`attempts_from`, failed keys count against the
+    client's address, and an address over its limit is refused 429 before any lookup."""
     if not key:
         raise Unauthorized("missing X-API-Key header")
+    attempt = _ATTEMPT.get()
+    hashed = _hash(key)
+    if attempt is not None:
+        attempt[0].check(attempt[1], hashed)
+    try:
+        principal = await _lookup(store, key, hashed)
+    except Unauthorized:
+        if attempt is not None:
+            attempt[0].failed(attempt[1])
+        raise
+    if attempt is not None:
+        attempt[0].succeeded(hashed)
+    return principal
+
+
+async def _lookup(store: Store, key: str, hashed: str) -> Principal:
     parts = key.split("_", 2)
     if len(parts) != 3 or f"{parts[0]}_" != PREFIX or len(key) > 200:
         raise Unauthorized("invalid API key")
     record = await store.get_key(parts[1])
     # Compare even when the id is unknown, so timing does not reveal which ids exist.
     expected = record.hash if record is not None else _hash("")
-    if not hmac.compare_digest(expected, _hash(key)) or record is None:
+    if not hmac.compare_digest(expected, hashed) or record is None:
         raise Unauthorized("invalid API key")
     if record.revoked_at is not None:
         raise Unauthorized("API key revoked")
     return Principal(record.id, record.tenant, record.admin)
+
+
+class FailedAuthLimiter:
+    """Failed API key attempts per client address.
+
+    ``limit`` failures within ``window`` seconds lock the address out for ``window`` seconds:
+    keys from it are refused 429 ``rate_limited`` without a database lookup, except keys that
+    authenticated recently (so that people behind the guesser's NAT keep working). Memory is
+    bounded: at most ``max_addresses`` addresses and ``max_known_keys`` key hashes.
+    """
+
+    def __init__(
+        self,
+        limit: int = 20,
+        window: float = 60.0,
+        *,
+        max_addresses: int = 100_000,
+        max_known_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if limit < 1 or window <= 0:
+            raise ValueError("limit must be at least 1 and window positive")
+        self.limit = limit
+        self.window = window
+        self.max_addresses = max_addresses
+        self.max_known_keys = max_known_keys
+        self.clock = clock
+        #: address -> [failures in the current window, window start, locked out until]
+        self._addresses: dict[str, list[float]] = {}
+        self._known: dict[str, None] = {}  # key hashes that authenticated, oldest first
+
+    def locked_for(self, address: str) -> float:
+        """Seconds until ``address`` may try unknown keys again (0: it may now)."""
+        entry = self._addresses.get(address)
+        return max(0.0, entry[2] - self.clock()) if entry is not None else 0.0
+
+    def check(self, address: str, key_hash: str) -> None:
+        wait = self.locked_for(address)
+        if wait > 0 and key_hash not in self._known:
+            raise RateLimited(
+                f"too many failed API key attempts from {address}; "
+                f"try again in {max(1, math.ceil(wait))}s",
+                retry_after=wait,
+            )
+
+    def failed(self, address: str) -> None:
+        now = self.clock()
+        entry = self._addresses.get(address)
+        if entry is None or now - entry[1] > self.window:
+            if entry is None and len(self._addresses) >= self.max_addresses:
+                self._prune(now)
+            entry = [0.0, now, entry[2] if entry is not None else 0.0]
+            self._addresses[address] = entry
+        entry[0] += 1
+        if entry[0] >= self.limit:
+            entry[0], entry[1], entry[2] = 0.0, now, now + self.window
+
+    def succeeded(self, key_hash: str) -> None:
+        if key_hash in self._known:
+            del self._known[key_hash]  # put back below, as the most recent
+        elif len(self._known) >= self.max_known_keys:
+            del self._known[next(iter(self._known))]
+        self._known[key_hash] = None
+
+    def _prune(self, now: float) -> None:
+        for address in [
+            a
+            for a, (_, start, until) in self._addresses.items()
+            if now - start > self.window and until <= now
+        ]:
+            del self._addresses[address]
+        while len(self._addresses) >= self.max_addresses:
+            del self._addresses[next(iter(self._addresses))]
+
+
+_ATTEMPT: ContextVar[tuple[FailedAuthLimiter, str] | None] = ContextVar(
+    "dormant_auth_attempt", default=None
+)
+
+
+@contextmanager
+def attempts_from(limiter: FailedAuthLimiter, address: str) -> Iterator[None]:
+    """Count :func:`authenticate` failures in this context against ``address``."""
+    token = _ATTEMPT.set((limiter, address))
+    try:
+        yield
+    finally:
+        _ATTEMPT.reset(token)
 
 
 class RateLimiter:

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from dormant.errors import DormantError
 
@@ -46,11 +47,57 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str, list[di
     return code, message, details
 
 
+#: ``Retry-After`` (seconds) of a 503 whose error does not say when to come back.
+RETRY_AFTER = {"capacity_exhausted": 10}
+DEFAULT_RETRY_AFTER = 5
+
+#: Status -> code of the HTTP errors raised by the framework or by the middleware.
+HTTP_CODES = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    429: "rate_limited",
+    503: "temporarily_unavailable",
+}
+
+
+def _unparsable(exc: HTTPException) -> str | None:
+    """Why FastAPI could not parse a JSON body it turned into a bare 400, if that is what
+    happened: not UTF-8, nested too deeply, or otherwise not JSON."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, UnicodeError):
+        return "the request body is not valid JSON: it is not UTF-8 text"
+    if isinstance(cause, RecursionError):
+        return "the request body is not valid JSON: it is nested too deeply"
+    if isinstance(cause, ValueError):
+        return "the request body is not valid JSON"
+    return None
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this path (Starlette names only the first route's)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    ]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DormantError)
     async def _dormant(_: Request, exc: DormantError) -> JSONResponse:
         response = error_response(exc.status, exc.code, str(exc))
         retry_after = getattr(exc, "retry_after", None)
+        if retry_after is None and exc.status == 503:
+            retry_after = RETRY_AFTER.get(exc.code, DEFAULT_RETRY_AFTER)
         if retry_after is not None:
             response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         return response
@@ -61,16 +108,23 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, code, message, details=details)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        codes = {
-            404: "not_found",
-            405: "method_not_allowed",
-            401: "unauthorized",
-            413: "payload_too_large",
-        }
-        return error_response(
-            exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        unparsable = _unparsable(exc)
+        if unparsable is not None:
+            return error_response(
+                422,
+                "malformed_json",
+                unparsable,
+                details=[{"field": "body", "problem": unparsable}],
+            )
+        response = error_response(
+            exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail)
         )
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from dormant.policy import ActivityKind
+
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -49,7 +51,10 @@ class CreateSession(Strict):
 
 
 class ActivityIn(Strict):
-    kind: str = Field(min_length=1, max_length=40)
+    #: One of the activity kinds (checked by the engine, whose refusal lists them).
+    kind: str = Field(
+        min_length=1, max_length=40, json_schema_extra={"enum": [k.value for k in ActivityKind]}
+    )
     at: AwareDatetime | None = None
 
 
@@ -61,7 +66,8 @@ class TokenIn(Strict):
     """A real-time token: ``name`` is the participant shown in presence (default: the user)."""
 
     name: str | None = Field(default=None, min_length=1, max_length=100)
-    ttl: float | None = Field(default=None, gt=0, le=86400)
+    #: Seconds, a JSON number from 1 to 86400: not a boolean, not a string.
+    ttl: float | None = Field(default=None, ge=1, le=86400, strict=True, allow_inf_nan=False)
 
     @field_validator("name")
     @classmethod
@@ -69,6 +75,21 @@ class TokenIn(Strict):
         if name is not None and not name.isprintable():
             raise ValueError("name must be printable characters")
         return name
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable ``code`` for programs and a ``message`` for people. Some
+    errors add fields (``details`` of a validation error, ``checks`` of ``/readyz``)."""
+
+    model_config = ConfigDict(extra="allow")
+    code: str = Field(min_length=1, examples=["not_found"])
+    message: str = Field(min_length=1, examples=["session 3f2a... not found"])
+
+
+class ErrorOut(BaseModel):
+    """Every error response: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
 
 
 class TokenOut(BaseModel):
