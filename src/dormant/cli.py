@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Coroutine
 from datetime import datetime
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import httpx
 import typer
@@ -17,6 +17,9 @@ from dormant.clock import SystemClock
 from dormant.config import Settings, load_settings
 from dormant.errors import DormantError
 from dormant.simulate.cli import simulate_app
+
+if TYPE_CHECKING:
+    from dormant.serving import HttpLimits
 
 T = TypeVar("T")
 
@@ -46,6 +49,29 @@ def _die(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _existing_database(settings: Settings) -> None:
+    """Commands that open the database themselves must not create an empty one by accident
+    (``keys list`` in the wrong folder): a SQLite file that does not exist is an error. Only
+    ``serve`` and ``migrate`` create it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(settings.database_url)
+    except ArgumentError as exc:
+        _die(f"database_url: {exc}")
+    path = url.database
+    if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return
+    if path.startswith("file:") or url.query.get("mode") == "memory":
+        return
+    if not os.path.exists(path):
+        _die(
+            f"no database at {os.path.abspath(path)}: run this next to dormant.db, pass --config "
+            "or DORMANT_DATABASE_URL, or create one with `dormant migrate`"
+        )
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
@@ -66,10 +92,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Listen port")] = None,
 ) -> None:
     """Run the API, the scheduler and the reconciler (migrates the database first)."""
-    import uvicorn
-
     from dormant.logs import setup_logging
     from dormant.server import create_app
+    from dormant.serving import serve_http
 
     settings = _settings(config)
     if host:
@@ -77,15 +102,39 @@ def serve(
     if port:
         settings = settings.model_copy(update={"port": port})
     setup_logging(settings.log_level, settings.log_format)
+    limits = _http_limits(settings)
     application = create_app(settings)
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    serve_http(application, settings.host, settings.port, limits)
+
+
+def _http_limits(settings: Settings) -> HttpLimits:
+    """The HTTP server's bounds: ``http_header_timeout``, ``http_body_timeout`` and
+    ``http_max_connections`` from the settings, or ``DORMANT_HTTP_*`` until they are settings."""
+    from dormant.serving import HttpLimits
+
+    defaults = HttpLimits()
+    values: dict[str, float] = {}
+    for name, default in (
+        ("header_timeout", defaults.header_timeout),
+        ("body_timeout", defaults.body_timeout),
+        ("max_connections", float(defaults.max_connections)),
+    ):
+        value = getattr(settings, f"http_{name}", None)
+        if value is None:
+            raw = os.environ.get(f"DORMANT_HTTP_{name.upper()}")
+            try:
+                value = float(raw) if raw is not None else default
+            except ValueError:
+                _die(f"DORMANT_HTTP_{name.upper()} must be a number, not {raw!r}")
+        values[name] = float(value)
+    try:
+        return HttpLimits(
+            header_timeout=values["header_timeout"],
+            body_timeout=values["body_timeout"],
+            max_connections=int(values["max_connections"]),
+        )
+    except ValueError as exc:
+        _die(f"invalid HTTP limits: {exc}")
 
 
 @app.command()
@@ -108,6 +157,7 @@ def reconcile(
     from dormant.store.migrate import upgrade_async
 
     settings = _settings(config)
+    _existing_database(settings)
 
     async def main() -> list[str]:
         await upgrade_async(settings.database_url)
@@ -143,6 +193,7 @@ def keys_create(
     from dormant.store.migrate import upgrade_async
 
     settings = _settings(config)
+    _existing_database(settings)
 
     async def main() -> str:
         await upgrade_async(settings.database_url)
@@ -162,6 +213,7 @@ def keys_list(config: ConfigOpt = None) -> None:
     from dormant.store.migrate import upgrade_async
 
     settings = _settings(config)
+    _existing_database(settings)
 
     async def main() -> list[Any]:
         await upgrade_async(settings.database_url)
@@ -187,6 +239,7 @@ def keys_revoke(key_id: str, config: ConfigOpt = None) -> None:
     from dormant.store import SqlStore
 
     settings = _settings(config)
+    _existing_database(settings)
 
     async def main() -> bool:
         store = SqlStore(settings.database_url)
@@ -344,6 +397,13 @@ def sessions_rm(
     all_sleeping: Annotated[
         bool, typer.Option("--all-sleeping", help="Delete every sleeping session")
     ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (--all-sleeping)")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="List what --all-sleeping would delete; delete nothing"),
+    ] = False,
     concurrency: Annotated[
         int | None,
         typer.Option(
@@ -357,28 +417,44 @@ def sessions_rm(
     api_key: KeyOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Delete a session, or every sleeping one with bounded concurrency and a progress bar."""
+    """Delete a session, or every sleeping one (after a confirmation, --yes to skip it) with
+    bounded concurrency and a progress bar."""
     if (session_id is None) == (not all_sleeping):
         _die("give either a session id or --all-sleeping")
     if session_id is not None:
+        if dry_run:
+            _die("--dry-run goes with --all-sleeping")
         with _client(url, api_key, config) as client:
             _call(client, "DELETE", f"/v1/sessions/{session_id}")
         typer.echo(f"delete requested for {session_id}")
         return
     limit = concurrency or _settings(config).runtime_concurrency
     with _client(url, api_key, config) as client:
-        ids: list[str] = []
+        sessions: list[dict[str, Any]] = []
         cursor = None
         while True:
             params = {"state": "sleeping", **({"cursor": cursor} if cursor else {})}
             page = _call(client, "GET", "/v1/sessions", params=params)
-            ids += [s["id"] for s in page["items"]]
+            sessions += page["items"]
             cursor = page["next_cursor"]
             if not cursor:
                 break
-        if not ids:
+        if not sessions:
             typer.echo("no sleeping sessions")
             return
+        typer.echo(_sleeping_summary(sessions))
+        if dry_run:
+            for s in sessions:
+                typer.echo(
+                    f"  {s['id']:24} {s['tenant'][:16]:16} {s['user_id'][:24]:24} "
+                    f"asleep since {_ago(s['state_since'])}"
+                )
+            typer.echo("dry run: nothing deleted")
+            return
+        if not yes and not typer.confirm("Delete them?", default=False, err=True):
+            typer.echo("nothing deleted")
+            raise typer.Exit(1)
+        ids = [s["id"] for s in sessions]
         failures = _bulk_delete(client, ids, limit, wait)
     done = len(ids) - len(failures)
     typer.echo(f"deleted {done} of {len(ids)} sleeping session(s) ({limit} at a time)")
@@ -386,6 +462,15 @@ def sessions_rm(
         typer.secho(f"  {sid}: {why}", fg=typer.colors.RED, err=True)
     if failures:
         raise typer.Exit(1)
+
+
+def _sleeping_summary(sessions: list[dict[str, Any]]) -> str:
+    """``5 sleeping session(s) across 2 tenant(s): acme (3), default (2)``."""
+    from collections import Counter
+
+    tenants = Counter(str(s["tenant"]) for s in sessions)
+    listed = ", ".join(f"{t} ({n})" for t, n in sorted(tenants.items()))
+    return f"{len(sessions)} sleeping session(s) across {len(tenants)} tenant(s): {listed}"
 
 
 def _bulk_delete(
