@@ -94,7 +94,7 @@ def serve(
     """Run the API, the scheduler and the reconciler (migrates the database first)."""
     from dormant.logs import setup_logging
     from dormant.server import create_app
-    from dormant.serving import serve_http
+    from dormant.serving import bind_listener, serve_http
 
     settings = _settings(config)
     if host:
@@ -103,35 +103,24 @@ def serve(
         settings = settings.model_copy(update={"port": port})
     setup_logging(settings.log_level, settings.log_format)
     limits = _http_limits(settings)
+    try:  # the port first: nothing (database, containers) is touched if it is taken
+        sock = bind_listener(settings.host, settings.port)
+    except DormantError as exc:
+        _die(str(exc))
     application = create_app(settings)
-    serve_http(application, settings.host, settings.port, limits)
+    serve_http(application, settings.host, settings.port, limits, sock)
 
 
 def _http_limits(settings: Settings) -> HttpLimits:
-    """The HTTP server's bounds: ``http_header_timeout``, ``http_body_timeout`` and
-    ``http_max_connections`` from the settings, or ``DORMANT_HTTP_*`` until they are settings."""
+    """The HTTP server's bounds: ``DORMANT_HTTP_HEADER_TIMEOUT``, ``…_BODY_TIMEOUT`` and
+    ``DORMANT_HTTP_MAX_CONNECTIONS``."""
     from dormant.serving import HttpLimits
 
-    defaults = HttpLimits()
-    values: dict[str, float] = {}
-    for name, default in (
-        ("header_timeout", defaults.header_timeout),
-        ("body_timeout", defaults.body_timeout),
-        ("max_connections", float(defaults.max_connections)),
-    ):
-        value = getattr(settings, f"http_{name}", None)
-        if value is None:
-            raw = os.environ.get(f"DORMANT_HTTP_{name.upper()}")
-            try:
-                value = float(raw) if raw is not None else default
-            except ValueError:
-                _die(f"DORMANT_HTTP_{name.upper()} must be a number, not {raw!r}")
-        values[name] = float(value)
     try:
         return HttpLimits(
-            header_timeout=values["header_timeout"],
-            body_timeout=values["body_timeout"],
-            max_connections=int(values["max_connections"]),
+            header_timeout=settings.http_header_timeout,
+            body_timeout=settings.http_body_timeout,
+            max_connections=settings.http_max_connections,
         )
     except ValueError as exc:
         _die(f"invalid HTTP limits: {exc}")
@@ -159,22 +148,23 @@ def reconcile(
     settings = _settings(config)
     _existing_database(settings)
 
-    async def main() -> list[str]:
+    async def main() -> tuple[list[str], str]:
         await upgrade_async(settings.database_url)
         services = build_services(settings)
         try:
             steps = await services.reconciler.run(dry_run=dry_run)
             await services.engine.drain()
             await services.engine.flush()
-            return [s.describe() for s in steps]
+            return [s.describe() for s in steps], services.reconciler.last_plan.summary()
         finally:
             await services.close()
 
-    lines = _run(main())
+    lines, summary = _run(main())
     verb = "would do" if dry_run else "did"
     typer.echo(f"reconcile {verb} {len(lines)} step(s)")
     for line in lines:
         typer.echo(f"  {line}")
+    typer.echo(summary)
 
 
 # keys ---------------------------------------------------------------------------------------

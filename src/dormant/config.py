@@ -187,6 +187,15 @@ class Settings(BaseModel):
     rate_limit: float = Field(default=200.0, gt=0)
     rate_burst: int = Field(default=400, ge=1)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024**2)
+    #: Seconds a request has to finish its headers (from its first byte) and its body (from
+    #: the end of its headers); slower ones get 408 and are closed.
+    http_header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    http_body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    #: Open HTTP and WebSocket connections at most (kept under the open-file limit).
+    http_max_connections: int = Field(default=2000, ge=1, le=1_000_000)
+    #: Failed API keys per client address within the window before it gets 429 for a window.
+    auth_failure_limit: int = Field(default=20, ge=1, le=100_000)
+    auth_failure_window: float = Field(default=60.0, gt=0, le=86400)
     instance_id: str | None = None
     default_template: str = "default"
     log_level: str = "INFO"

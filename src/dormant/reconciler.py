@@ -179,8 +179,15 @@ def plan(
             steps.append(
                 Step("remove-orphan", info.name, f"orphan: {why} (session {sid})", runtime, info)
             )
+    operations = list(operations)
+    # A live replica's (or a running server's, seen from `dormant reconcile`) operations.
+    held = {
+        op.session_id
+        for op in operations
+        if op.instance_id != instance_id and op.instance_id in live_instances
+    }
     for sid, record in sessions.items():
-        if sid in busy or record.state_since > sweep_started:
+        if sid in busy or sid in held or record.state_since > sweep_started:
             continue
         if record.state.transitional:
             steps.append(

@@ -200,6 +200,8 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         rate_limit=settings.rate_limit,
         rate_burst=settings.rate_burst,
         max_body_bytes=settings.max_body_bytes,
+        auth_failure_limit=settings.auth_failure_limit,
+        auth_failure_window=settings.auth_failure_window,
         ready=ready,
         lifespan=lifespan,
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ import h11
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
+
+from dormant.errors import InvalidInput
 
 log = logging.getLogger("dormant.serving")
 
@@ -340,8 +343,25 @@ def install_accept_error_filter(interval: float = 1.0) -> AcceptErrorFilter:
     return accept_filter
 
 
-def serve_http(app: Any, host: str, port: int, limits: HttpLimits) -> None:
-    """Run ``app`` with uvicorn within ``limits``, after raising the open-file limit."""
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound now: ``serve`` binds before anything else happens
+    (migrations, reconciling containers), so a second server on a taken port leaves no trace."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def serve_http(
+    app: Any, host: str, port: int, limits: HttpLimits, sock: socket.socket | None = None
+) -> None:
+    """Run ``app`` with uvicorn within ``limits``, after raising the open-file limit, on
+    ``sock`` (bound by :func:`bind_listener`) or a socket bound now."""
     import uvicorn
 
     soft, hard = raise_open_files()
@@ -370,7 +390,7 @@ def serve_http(app: Any, host: str, port: int, limits: HttpLimits) -> None:
         limits.body_timeout,
         soft,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -382,3 +402,4 @@ def serve_http(app: Any, host: str, port: int, limits: HttpLimits) -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    uvicorn.Server(config).run(sockets=[sock or bind_listener(host, port)])

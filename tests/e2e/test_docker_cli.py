@@ -65,7 +65,14 @@ def test_rm_all_sleeping_deletes_exactly_the_sleeping_sessions(
     assert refused.returncode != 0
     assert "--all-sleeping" in refused.stderr
 
-    result = server.cli("sessions", "rm", "--all-sleeping", "--concurrency", "3")
+    dry = server.cli("sessions", "rm", "--all-sleeping", "--dry-run")
+    assert "6 sleeping session(s) across 1 tenant(s)" in dry.stdout, dry.stdout
+    assert all(sid in dry.stdout for sid in sleeping), dry.stdout
+    unconfirmed = server.cli("sessions", "rm", "--all-sleeping", check=False)
+    assert unconfirmed.returncode != 0
+    assert all(server.session(sid) is not None for sid in sleeping)
+
+    result = server.cli("sessions", "rm", "--all-sleeping", "--concurrency", "3", "--yes")
     assert "deleted 6 of 6 sleeping session(s) (3 at a time)" in result.stdout
     assert "deleting" in result.stderr  # the progress bar
     for sid in sleeping:
@@ -75,5 +82,5 @@ def test_rm_all_sleeping_deletes_exactly_the_sleeping_sessions(
         assert current is not None and current["state"] == "running"
     assert podman.container_names(podman.managed_containers()) == {f"dormant-{s}" for s in awake}
 
-    again = server.cli("sessions", "rm", "--all-sleeping")
+    again = server.cli("sessions", "rm", "--all-sleeping", "--yes")
     assert "no sleeping sessions" in again.stdout
