@@ -193,9 +193,7 @@ class MemoryStore(Store):
         return counts
 
     async def sessions_with_connections(self) -> list[SessionRecord]:
-        return [
-            r for r in self.sessions.values() if r.connections and r.state is not State.DELETED
-        ]
+        return [r for r in self.sessions.values() if r.connections and r.state is not State.DELETED]
 
     async def purge_deleted(self, before: datetime, limit: int) -> int:
         doomed = sorted(
