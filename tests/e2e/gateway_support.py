@@ -199,6 +199,22 @@ class Probes:
         self.made.append(probe)
         return probe
 
+    async def connect_when_free(self, token: str) -> Probe:
+        """Connect, retrying while the server is full: a slot frees when a leaving client's
+        Engine.IO socket closes, a moment after its Socket.IO connection ends."""
+
+        async def attempt() -> Probe | None:
+            probe = self()
+            try:
+                await probe.connect(token)
+            except socketio.exceptions.ConnectionError:
+                data = (probe.refusal or {}).get("data") or {}
+                assert data.get("code") == "server_full", probe.refusal
+                return None
+            return probe
+
+        return await eventually(attempt, what="a free slot on the server")
+
     async def close(self) -> None:
         for probe in self.made:
             await probe.close()

@@ -482,8 +482,7 @@ async def test_capacity_limits_refuse_clearly(tight_server: Server) -> None:
 
         await first.close()
         await api.wait_session(one["id"], lambda s: s["connections"] == 1, "a free slot")
-        again = made()
-        await again.connect(token_two)
+        again = await made.connect_when_free(token_two)
         assert again.connected
     finally:
         await made.close()

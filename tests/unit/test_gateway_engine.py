@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 import socketio
 
+from dormant.errors import TemporaryError
 from dormant.gateway import Gateway, GatewaySettings, TokenIssuer
-from dormant.store.records import SessionRecord
+from dormant.store.records import ApiKeyRecord, SessionRecord
 
 from .conftest import Rig
+
+KEY = "key1"
 
 
 @dataclass
@@ -62,8 +65,8 @@ class Hub:
         await self.rig.settle()
         return record
 
-    def token(self, record: SessionRecord, name: str = "alice") -> str:
-        return self.gateway.mint_token(record, name, None)[0]
+    def token(self, record: SessionRecord, name: str = "alice", key_id: str = KEY) -> str:
+        return self.gateway.mint_token(record, name, None, key_id=key_id)[0]
 
     async def connect(self, sid: str, token: str) -> None:
         assert await self.gateway._on_connect(sid, {"QUERY_STRING": "EIO=4"}, {"token": token})
@@ -102,6 +105,8 @@ class Hub:
 
 @pytest.fixture
 async def hub(rig: Rig) -> AsyncIterator[Hub]:
+    now = rig.clock.now()
+    await rig.store.insert_key(ApiKeyRecord(KEY, "hash", "t1", False, "test", now, None))
     tokens = TokenIssuer("k" * 64, rig.clock)
     settings = GatewaySettings(
         max_connections=4, max_connections_per_session=3, activity_rate=1, activity_burst=2
@@ -226,7 +231,7 @@ async def test_deleting_the_session_closes_its_connections(hub: Hub) -> None:
 
 async def test_a_token_for_another_tenant_is_refused_and_not_counted(hub: Hub) -> None:
     record = await hub.session()
-    forged = hub.tokens.mint(session_id=record.id, user_id="alice", tenant="t2")[0]
+    forged = hub.tokens.mint(session_id=record.id, user_id="alice", tenant="t2", key_id=KEY)[0]
     assert await hub.refused("c1", forged) == "session_not_found"
     assert (await hub.stored(record)).connections == 0
     assert hub.gateway.connection_count(record.id) == 0
@@ -291,3 +296,137 @@ async def test_concurrent_joins_fill_the_server_exactly(hub: Hub) -> None:
     joins.append(hub.gateway._on_connect("b0", env, {"token": hub.token(two)}))
     assert all(await asyncio.gather(*joins))  # 4 of 4: joining ones are not counted twice
     assert await hub.refused("b1", hub.token(two)) == "server_full"
+
+
+# --- the API key behind a token ------------------------------------------------------------------
+
+
+async def _add_key(hub: Hub, key_id: str) -> None:
+    now = hub.rig.clock.now()
+    await hub.rig.store.insert_key(ApiKeyRecord(key_id, "hash", "t1", False, "test", now, None))
+
+
+async def test_tokens_of_revoked_or_unknown_keys_are_refused(hub: Hub) -> None:
+    record = await hub.session()
+    await _add_key(hub, "key2")
+    await hub.rig.store.revoke_key("key2", hub.rig.clock.now())
+    assert await hub.refused("c1", hub.token(record, key_id="key2")) == "key_revoked"
+    assert await hub.refused("c2", hub.token(record, key_id="nosuch")) == "invalid_token"
+    assert hub.gateway.stats.refused == {"key_revoked": 1, "invalid_token": 1}
+    assert (await hub.stored(record)).connections == 0
+    await hub.connect("c3", hub.token(record))  # the standing key still works
+    assert hub.gateway.connection_count(record.id) == 1
+
+
+async def test_key_lookups_are_shared_and_cached_briefly(hub: Hub) -> None:
+    record = await hub.session()
+    hub.gateway.settings = GatewaySettings(max_connections=100, max_connections_per_session=100)
+    lookups: list[str] = []
+    get_key = hub.rig.store.get_key
+
+    async def counting(key_id: str) -> ApiKeyRecord | None:
+        lookups.append(key_id)
+        return await get_key(key_id)
+
+    hub.rig.store.get_key = counting  # type: ignore[method-assign]
+    env = {"QUERY_STRING": "EIO=4"}
+    token = hub.token(record)
+    joined = await asyncio.gather(
+        *(hub.gateway._on_connect(f"c{i}", env, {"token": token}) for i in range(10))
+    )
+    assert all(joined) and lookups == [KEY], "ten connects, one look at the key"
+
+    # Revoked by another process: a connect within the cache's life does not know yet...
+    await hub.rig.store.revoke_key(KEY, hub.rig.clock.now())
+    await hub.connect("late", token)
+    assert lookups == [KEY]
+    # ...one after it does (the sweep may have looked first: then no lookup is needed).
+    hub.rig.clock.advance(hub.gateway.settings.key_check_interval)
+    assert await hub.refused("later", token) == "key_revoked"
+    assert len(lookups) <= 2
+    # A revocation is final: never looked up again.
+    hub.rig.clock.advance(3600)
+    before = len(lookups)
+    assert await hub.refused("latest", hub.token(record)) == "key_revoked"
+    assert len(lookups) == before
+
+
+async def test_revoking_a_key_closes_its_connections_at_the_next_check(hub: Hub) -> None:
+    record = await hub.session()
+    await _add_key(hub, "key2")
+    await hub.connect("doomed", hub.token(record, "Ann"))
+    await hub.connect("kept", hub.token(record, "Bob", key_id="key2"))
+    await hub.advance(1)
+    assert hub.wire.closed == []
+
+    await hub.rig.store.revoke_key(KEY, hub.rig.clock.now())  # as `dormant keys revoke` does
+    for _ in range(10):
+        await hub.advance(1, mute=tuple(hub.wire.closed))
+        if hub.wire.closed:
+            break
+    assert hub.wire.closed == ["doomed"]
+    problem = hub.wire.to("doomed", "error")[-1]
+    assert problem["code"] == "key_revoked" and "revoked" in problem["message"]
+    assert hub.wire.to("kept", "error") == []
+    assert hub.gateway.stats.revoked_drops == 1
+    await hub.settle()
+    assert (await hub.stored(record)).connections == 1
+    assert hub.wire.to("kept", "presence")[-1]["occupancy"] == 1
+    assert await hub.refused("again", hub.token(record)) == "key_revoked"
+
+
+async def test_store_trouble_refuses_with_unavailable_and_closes_nobody(hub: Hub) -> None:
+    record = await hub.session()
+    await hub.connect("c1", hub.token(record))
+
+    async def broken(*args: Any) -> Any:
+        raise TemporaryError("database is down")
+
+    hub.rig.store.get_key = broken  # type: ignore[method-assign]
+    hub.rig.store.list_keys = broken  # type: ignore[method-assign]
+    hub.rig.clock.advance(hub.gateway.settings.key_check_interval)  # the cached "ok" expires
+    assert await hub.refused("c2", hub.token(record)) == "unavailable"
+    await hub.advance(6)
+    assert hub.wire.closed == [] and hub.gateway.connection_count(record.id) == 1
+
+
+# --- Engine.IO sockets before authentication -----------------------------------------------------
+
+
+async def test_every_socket_counts_against_the_limit_from_its_handshake(hub: Hub) -> None:
+    gateway = hub.gateway  # max_connections=4
+    assert [gateway.admit_socket(f"e{i}") for i in range(4)] == [None] * 4
+    refusal = gateway.admit_socket("e4")
+    assert refusal is not None and refusal[0] == "server_full" and "4 connections" in refusal[1]
+    assert gateway.stats.sockets == 4 and gateway.stats.unauthenticated == 4
+    assert gateway.stats.refused == {"server_full": 1}
+    gateway.forget_socket("e0")
+    assert gateway.admit_socket("e5") is None
+    assert gateway.stats.as_dict()["sockets"] == 4
+    # A connection on an admitted socket counts once, and is no longer waited for.
+    record = await hub.session()
+    gateway.sio.manager.eio_sid_from_sid = lambda sid, ns: "e1"  # type: ignore[method-assign]
+    await hub.connect("c1", hub.token(record))
+    assert gateway.stats.sockets == 4 and gateway.stats.unauthenticated == 3
+    assert gateway.stats.connections == 1
+    # Its Socket.IO connection ends but the socket stays: it must connect again in time.
+    await gateway._on_disconnect("c1", "client disconnect")
+    assert gateway.stats.unauthenticated == 4
+    assert list(gateway._pending)[-1] == "e1"
+
+
+async def test_malformed_packets_are_counted_and_logged_once_per_connection(
+    hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway = hub.gateway
+    gateway.admit_socket("e1")
+    gateway.admit_socket("e2")
+    with caplog.at_level("INFO", logger="dormant.gateway"):
+        for _ in range(50):
+            gateway.note_malformed("e1", "not an Engine.IO packet: '9'")
+            gateway.note_malformed("e2", "a packet before a successful connect")
+    assert gateway.stats.malformed_packets == 100
+    lines = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(lines) == 2 and "e1" in lines[0] and "e2" in lines[1]
+    gateway.forget_socket("e1")
+    assert "e1" not in gateway._noted

@@ -38,7 +38,7 @@ class Realtime(Protocol):
     """The real-time gateway as the API sees it (wired in by the server as app.state.realtime)."""
 
     def mint_token(
-        self, record: SessionRecord, name: str | None, ttl: float | None
+        self, record: SessionRecord, name: str | None, ttl: float | None, *, key_id: str
     ) -> tuple[str, datetime]: ...
 
     async def broadcast(self, session_id: str, type_: str, data: Any) -> int: ...
@@ -214,8 +214,9 @@ def build_router(
         session_id: str, who: Who, request: Request, body: TokenIn | None = None
     ) -> TokenOut:
         record = await engine.get(session_id, who.scope)
+        # The token is only as good as the key that minted it: revoking the key refuses it.
         token, expires_at = _realtime(request).mint_token(
-            record, body.name if body else None, body.ttl if body else None
+            record, body.name if body else None, body.ttl if body else None, key_id=who.key_id
         )
         return TokenOut(token=token, expires_at=expires_at, session_id=session_id)
 

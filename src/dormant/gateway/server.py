@@ -14,13 +14,26 @@ The engine learns each session's live connections through ``connect``/``disconne
 live count, coalesced per session (a storm of joins is a few writes); the last one leaving
 starts the grace period. Nothing a client sends can raise out of a handler:
 bad input gets an ``error {code, message}`` event and the connection stays.
+
+Before a client is authenticated it costs little and gets little: every Engine.IO socket counts
+against ``max_connections`` from its handshake on (beyond it the handshake is refused with
+``server_full``), a socket that has not completed a Socket.IO connect with a valid token within
+``handshake_timeout`` is closed, and packets that do not parse (or that only a connected client
+may send) are dropped and counted, logged once per connection. Tokens name the API key they were
+minted with; a token whose key is revoked or unknown is refused, and connections whose key is
+revoked (by this process or another, e.g. ``dormant keys revoke``) are closed within
+``key_check_interval`` with ``error {code: "key_revoked"}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import contextlib
 import heapq
 import itertools
+import json
 import logging
 import math
 from collections.abc import Awaitable
@@ -30,6 +43,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import socketio  # type: ignore[import-untyped]
+from socketio import packet as sio_packet
 
 from dormant.clock import Clock
 from dormant.engine import Engine, EngineEvent
@@ -50,9 +64,34 @@ from dormant.store.records import SessionRecord
 
 log = logging.getLogger("dormant.gateway")
 
+
+class _ClientMistakes(logging.Filter):
+    """python-engineio logs a client's mistake (an unknown or closed session, a bad transport
+    or origin) at ERROR, once per kind and process: it is the client's, so it goes out as INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and not record.exc_info:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+#: python-engineio and python-socketio log through these (errors only, as JSON like the rest;
+#: their own defaults add a plain-text handler and log a line per packet at INFO).
+_engineio_log = logging.getLogger("dormant.gateway.engineio")
+_engineio_log.setLevel(logging.ERROR)
+_engineio_log.addFilter(_ClientMistakes())
+_socketio_log = logging.getLogger("dormant.gateway.socketio")
+_socketio_log.setLevel(logging.ERROR)
+
 #: Messages above this size close the transport (Engine.IO's own limit); between
 #: ``max_payload_bytes`` and this they are refused with an ``error`` event and dropped.
 HARD_MESSAGE_LIMIT = 1_000_000
+#: A Socket.IO CONNECT (``auth: {token}``) larger than this is refused before it is parsed.
+MAX_CONNECT_BYTES = 16 * 1024
+#: Engine.IO packets one polling POST may carry (python-engineio's own limit).
+MAX_PACKETS_PER_POST = 16
+#: A refused socket is closed once its client fetched the refusal, or after this (seconds).
+REFUSAL_DELIVERY = 2.0
 _NOTICE_EVERY = 1.0  # seconds between two rate-limit notices to one connection
 #: The store's connection pool is small (SQLAlchemy's default: 5 + 10 overflow); leave room
 #: for the API and the engine.
@@ -65,7 +104,8 @@ _NOT_COUNTED: dict[str, Any] = {"ok": True, "counted": False}
 class SocketIORoute:
     """ASGI middleware: ``/socket.io/`` goes straight to the gateway, everything else to the
     app. Outside the app's own middleware, a WebSocket's every message skips the wrappers that
-    HTTP requests need; polling bodies are bounded by Engine.IO, each message by the gateway."""
+    HTTP requests need; polling bodies and every message are bounded and checked by the gateway
+    (:class:`EngineGuard`, then the Socket.IO server's own guards)."""
 
     def __init__(self, app: Any, gateway_app: Any, path: str = "/socket.io/") -> None:
         self.app = app
@@ -91,6 +131,12 @@ class GatewaySettings:
     tick: float = 0.1
     #: Participants listed in a ``presence`` event; ``occupancy`` always counts everyone.
     presence_limit: int = 100
+    #: An Engine.IO socket that has not completed a Socket.IO connect with a valid token this
+    #: many seconds after its handshake (or after its Socket.IO connection ended) is closed.
+    handshake_timeout: float = 10.0
+    #: How long a token's API key is trusted without a look at the store, and how often the
+    #: keys of live connections are checked for revocation (seconds).
+    key_check_interval: float = 5.0
 
 
 @dataclass
@@ -103,10 +149,25 @@ class GatewayStats:
     invalid_events: int = 0
     heartbeat_drops: int = 0
     broadcasts: int = 0
+    #: Engine.IO sockets open now, authenticated or not (each counts against the limit).
+    sockets: int = 0
+    #: Of those, the ones without an accepted Socket.IO connection.
+    unauthenticated: int = 0
+    #: Packets dropped because they do not parse, or come before a successful connect.
+    malformed_packets: int = 0
+    #: Sockets closed for not completing a connect within ``handshake_timeout``.
+    handshake_timeouts: int = 0
+    #: Connections closed because the API key of their token was revoked.
+    revoked_drops: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "connections": self.connections,
+            "sockets": self.sockets,
+            "unauthenticated": self.unauthenticated,
+            "malformed_packets": self.malformed_packets,
+            "handshake_timeouts": self.handshake_timeouts,
+            "revoked_drops": self.revoked_drops,
             "connected_total": self.connected_total,
             "refused": dict(self.refused),
             "activity_applied": self.activity_applied,
@@ -122,8 +183,10 @@ class Connection:
         "bucket",
         "closed",
         "dropped",
+        "eio_sid",
         "heartbeat",
         "joined_at",
+        "key_id",
         "last_notice",
         "name",
         "quality",
@@ -134,8 +197,17 @@ class Connection:
         "user_id",
     )
 
-    def __init__(self, sid: str, claims: Claims, heartbeat: Heartbeat, bucket: TokenBucket):
+    def __init__(
+        self,
+        sid: str,
+        claims: Claims,
+        heartbeat: Heartbeat,
+        bucket: TokenBucket,
+        eio_sid: str | None = None,
+    ):
         self.sid = sid
+        self.eio_sid = eio_sid
+        self.key_id = claims.key_id
         self.session_id = claims.session_id
         self.user_id = claims.user_id
         self.tenant = claims.tenant
@@ -230,26 +302,253 @@ class Refused(Exception):
         self.message = message
 
 
+# --- what a client may send before anything parses it --------------------------------------
+
+#: Engine.IO packet types a client sends: close, ping, pong, message, upgrade, noop.
+_CONTROL_TYPES = frozenset("12356")
+#: Socket.IO packet types (the first character of an Engine.IO message).
+_SOCKETIO_TYPES = frozenset("0123456")
+
+
+def engineio_packet_ok(text: str) -> bool:
+    """Whether one text Engine.IO packet from a client is well formed, so python-engineio
+    decodes and handles it without raising: a message (``4``) carries a Socket.IO packet (its
+    type digit first, so the Engine.IO layer never parses JSON), control packets carry nothing
+    but ``probe``, and ``b`` prefixes base64 (binary over polling)."""
+    if not text:
+        return False
+    kind = text[0]
+    if kind == "4":
+        return len(text) > 1 and text[1] in _SOCKETIO_TYPES
+    if kind in _CONTROL_TYPES:
+        return text[1:] in ("", "probe")
+    if kind == "b":
+        try:
+            base64.b64decode(text[1:], validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return len(text) > 1
+    return False
+
+
+def polling_payload_problem(body: bytes) -> str | None:
+    """Why a polling POST body is not a payload of well-formed packets (None when it is)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    if not text:
+        return "empty payload"
+    packets = text.split("\x1e")
+    if len(packets) > MAX_PACKETS_PER_POST:
+        return f"more than {MAX_PACKETS_PER_POST} packets in one payload"
+    for packet in packets:
+        if not engineio_packet_ok(packet):
+            return f"not an Engine.IO packet: {packet[:16]!r}"
+    return None
+
+
+async def _send_json(send: Any, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class EngineGuard:
+    """ASGI in front of python-engineio: Engine.IO packets that would make it raise (unknown
+    types, empty frames, bad base64, a payload that is not UTF-8) never reach it. A polling POST
+    with one is answered 400 ``malformed_packet`` and delivers nothing; a WebSocket frame is
+    skipped. Both are counted, and logged once per connection."""
+
+    def __init__(self, app: Any, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        elif scope["type"] == "http" and scope.get("method") == "POST":
+            await self._post(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _post(self, scope: Any, receive: Any, send: Any) -> None:
+        eio_sid = _query_sid(scope)
+        if eio_sid is None or eio_sid not in self.gateway._sockets:
+            await self.app(scope, receive, send)  # Engine.IO answers "invalid session" itself
+            return
+        limit = self.gateway.sio.eio.max_http_buffer_size
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                self.gateway.note_malformed(eio_sid, f"a polling payload over {limit} bytes")
+                await _send_json(
+                    send,
+                    413,
+                    {"error": error("payload_too_large", f"payload over {limit} bytes")},
+                )
+                return
+            chunks.append(chunk)
+            more = bool(message.get("more_body", False))
+        body = b"".join(chunks)
+        problem = polling_payload_problem(body)
+        if problem is not None:
+            self.gateway.note_malformed(eio_sid, problem)
+            await _send_json(
+                send,
+                400,
+                {"error": error("malformed_packet", f"payload refused: {problem}")},
+            )
+            return
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app({**scope, "headers": headers}, replay, send)
+
+    async def _websocket(self, scope: Any, receive: Any, send: Any) -> None:
+        # An upgrade names its Engine.IO session; a direct WebSocket learns it from the OPEN
+        # packet the server sends first.
+        state: dict[str, Any] = {"sid": _query_sid(scope), "logged": False}
+
+        async def watched_send(message: Any) -> None:
+            if state["sid"] is None and message.get("type") == "websocket.send":
+                text = message.get("text")
+                if isinstance(text, str) and text.startswith("0{"):
+                    state["sid"] = _open_sid(text)
+            await send(message)
+
+        async def filtered_receive() -> Any:
+            while True:
+                message = await receive()
+                if message.get("type") != "websocket.receive":
+                    return message
+                text = message.get("text")
+                if text is None or engineio_packet_ok(text):
+                    return message
+                state["logged"] = self.gateway.note_malformed(
+                    state["sid"], f"not an Engine.IO packet: {text[:16]!r}", state["logged"]
+                )
+
+        await self.app(scope, filtered_receive, watched_send)
+
+
+def _query_sid(scope: Any) -> str | None:
+    raw = scope.get("query_string", b"")
+    try:
+        query = parse_qs(raw.decode("latin-1"))
+    except ValueError:
+        return None
+    found = query.get("sid")
+    return found[0] if found else None
+
+
+def _open_sid(text: str) -> str | None:
+    try:
+        opened = json.loads(text[1:])
+    except ValueError:
+        return None
+    sid = opened.get("sid") if isinstance(opened, dict) else None
+    return sid if isinstance(sid, str) else None
+
+
 class _SocketServer(socketio.AsyncServer):  # type: ignore[misc]
-    """python-socketio with two guards on every incoming message: its size, and that a
-    malformed packet answers an ``error`` event instead of a logged traceback."""
+    """python-socketio with the gateway's guards: every Engine.IO socket is admitted (or
+    refused) at its handshake and forgotten when it closes; every message is checked for size,
+    and before a connect is accepted only a CONNECT (or a DISCONNECT) gets through; a packet
+    that does not parse is dropped (or, from a connected client, answered with an ``error``)."""
 
     gateway: Gateway
 
+    async def _handle_eio_connect(self, eio_sid: str, environ: Any) -> None:
+        refusal = self.gateway.admit_socket(eio_sid)
+        if refusal is not None:
+            # Turned away in band: the handshake's answer carries the OPEN packet, then
+            # connect_error {code, message} and CLOSE, so every Socket.IO client reports the
+            # code (an HTTP error status would reach them as a bare transport error).
+            await self.gateway._hang_up(eio_sid, *refusal)
+            return
+        await super()._handle_eio_connect(eio_sid, environ)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
+        try:
+            await super()._handle_eio_disconnect(eio_sid, reason)
+        finally:
+            self.gateway.forget_socket(eio_sid)
+
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        limit = self.gateway.settings.max_payload_bytes
-        if isinstance(data, str | bytes) and len(data) > limit:
-            await self.gateway.refuse_message(
-                eio_sid, "payload_too_large", f"message of {len(data)} bytes; limit is {limit}"
+        gateway = self.gateway
+        if eio_sid not in gateway._sockets:
+            return  # closed by the gateway; what it still sends goes nowhere
+        size = len(data) if isinstance(data, str | bytes) else 0
+        if not gateway.authenticated(eio_sid):
+            await self._before_auth(eio_sid, data, size)
+            return
+        limit = gateway.settings.max_payload_bytes
+        if size > limit:
+            await gateway.refuse_message(
+                eio_sid, "payload_too_large", f"message of {size} bytes; limit is {limit}"
             )
             return
         try:
             await super()._handle_eio_message(eio_sid, data)
         except Exception as exc:
-            log.info("malformed packet from %s: %s", eio_sid, exc)
-            await self.gateway.refuse_message(
+            gateway.note_malformed(eio_sid, f"not a Socket.IO packet ({type(exc).__name__})")
+            await gateway.refuse_message(
                 eio_sid, "malformed_packet", "the message is not a valid Socket.IO packet"
             )
+
+    async def _before_auth(self, eio_sid: str, data: Any, size: int) -> None:
+        gateway = self.gateway
+        kind = data[:1] if isinstance(data, str) else ""
+        if kind == "0":  # CONNECT, with auth: {token}
+            limit = min(MAX_CONNECT_BYTES, gateway.settings.max_payload_bytes)
+            if size > limit:
+                await gateway.refuse_connect(
+                    eio_sid,
+                    "payload_too_large",
+                    f"connect packet of {size} bytes; limit is {limit} (auth carries a token)",
+                )
+                return
+        elif kind != "1":  # anything but CONNECT or DISCONNECT needs a connection first
+            gateway.note_malformed(eio_sid, "a packet before a successful connect")
+            return
+        try:
+            pkt = self.packet_class(encoded_packet=data)
+        except Exception as exc:
+            gateway.note_malformed(eio_sid, f"not a Socket.IO packet ({type(exc).__name__})")
+            if kind == "0":
+                await gateway.refuse_connect(
+                    eio_sid, "malformed_packet", "the connect packet is not valid Socket.IO"
+                )
+            return
+        if pkt.packet_type == sio_packet.CONNECT:
+            await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+        elif pkt.packet_type == sio_packet.DISCONNECT:
+            await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
 
 
 class Gateway:
@@ -270,8 +569,8 @@ class Gateway:
             cors_allowed_origins=self.settings.cors_origins,
             max_http_buffer_size=max(HARD_MESSAGE_LIMIT, self.settings.max_payload_bytes),
             async_handlers=False,
-            logger=False,
-            engineio_logger=False,
+            logger=_socketio_log,
+            engineio_logger=_engineio_log,
         )
         self.sio.gateway = self
         self.sio.on("connect", self._on_connect)
@@ -279,7 +578,20 @@ class Gateway:
         self.sio.on("activity", self._on_activity)
         self.sio.on("pong", self._on_pong)
         self.sio.on("*", self._on_unknown)
-        self.asgi_app = socketio.ASGIApp(self.sio, socketio_path=None)
+        self.asgi_app = EngineGuard(socketio.ASGIApp(self.sio, socketio_path=None), self)
+        #: Engine.IO sockets open now (eio sid -> when admitted, monotonic).
+        self._sockets: dict[str, float] = {}
+        #: Those without an accepted connection -> when they are closed (in deadline order).
+        self._pending: dict[str, float] = {}
+        #: Sockets that logged a malformed packet already (one line per connection).
+        self._noted: set[str] = set()
+        self._refusals_logged_at = -math.inf
+        self._refusals_unlogged = 0
+        #: API key id -> (when looked at, monotonic; "ok" | "revoked" | "unknown").
+        self._keys: dict[str, tuple[float, str]] = {}
+        self._key_lookups: dict[str, asyncio.Future[str]] = {}
+        self._next_key_check = 0.0
+        self._checking_keys = False
         self._conns: dict[str, Connection] = {}
         self._rooms: dict[str, Room] = {}
         self._heap: list[tuple[float, int, str]] = []
@@ -326,12 +638,15 @@ class Gateway:
         return found.value if found is not None else None
 
     def mint_token(
-        self, record: SessionRecord, name: str | None, ttl: float | None
+        self, record: SessionRecord, name: str | None, ttl: float | None, *, key_id: str
     ) -> tuple[str, datetime]:
+        """A token for ``record``'s session, minted with (and only as good as) API key
+        ``key_id``."""
         return self.tokens.mint(
             session_id=record.id,
             user_id=record.user_id,
             tenant=record.tenant,
+            key_id=key_id,
             name=name,
             ttl=ttl,
         )
@@ -348,8 +663,30 @@ class Gateway:
     # connect and disconnect -------------------------------------------------------------------
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        eio_sid: str | None = self.sio.manager.eio_sid_from_sid(sid, "/")
         try:
-            claims = self._admit(environ, auth)
+            return await self._connect(sid, environ, auth, eio_sid)
+        except socketio.exceptions.ConnectionRefusedError:
+            # Refused: the socket goes once the client has the connect_error (socket.io clients
+            # close it then too), so it holds no slot meanwhile.
+            self._hang_up_after_delivery(eio_sid)
+            raise
+
+    async def _connect(
+        self, sid: str, environ: dict[str, Any], auth: Any, eio_sid: str | None
+    ) -> bool:
+        try:
+            claims = self._verify(environ, auth)
+            await self._check_key(claims.key_id)
+            if eio_sid is not None and eio_sid not in self._sockets:
+                return False  # the socket closed while the key was looked at
+            # Joining connections are in _conns already (nothing awaits between here and there).
+            if len(self._conns) >= self.settings.max_connections:
+                raise Refused(
+                    "server_full",
+                    f"this server holds {self.settings.max_connections} connections (its "
+                    "limit); try again later",
+                )
         except Refused as exc:
             return self._refuse(exc)
         _trim(environ)
@@ -367,12 +704,12 @@ class Gateway:
             )
         room.joining += 1
         try:
-            return await self._join(sid, claims, room)
+            return await self._join(sid, claims, room, eio_sid)
         finally:
             room.joining -= 1
             self._drop_room_if_empty(room)
 
-    def _admit(self, environ: dict[str, Any], auth: Any) -> Claims:
+    def _verify(self, environ: dict[str, Any], auth: Any) -> Claims:
         query = parse_qs(str(environ.get("QUERY_STRING", "")))
         if "token" in query or "auth" in query:
             raise Refused(
@@ -382,30 +719,247 @@ class Gateway:
         if not isinstance(auth, dict) or "token" not in auth:
             raise Refused("unauthorized", "missing token: connect with auth: {token}")
         try:
-            claims = self.tokens.verify(auth.get("token"))
+            return self.tokens.verify(auth.get("token"))
         except TokenError as exc:
             raise Refused(exc.code, str(exc)) from None
-        # Joining connections are in _conns already (nothing awaits between here and there).
-        if len(self._conns) >= self.settings.max_connections:
-            raise Refused(
-                "server_full",
-                f"this server holds {self.settings.max_connections} connections (its limit); "
-                "try again later",
+
+    # API keys behind tokens ---------------------------------------------------------------------
+
+    async def _check_key(self, key_id: str) -> None:
+        state = await self._key_state(key_id)
+        if state == "revoked":
+            raise Refused("key_revoked", "the API key this token was minted with is revoked")
+        if state == "unknown":
+            raise Refused("invalid_token", "the API key this token was minted with is unknown")
+        if state != "ok":
+            raise Refused("unavailable", "cannot check the token's API key now; retry")
+
+    async def _key_state(self, key_id: str) -> str:
+        """``ok``, ``revoked``, ``unknown`` or ``unavailable`` (the store failed); looked up at
+        most once per ``key_check_interval`` however many connect meanwhile (a revocation is
+        final and never looked up again)."""
+        cached = self._keys.get(key_id)
+        if cached is not None:
+            at, state = cached
+            if state == "revoked" or self.clock.monotonic() - at < self.settings.key_check_interval:
+                return state
+        lookup = self._key_lookups.get(key_id)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._look_up_key(key_id))
+            self._key_lookups[key_id] = lookup
+            lookup.add_done_callback(lambda _: self._key_lookups.pop(key_id, None))
+        return await asyncio.shield(lookup)
+
+    async def _look_up_key(self, key_id: str) -> str:
+        try:
+            async with self._store_slots:
+                record = await self.engine.store.get_key(key_id)
+        except Exception as exc:
+            log.warning("looking up API key %s: %s", key_id, exc)
+            return "unavailable"
+        state = "unknown" if record is None else "ok" if record.revoked_at is None else "revoked"
+        self._keys[key_id] = (self.clock.monotonic(), state)
+        return state
+
+    async def _check_live_keys(self) -> None:
+        """One look at the store for the keys of every live connection; close the connections
+        whose key is revoked (or gone), each told ``error {code: "key_revoked"}`` first."""
+        try:
+            wanted = {c.key_id for c in self._conns.values() if c.registered}
+            if not wanted:
+                return
+            try:
+                async with self._store_slots:
+                    keys = await self.engine.store.list_keys()
+            except Exception as exc:
+                log.warning("checking the API keys of live connections: %s", exc)
+                return
+            now = self.clock.monotonic()
+            standing = {}
+            for key in keys:
+                standing[key.id] = "ok" if key.revoked_at is None else "revoked"
+                self._keys[key.id] = (now, standing[key.id])
+            bad = {k for k in wanted if standing.get(k) != "ok"}
+            for key_id in bad - standing.keys():
+                self._keys[key_id] = (now, "unknown")
+            if bad:
+                await self._drop_keys(bad)
+        finally:
+            self._checking_keys = False
+
+    async def _drop_keys(self, key_ids: set[str]) -> None:
+        dropped = [c for c in self._conns.values() if c.registered and c.key_id in key_ids]
+        for conn in dropped:
+            if conn.closed:
+                continue
+            self.stats.revoked_drops += 1
+            await self.sio.emit(
+                "error",
+                error(
+                    "key_revoked", "the API key this connection's token was minted with was revoked"
+                ),
+                to=conn.sid,
             )
-        return claims
+            self._spawn(self._close(conn.sid))
+        if dropped:
+            log.info(
+                "closing %d connection(s): API key(s) %s revoked",
+                len(dropped),
+                ", ".join(sorted(key_ids)),
+            )
+
+    # Engine.IO sockets: admission, handshake timeout, malformed packets ---------------------
+
+    def admit_socket(self, eio_sid: str) -> tuple[str, str] | None:
+        """An Engine.IO handshake: admitted (None) while the sockets open, authenticated or
+        not, are under ``max_connections``; otherwise the refusal (code, message)."""
+        if len(self._sockets) >= self.settings.max_connections:
+            code = "server_full"
+            message = (
+                f"this server holds {self.settings.max_connections} connections (its limit); "
+                "try again later"
+            )
+            self.stats.refused[code] = self.stats.refused.get(code, 0) + 1
+            self._log_refused_handshake(code)
+            return code, message
+        now = self.clock.monotonic()
+        self._sockets[eio_sid] = now
+        self._pending[eio_sid] = now + self.settings.handshake_timeout
+        self._count_sockets()
+        return None
+
+    def _log_refused_handshake(self, code: str) -> None:
+        """A flood of refused handshakes logs a line every few seconds, not one each."""
+        now = self.clock.monotonic()
+        if now - self._refusals_logged_at < 5.0:
+            self._refusals_unlogged += 1
+            return
+        more = self._refusals_unlogged
+        log.info("handshake refused: %s%s", code, f" ({more} more before)" if more else "")
+        self._refusals_logged_at = now
+        self._refusals_unlogged = 0
+
+    def forget_socket(self, eio_sid: str) -> None:
+        self._sockets.pop(eio_sid, None)
+        self._pending.pop(eio_sid, None)
+        self._noted.discard(eio_sid)
+        self._count_sockets()
+
+    def _count_sockets(self) -> None:
+        self.stats.sockets = len(self._sockets)
+        self.stats.unauthenticated = len(self._pending)
+
+    def _await_connect(self, eio_sid: str | None) -> None:
+        """The socket has no accepted connection (again): it must make one in time."""
+        if eio_sid is not None and eio_sid in self._sockets:
+            self._pending.pop(eio_sid, None)
+            self._pending[eio_sid] = self.clock.monotonic() + self.settings.handshake_timeout
+            self._count_sockets()
+
+    def authenticated(self, eio_sid: str) -> bool:
+        sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
+        conn = self._conns.get(sid) if sid is not None else None
+        return conn is not None and conn.registered
+
+    def note_malformed(self, eio_sid: str | None, what: str, logged: bool = False) -> bool:
+        """Count a dropped packet; log only the first of each connection. Returns True (the
+        connection has logged) for callers that keep their own flag."""
+        self.stats.malformed_packets += 1
+        if logged or (eio_sid is not None and eio_sid in self._noted):
+            return True
+        if eio_sid is not None and eio_sid in self._sockets:
+            self._noted.add(eio_sid)
+        log.info(
+            "dropping malformed packets from connection %s (first: %s); the rest are counted",
+            eio_sid or "?",
+            what,
+        )
+        return True
+
+    async def refuse_connect(self, eio_sid: str, code: str, message: str) -> None:
+        """Answer a Socket.IO CONNECT with ``connect_error {message, data: {code, message}}``,
+        then close the socket."""
+        self.stats.refused[code] = self.stats.refused.get(code, 0) + 1
+        log.info("connection refused: %s: %s", code, message)
+        await self._connect_error(eio_sid, code, message)
+        self._hang_up_after_delivery(eio_sid)
+
+    async def _connect_error(self, eio_sid: str, code: str, message: str) -> None:
+        packet = self.sio.packet_class(
+            sio_packet.CONNECT_ERROR,
+            data={"message": message, "data": error(code, message)},
+            namespace="/",
+        )
+        await self.sio._send_packet(eio_sid, packet)
+
+    async def _expire_handshakes(self, now: float) -> None:
+        while self._pending:
+            eio_sid, deadline = next(iter(self._pending.items()))
+            if deadline > now:
+                return
+            del self._pending[eio_sid]
+            self.stats.handshake_timeouts += 1
+            refused = self.stats.refused
+            refused["handshake_timeout"] = refused.get("handshake_timeout", 0) + 1
+            await self._hang_up(
+                eio_sid,
+                "handshake_timeout",
+                f"no connect with a valid token within {self.settings.handshake_timeout:g}s",
+            )
+        self._count_sockets()
+
+    def _hang_up_after_delivery(self, eio_sid: str | None) -> None:
+        if eio_sid is not None:
+            self._spawn(self._hang_up_delivered(eio_sid))
+
+    async def _hang_up_delivered(self, eio_sid: str) -> None:
+        """Close a socket once what is queued for it (a connect_error) was handed to its
+        transport, or after ``REFUSAL_DELIVERY`` seconds if its client does not fetch it."""
+        await asyncio.sleep(0)
+        sock = self.sio.eio.sockets.get(eio_sid)
+        if sock is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sock.queue.join(), REFUSAL_DELIVERY)
+        if self.authenticated(eio_sid):
+            return  # it connected meanwhile (a CONNECT sent right after the refused one)
+        await self._hang_up(eio_sid)
+
+    async def _hang_up(self, eio_sid: str, code: str | None = None, message: str = "") -> None:
+        """Close an Engine.IO socket now, whether or not its client listens: a connect_error
+        saying why (given a ``code``), the CLOSE packet, and the end of its transport (a
+        WebSocket is closed, a waiting poll answered)."""
+        eio = self.sio.eio
+        sock = eio.sockets.get(eio_sid)
+        if sock is None or sock.closed:
+            eio.sockets.pop(eio_sid, None)
+            self.forget_socket(eio_sid)
+            return
+        try:
+            sock.last_ping = None  # no ping task for a socket that is going (Engine.IO's own)
+            if code is not None:
+                await self._connect_error(eio_sid, code, message)
+            await sock.close(wait=False, abort=False)
+            sock.queue.put_nowait(None)
+        except Exception:
+            log.exception("closing socket %s failed", eio_sid)
+        finally:
+            eio.sockets.pop(eio_sid, None)
+            self.forget_socket(eio_sid)
 
     def _refuse(self, exc: Refused) -> bool:
         self.stats.refused[exc.code] = self.stats.refused.get(exc.code, 0) + 1
         log.info("connection refused: %s: %s", exc.code, exc.message)
-        raise socketio.exceptions.ConnectionRefusedError(exc.message, {"code": exc.code})
+        raise socketio.exceptions.ConnectionRefusedError(exc.message, error(exc.code, exc.message))
 
-    async def _join(self, sid: str, claims: Claims, room: Room) -> bool:
+    async def _join(self, sid: str, claims: Claims, room: Room, eio_sid: str | None) -> bool:
         now = self.clock.monotonic()
         conn = Connection(
             sid,
             claims,
             Heartbeat(25.0, 3, now),  # replaced by the session's settings below
             TokenBucket(self.settings.activity_rate, self.settings.activity_burst, now),
+            eio_sid,
         )
         self._conns[sid] = conn
         record = room.record
@@ -427,8 +981,8 @@ class Gateway:
                         return self._refuse(Refused("unavailable", "cannot attach now; retry"))
                     room.record = record
                     room.synced = record.connections
-        if conn.closed:  # the client went away while we were looking
-            self._conns.pop(sid, None)
+        if conn.closed or (eio_sid is not None and eio_sid not in self._sockets):
+            self._conns.pop(sid, None)  # the client went away while we were looking
             return False
         if record.tenant != claims.tenant or record.state in (State.DELETING, State.DELETED):
             self._conns.pop(sid, None)
@@ -437,6 +991,8 @@ class Gateway:
         conn.heartbeat = Heartbeat(policy.heartbeat_interval, policy.missed_pongs, now)
         conn.joined_at = self.clock.now().isoformat()
         conn.registered = True
+        if eio_sid is not None and self._pending.pop(eio_sid, None) is not None:
+            self._count_sockets()
         room.members[sid] = conn
         await self.sio.enter_room(sid, room.name)
         self.stats.connections = len(self._conns)
@@ -509,6 +1065,7 @@ class Gateway:
             return  # _join sees ``closed`` and cleans up
         self._conns.pop(sid, None)
         self.stats.connections = len(self._conns)
+        self._await_connect(conn.eio_sid)
         room = self._rooms.get(conn.session_id)
         if room is None or room.members.pop(sid, None) is None:
             return
@@ -772,6 +1329,11 @@ class Gateway:
 
     async def tick(self) -> None:
         now = self.clock.monotonic()
+        await self._expire_handshakes(now)
+        if now >= self._next_key_check and not self._checking_keys:
+            self._next_key_check = now + self.settings.key_check_interval
+            self._checking_keys = True
+            self._spawn(self._check_live_keys())
         await self._heartbeats(now)
         for room in list(self._rooms.values()):
             if room.presence_dirty and room.presence_next <= now:

@@ -1,7 +1,10 @@
 """Short-lived JWTs for the real-time gateway.
 
 One algorithm (HS256, never taken from the token's header), a fixed audience and issuer, and the
-claims the gateway needs: session (``sid``), user (``sub``), tenant, participant name, expiry.
+claims the gateway needs: session (``sid``), user (``sub``), tenant, participant name, expiry, and
+the id of the API key the token was minted with (``kid``: the gateway refuses tokens whose key is
+revoked, and closes their connections when it is). Tokens without ``kid`` (minted before it
+existed) are refused: nothing could tell whether their key still stands.
 Times are checked against dormant's :class:`~dormant.clock.Clock`, so tests can travel.
 """
 
@@ -24,6 +27,7 @@ ISSUER = "dormant"
 MAX_TOKEN_LENGTH = 4096
 MAX_NAME_LENGTH = 100
 MIN_SECRET_LENGTH = 32
+MAX_KEY_ID_LENGTH = 64
 
 
 class TokenError(DormantError):
@@ -44,6 +48,8 @@ class Claims:
     name: str
     expires_at: datetime
     token_id: str
+    #: The API key the token was minted with.
+    key_id: str
 
 
 def new_secret() -> str:
@@ -67,10 +73,13 @@ class TokenIssuer:
         session_id: str,
         user_id: str,
         tenant: str,
+        key_id: str,
         name: str | None = None,
         ttl: float | None = None,
     ) -> tuple[str, datetime]:
-        """A token for one session; returns it with its expiry."""
+        """A token for one session, minted with API key ``key_id``; returns it with its expiry."""
+        if not key_id or len(key_id) > MAX_KEY_ID_LENGTH:
+            raise InvalidInput(f"key id must be 1-{MAX_KEY_ID_LENGTH} characters")
         ttl = self.ttl if ttl is None else ttl
         if not 0 < ttl <= self.max_ttl:
             raise InvalidInput(f"ttl must be between 0 and {self.max_ttl:g} seconds")
@@ -87,6 +96,7 @@ class TokenIssuer:
             "sid": session_id,
             "tenant": tenant,
             "name": name,
+            "kid": key_id,
             "iat": int(now.timestamp()),
             "exp": int(expires.timestamp()),
             "jti": secrets.token_hex(8),
@@ -128,7 +138,10 @@ class TokenIssuer:
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or isinstance(exp, bool):
             raise TokenError("invalid_token", "token expiry is not a number")
-        expires_at = datetime.fromtimestamp(exp, UTC)
+        try:
+            expires_at = datetime.fromtimestamp(exp, UTC)
+        except (OverflowError, ValueError, OSError):  # 1e20, NaN, out of the platform's range
+            raise TokenError("invalid_token", "token expiry is out of range") from None
         if expires_at <= self.clock.now():
             raise TokenError("token_expired", "token expired; ask your backend for a new one")
         values = [claims.get(k) for k in ("sid", "sub", "tenant", "name")]
@@ -137,5 +150,13 @@ class TokenIssuer:
             raise TokenError("invalid_token", "token claims are malformed")
         assert isinstance(sid, str) and isinstance(sub, str)
         assert isinstance(tenant, str) and isinstance(name, str)
+        kid = claims.get("kid")
+        if kid is None:
+            raise TokenError(
+                "invalid_token",
+                "token names no API key (minted by an older dormant); ask for a new one",
+            )
+        if not isinstance(kid, str) or not 0 < len(kid) <= MAX_KEY_ID_LENGTH:
+            raise TokenError("invalid_token", "token claims are malformed")
         jti = claims.get("jti")
-        return Claims(sid, sub, tenant, name, expires_at, jti if isinstance(jti, str) else "")
+        return Claims(sid, sub, tenant, name, expires_at, jti if isinstance(jti, str) else "", kid)
