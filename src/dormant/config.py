@@ -214,6 +214,11 @@ class Settings(BaseModel):
     gateway_activity_rate: float = Field(default=20.0, gt=0, le=10_000)
     gateway_activity_burst: int = Field(default=40, ge=1, le=100_000)
     gateway_cors_origins: str = "*"
+    #: An Engine.IO socket without a valid Socket.IO connect by then is closed (seconds).
+    gateway_handshake_timeout: float = Field(default=10.0, gt=0, le=600)
+    #: How often live connections' API keys are checked for revocation (and how long a key
+    #: lookup is cached), seconds.
+    gateway_key_check_interval: float = Field(default=5.0, gt=0, le=3600)
 
     @field_validator("retention", "store_outage_patience", "reconcile_settle", mode="before")
     @classmethod

@@ -123,6 +123,29 @@ class _GatewayCollector(Collector):
             "Connections dropped after missed pongs.",
         ),
         ("broadcasts", "dormant_broadcasts_sent", "Broadcasts relayed to session rooms."),
+        (
+            "malformed_packets",
+            "dormant_gateway_packets_malformed",
+            "Engine.IO/Socket.IO packets that did not parse (or came before auth), dropped.",
+        ),
+        (
+            "handshake_timeouts",
+            "dormant_gateway_handshakes_expired",
+            "Sockets closed for not completing a valid connect in time.",
+        ),
+        (
+            "revoked_drops",
+            "dormant_connections_revoked",
+            "Connections closed because their API key was revoked.",
+        ),
+    )
+    _GAUGES = (
+        ("sockets", "dormant_gateway_sockets_count", "Engine.IO sockets open now."),
+        (
+            "unauthenticated",
+            "dormant_gateway_sockets_unauthenticated_count",
+            "Engine.IO sockets open now without a valid connect yet.",
+        ),
     )
 
     def __init__(self, stats: Callable[[], Mapping[str, Any]]) -> None:
@@ -135,6 +158,8 @@ class _GatewayCollector(Collector):
             "Real-time connections open now.",
             value=stats.get("connections", 0),
         )
+        for key, name, doc in self._GAUGES:
+            yield GaugeMetricFamily(name, doc, value=stats.get(key, 0))
         for key, name, doc in self._COUNTERS:
             yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
         refused = CounterMetricFamily(

@@ -130,6 +130,8 @@ def build_gateway(settings: Settings, engine: Engine) -> Gateway:
             activity_burst=settings.gateway_activity_burst,
             max_payload_bytes=settings.max_body_bytes,
             cors_origins="*" if origins == "*" else [o.strip() for o in origins.split(",")],
+            handshake_timeout=settings.gateway_handshake_timeout,
+            key_check_interval=settings.gateway_key_check_interval,
         ),
     )
 

@@ -213,9 +213,7 @@ def _nofile(pid: int) -> tuple[int, int]:
 
 
 @pytest.fixture
-def low_nofile(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Callable[[int, int], None]:
+def low_nofile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[int, int], None]:
     def lower(soft: int, hard: int) -> None:
         wrapper = _low_limits_wrapper(tmp_path, soft, hard)
         monkeypatch.setattr(e2e, "dormant_executable", lambda: str(wrapper))

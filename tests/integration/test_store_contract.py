@@ -149,9 +149,7 @@ async def test_connection_counts_per_instance_roundtrip(store: SqlStore) -> None
 
 async def test_purge_removes_only_sessions_deleted_before_the_cutoff(store: SqlStore) -> None:
     for sid, deleted_at in (("old", T0), ("new", T0 + timedelta(days=40)), ("live", None)):
-        await store.insert_session(
-            record(sid), NewEvent("transition", "created"), ("create", "i1")
-        )
+        await store.insert_session(record(sid), NewEvent("transition", "created"), ("create", "i1"))
         if deleted_at is not None:
             got = await store.get_session(sid)
             assert got is not None

@@ -21,7 +21,7 @@
   var MEANINGFUL = ["user-interaction", "file-change", "build", "chat", "command", "request", "api"];
   var PRESENCE = ["navigation", "focus", "visibility"];
   // Refusals that retrying cannot fix (without a new token from the page's backend).
-  var FINAL = ["unauthorized", "invalid_token", "session_not_found", "token_in_query"];
+  var FINAL = ["unauthorized", "invalid_token", "session_not_found", "token_in_query", "key_revoked"];
   var EVENTS = ["session", "sleep-warning", "presence", "event", "error", "connect", "disconnect", "status"];
 
   function now() {
