@@ -147,6 +147,10 @@ def reconcile(
 
     settings = _settings(config)
     _existing_database(settings)
+    if settings.instance_id:  # never the running server's id: its operations are not ours
+        settings = settings.model_copy(
+            update={"instance_id": f"{settings.instance_id}-cli-{os.getpid()}"}
+        )
 
     async def main() -> tuple[list[str], str]:
         await upgrade_async(settings.database_url)

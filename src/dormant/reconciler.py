@@ -304,13 +304,17 @@ class Reconciler:
                 owner = info.labels.get(DEPLOYMENT_LABEL)
                 if sid and sid not in sessions and owner == deployment_id and sid not in ended:
                     ended[sid] = await engine.store.get_session(sid)
+        # In flight before the operations are read, and after: an operation that ended in
+        # between is not judged from its stale row.
+        busy = engine.busy_sessions()
+        inflight = engine.inflight_operations()
         operations = await engine.store.pending_operations()
         live = await engine.store.live_instances(since=started - _instance_ttl(engine))
         result = plan(
             containers,
             sessions,
             operations,
-            busy=engine.busy_sessions(),
+            busy=busy | engine.busy_sessions(),
             instance_id=engine.settings.instance_id,
             live_instances={i.id for i in live},
             sweep_started=started,
@@ -318,7 +322,7 @@ class Reconciler:
             ended=ended,
             settle=self.settle,
             skipped=skipped,
-            inflight_ops=engine.inflight_operations(),
+            inflight_ops=inflight | engine.inflight_operations(),
         )
         if result.foreign or result.unadopted:
             log.info("reconcile: %s", result.summary())

@@ -6,7 +6,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from dormant.errors import RuntimeFailure
+import pytest
+
+from dormant.errors import Conflict, RuntimeFailure
 from dormant.policy import State
 from dormant.reconciler import Reconciler, plan
 from dormant.runtimes import ContainerInfo, ContainerStatus
@@ -233,3 +235,58 @@ async def test_an_orphan_already_gone_is_not_counted(rig: Rig) -> None:
     removed = await rig.engine.remove_container("process", ghost, "test")
     assert removed is False
     assert reconciler.orphans_removed == 0
+
+
+async def test_a_stale_write_keeps_other_instances_counts(rig: Rig) -> None:
+    record = await rig.engine.create_session(tenant="t", user_id="u")
+    await rig.settle()
+    other = rig.new_engine("test-2")
+    await other.heartbeat()
+    stale = await rig.store.get_session(record.id)
+    assert stale is not None
+    await other.connect(record.id, count=2)  # changes the row under our stale copy
+    # A write of ours from the stale copy (a keepalive-like change) conflicts and re-applies.
+    saved = await rig.engine._save(stale.replace(labels={**stale.labels, "x": "1"}), [])
+    assert saved.connections_by_instance == {"test-2": 2} and saved.connections == 2
+
+
+async def test_a_stale_transition_never_undoes_another_writers(rig: Rig) -> None:
+    record = await rig.engine.create_session(tenant="t", user_id="u")
+    await rig.settle()
+    stale = await rig.store.get_session(record.id)
+    assert stale is not None and stale.state is State.RUNNING
+    other = rig.new_engine("test-2")
+    await other.sleep(record.id)
+    await other.drain()
+    with pytest.raises(Conflict):
+        await rig.engine._transition(stale, State.FAILED, "error", "stale")
+    after = await rig.store.get_session(record.id)
+    assert after is not None and after.state is State.SLEEPING
+
+
+async def test_an_instance_that_lost_the_store_judges_no_one(rig: Rig) -> None:
+    record = await rig.engine.create_session(tenant="t", user_id="u")
+    await rig.settle()
+    await rig.engine.connect(record.id, count=1)
+    rig.clock.advance(120)  # test-1's heartbeat looks stale to anyone who looks now
+    other = rig.new_engine("test-2")
+    await other.heartbeat()  # healthy for 0 s: not long enough to judge
+    assert await other.drop_dead_connections() == 0
+    rig.clock.advance(31)
+    await other.heartbeat()
+    assert await other.drop_dead_connections() == 1
+    after = await rig.store.get_session(record.id)
+    assert after is not None and after.connections == 0
+
+
+async def test_a_container_that_cannot_be_stopped_is_not_repaired_into_a_loop(rig: Rig) -> None:
+    record = await rig.engine.create_session(tenant="t", user_id="u")
+    await rig.settle()
+    rig.runtime.fail("stop", RuntimeFailure("stuck in D state"), times=10)
+    await rig.engine.sleep(record.id)
+    await rig.settle()
+    failed = await rig.store.get_session(record.id)
+    assert failed is not None and failed.state is State.FAILED
+    assert (failed.error or "").startswith("stop failed: ")
+    assert rig.runtime.running() == {record.container_name}
+    assert await rig.engine.repair_failed(record.id) is False

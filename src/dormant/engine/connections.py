@@ -25,6 +25,16 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def host_identity() -> str:
+    """This host as instances record it: the host name and the pid namespace, so that two
+    containers sharing a host name (``--network host``) do not judge each other's pids."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}#pidns:{namespace}"
+
+
 def dead_instances(
     known: Iterable[InstanceRecord],
     *,
@@ -36,7 +46,7 @@ def dead_instances(
     """Ids of instances that are gone: no heartbeat within ``ttl``, or on this host with a pid
     that no longer runs (a SIGKILLed predecessor is known dead at once). ``me``, when given,
     counts as gone too (a restart under a fixed instance id: what it held before is stale)."""
-    host = host or socket.gethostname()
+    host = host or host_identity()
     dead = set()
     for instance in known:
         expired = instance.heartbeat_at < now - ttl
@@ -48,10 +58,17 @@ def dead_instances(
     return dead
 
 
-def drop_gone(record: SessionRecord, *, live: set[str], now: datetime) -> SessionRecord:
-    """The session keeping only the counts of ``live`` instances (counts no instance claims,
-    from before counts were kept per instance, go too). Left with none, its grace starts now."""
-    by = {k: v for k, v in record.connections_by_instance.items() if k in live and v > 0}
+def drop_gone(
+    record: SessionRecord, *, dead: set[str], unknown: set[str] | None, now: datetime
+) -> SessionRecord:
+    """The session without the counts of ``dead`` instances (and, at start, when ``unknown``
+    holds the ids an instance row exists for, of instances with no row, and counts no instance
+    claims, from before counts were kept per instance). Left with none, its grace starts now."""
+    by = {
+        k: v
+        for k, v in record.connections_by_instance.items()
+        if v > 0 and k not in dead and (unknown is None or k in unknown)
+    }
     updated = record.replace(connections_by_instance=by, connections=sum(by.values()))
     if updated.connections == 0 and record.connections > 0:
         updated = updated.replace(last_disconnect_at=now)

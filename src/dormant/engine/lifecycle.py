@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from dormant.clock import Clock
-from dormant.engine.connections import dead_instances, drop_gone
+from dormant.engine.connections import dead_instances, drop_gone, host_identity
 from dormant.engine.deadlines import Deadlines
 from dormant.engine.ids import container_name, new_session_id
 from dormant.engine.notify import EngineEvent, Listener
@@ -66,6 +66,9 @@ MAX_CLOCK_SKEW = timedelta(seconds=60)
 #: Set inside background operations: their store calls wait out a store outage (up to
 #: ``store_outage_patience``) instead of failing, because the runtime step they follow or precede
 #: has been acknowledged. Request handlers leave it unset and fail fast (503).
+#: Error prefix of a session failed by a stop that did not work (not repaired by running it).
+STOP_FAILED = "stop failed: "
+
 _PATIENT: contextvars.ContextVar[bool] = contextvars.ContextVar("dormant_patient", default=False)
 
 
@@ -128,6 +131,9 @@ class Engine:
         self._inflight: dict[str, int] = {}
         self._inflight_ops: set[int] = set()
         self.deployment_id: str | None = None
+        #: Since when this instance's heartbeats have worked (None after one failed): an
+        #: instance that could not reach the store does not judge others' heartbeats stale.
+        self._healthy_since: float | None = None
         self.connections_dropped = 0
         self.sessions_purged = 0
         self.events_applied = 0
@@ -193,8 +199,10 @@ class Engine:
     async def heartbeat(self) -> None:
         now = self.clock.now()
         await self.store.heartbeat_instance(
-            InstanceRecord(self.settings.instance_id, socket.gethostname(), os.getpid(), now, now)
+            InstanceRecord(self.settings.instance_id, host_identity(), os.getpid(), now, now)
         )
+        if self._healthy_since is None:
+            self._healthy_since = self.clock.monotonic()
 
     # reading ------------------------------------------------------------------------------
 
@@ -553,21 +561,29 @@ class Engine:
         """Drop the connection counts held by instances that are gone (their clients went with
         them); a session left with none starts its grace period now. ``include_self`` at start:
         whatever this instance id held before a restart is stale too. Returns sessions changed."""
+        ttl = _instance_ttl(self.settings)
+        healthy = self._healthy_since
+        if not include_self and (
+            healthy is None or self.clock.monotonic() - healthy < ttl.total_seconds()
+        ):
+            return 0  # after our own trouble with the store, others' heartbeats prove nothing
         now = self.clock.now()
         known = await self.store.live_instances(since=datetime.min.replace(tzinfo=UTC))
         dead = dead_instances(
             known,
             now=now,
-            ttl=_instance_ttl(self.settings),
+            ttl=ttl,
             me=self.settings.instance_id if include_self else None,
         )
+        known_ids = {i.id for i in known} - dead
         if not include_self and not dead:
             return 0  # nobody died: no need to look at sessions
         rows = await self.store.sessions_with_connections()
-        live_ids = {i.id for i in known} - dead
         changed = 0
         for row in rows:
-            gone = set(row.connections_by_instance) - live_ids
+            gone = set(row.connections_by_instance) & dead
+            if include_self:
+                gone |= set(row.connections_by_instance) - known_ids
             untracked = row.connections != sum(row.connections_by_instance.values())
             if not gone and not (include_self and untracked):
                 continue
@@ -575,7 +591,12 @@ class Engine:
             try:
                 saved = await self._mutate(
                     row.id,
-                    functools.partial(drop_gone, live=live_ids, now=now),
+                    functools.partial(
+                        drop_gone,
+                        dead=dead,
+                        unknown=known_ids if include_self else None,
+                        now=now,
+                    ),
                     NewEvent(
                         "activity",
                         f"connections held by instance {who} dropped: the instance is gone",
@@ -722,6 +743,7 @@ class Engine:
                 await self.heartbeat()
                 await self.drop_dead_connections()
             except DormantError as exc:
+                self._healthy_since = None
                 log.warning("instance heartbeat failed: %s", exc)
             except Exception:
                 log.exception("instance heartbeat failed")
@@ -820,13 +842,18 @@ class Engine:
     async def _begin_wake(self, sid: str, code: str, reason: str, op_id: int | None = None) -> None:
         async with self._session_lock(sid):
             record = await self.store.get_session(sid)
-            if record is None or record.state not in (State.SLEEPING, State.FAILED):
+            if record is not None and record.state is State.STARTING:
+                pass  # a wake already moved it (e.g. this one, before a store error): start it
+            elif record is None or record.state not in (State.SLEEPING, State.FAILED):
                 if op_id is not None:
                     await self._finish_op(op_id, "superseded", 0, None)
                 return
-            if op_id is None:
-                op_id = await self._intent(record, "start")
-            await self._transition(record, State.STARTING, code, reason, action="wake", error=None)
+            else:
+                if op_id is None:
+                    op_id = await self._intent(record, "start")
+                await self._transition(
+                    record, State.STARTING, code, reason, action="wake", error=None
+                )
         await self._run_start(sid, op_id, creating=False, code=code, reason=reason)
 
     async def _wake_on_activity(self, sid: str, kind: ActivityKind) -> None:
@@ -863,7 +890,7 @@ class Engine:
                         self.settings.backoff,
                     )
             except DormantError as exc:
-                await self._fail(record, exc, op_id, 0, started=True)
+                await self._fail(record, exc, op_id, 0, started=True, what=STOP_FAILED)
                 return
             await self._transition(
                 record,
@@ -939,6 +966,7 @@ class Engine:
         attempts: int,
         *,
         started: bool,
+        what: str = "",
     ) -> None:
         """A runtime step failed for good: the session is ``failed`` with the error. A session
         is never ``failed`` while its container runs, so a container that may have started is
@@ -946,6 +974,7 @@ class Engine:
         message = str(exc)
         if isinstance(exc, TemporaryError):
             message = f"gave up after retries: {message}"
+        message = what + message
         if started:
             runtime = self.runtime_of(record)
             try:
@@ -1043,6 +1072,12 @@ class Engine:
         async with self._session_lock(sid):
             record = await self.store.get_session(sid)
             if record is None or record.state is not State.FAILED:
+                return False
+            if (record.error or "").startswith(STOP_FAILED):
+                # Its container cannot be stopped: running it again would only fail again.
+                log.warning(
+                    "session %s: container runs but cannot be stopped: %s", sid, record.error
+                )
                 return False
             runtime = self.runtime_of(record)
             info = await runtime.inspect(record.container_name)
@@ -1161,7 +1196,7 @@ class Engine:
         changes.setdefault("state_since", now)
         updated = record.replace(state=to, **changes)
         event = NewEvent("transition", reason, code, record.state.value, to.value, action)
-        saved = await self._save(updated, [event], expected=record.version)
+        saved = await self._save(updated, [event], expected=record.version, from_state=record.state)
         self._state[record.id] = to
         self._log_transition(saved, record.state, to, code, reason)
         self._emit(
@@ -1170,10 +1205,16 @@ class Engine:
         return saved
 
     async def _save(
-        self, record: SessionRecord, events: list[NewEvent], expected: int | None = None
+        self,
+        record: SessionRecord,
+        events: list[NewEvent],
+        expected: int | None = None,
+        from_state: State | None = None,
     ) -> SessionRecord:
-        """Write with the next decision; on a version conflict (a concurrent activity flush)
-        re-read, re-apply our fields and retry."""
+        """Write with the next decision; on a version conflict (a concurrent activity flush,
+        another instance's connection count) re-read, re-apply our fields and retry. A
+        transition (``from_state``) whose session left that state meanwhile is a Conflict: a
+        stale write never undoes another writer's transition."""
         now = self.clock.now()
         version = record.version if expected is None else expected
         candidate = self._with_decision(record, now)
@@ -1186,7 +1227,14 @@ class Engine:
                 current = await self._patiently(lambda: self.store.get_session(record.id))
                 if current is None:
                     raise
-                candidate = self._with_decision(_reapply(current, candidate), now)
+                if from_state is not None and current.state is not from_state:
+                    raise Conflict(
+                        f"session {record.id} is {current.state.value} now, not "
+                        f"{from_state.value}; not moved to {record.state.value}"
+                    ) from None
+                candidate = self._with_decision(
+                    _reapply(current, candidate, self.settings.instance_id), now
+                )
                 version = current.version
                 continue
             self.deadlines.set(saved.id, saved.next_action_at if saved.state.live else None)
@@ -1249,7 +1297,7 @@ class Engine:
         async def run() -> None:
             _PATIENT.set(True)
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.settings.store_outage_patience
+            deadline: float | None = None  # patience counts from the first store error
             attempt = 0
             try:
                 while True:
@@ -1257,6 +1305,8 @@ class Engine:
                         await make()
                         return
                     except TemporaryError as exc:
+                        if deadline is None:
+                            deadline = loop.time() + self.settings.store_outage_patience
                         attempt += 1
                         delay = self.settings.backoff.delay(min(attempt, 10))
                         if loop.time() + delay > deadline:
@@ -1356,9 +1406,11 @@ def _merge(record: SessionRecord, times: ActivityTimes | None) -> SessionRecord:
     )
 
 
-def _reapply(current: SessionRecord, ours: SessionRecord) -> SessionRecord:
-    """Our write on top of a row that changed only by an activity flush."""
-    return _merge(
+def _reapply(current: SessionRecord, ours: SessionRecord, me: str) -> SessionRecord:
+    """Our write on top of a row that changed by an activity flush or by another instance's
+    connection count: their activity is merged (max) and their counts are kept; only this
+    instance's own count comes from our write."""
+    merged = _merge(
         ours,
         ActivityTimes(
             current.last_activity_at,
@@ -1367,6 +1419,12 @@ def _reapply(current: SessionRecord, ours: SessionRecord) -> SessionRecord:
             current.last_seen_at,
         ),
     )
+    if not ours.state.live:
+        return merged  # deleted: no counts to keep
+    by = {k: v for k, v in current.connections_by_instance.items() if k != me}
+    if ours.connections_by_instance.get(me, 0) > 0:
+        by[me] = ours.connections_by_instance[me]
+    return merged.replace(connections_by_instance=by, connections=sum(by.values()))
 
 
 _MIN = datetime.min.replace(tzinfo=UTC)

@@ -980,7 +980,10 @@ class Gateway:
                             log.exception("looking up session %s failed", room.session_id)
                         return self._refuse(Refused("unavailable", "cannot attach now; retry"))
                     room.record = record
-                    room.synced = record.connections
+                    # What this instance told the store before (other instances' count apart).
+                    room.synced = record.connections_by_instance.get(
+                        self.engine.settings.instance_id, 0
+                    )
         if conn.closed or (eio_sid is not None and eio_sid not in self._sockets):
             self._conns.pop(sid, None)  # the client went away while we were looking
             return False
