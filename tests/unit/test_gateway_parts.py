@@ -11,10 +11,10 @@ import jwt
 import pytest
 
 from dormant.errors import InvalidInput
+from dormant.gateway.guard import EngineGuard, engineio_packet_ok, polling_payload_problem
 from dormant.gateway.heartbeat import Heartbeat, Quality, classify, worst
 from dormant.gateway.limits import TokenBucket
 from dormant.gateway.protocol import ProtocolError, parse_activity, parse_pong, session_view
-from dormant.gateway.server import EngineGuard, engineio_packet_ok, polling_payload_problem
 from dormant.gateway.tokens import TokenError, TokenIssuer, new_secret
 from dormant.policy import Action, ActivityKind, Decision, Level
 from dormant.testing import FakeClock
