@@ -45,7 +45,7 @@ from dormant.clock import Clock
 from dormant.engine import Engine, EngineEvent
 from dormant.errors import DormantError, InvalidInput, NotFound, TemporaryError
 from dormant.gateway.guard import EngineGuard, GuardedServer
-from dormant.gateway.heartbeat import Heartbeat, Quality, worst
+from dormant.gateway.heartbeat import Heartbeat, worst
 from dormant.gateway.limits import TokenBucket
 from dormant.gateway.protocol import (
     ProtocolError,
@@ -55,6 +55,7 @@ from dormant.gateway.protocol import (
     parse_pong,
     session_view,
 )
+from dormant.gateway.rooms import Connection, Room
 from dormant.gateway.settings import GatewaySettings, GatewayStats
 from dormant.gateway.tokens import Claims, TokenError, TokenIssuer
 from dormant.policy import Action, Category, Level, State
@@ -113,103 +114,6 @@ class SocketIORoute:
             await self.gateway_app(scope, receive, send)
         else:
             await self.app(scope, receive, send)
-
-
-class Connection:
-    __slots__ = (
-        "bucket",
-        "closed",
-        "dropped",
-        "eio_sid",
-        "heartbeat",
-        "joined_at",
-        "key_id",
-        "last_notice",
-        "name",
-        "quality",
-        "registered",
-        "session_id",
-        "sid",
-        "tenant",
-        "user_id",
-    )
-
-    def __init__(
-        self,
-        sid: str,
-        claims: Claims,
-        heartbeat: Heartbeat,
-        bucket: TokenBucket,
-        eio_sid: str | None = None,
-    ):
-        self.sid = sid
-        self.eio_sid = eio_sid
-        self.key_id = claims.key_id
-        self.session_id = claims.session_id
-        self.user_id = claims.user_id
-        self.tenant = claims.tenant
-        self.name = claims.name
-        self.heartbeat = heartbeat
-        self.bucket = bucket
-        self.joined_at = ""
-        self.quality = Quality.STABLE
-        self.dropped = 0
-        self.last_notice = -math.inf
-        self.registered = False
-        self.closed = False
-
-
-class Room:
-    """The connections of one session in this process."""
-
-    __slots__ = (
-        "joining",
-        "last_key",
-        "last_kind",
-        "left",
-        "level",
-        "level_check_at",
-        "lock",
-        "members",
-        "newest",
-        "presence_dirty",
-        "presence_next",
-        "record",
-        "refresh_again",
-        "refreshing",
-        "session_id",
-        "synced",
-        "syncing",
-    )
-
-    def __init__(self, session_id: str) -> None:
-        self.session_id = session_id
-        self.members: dict[str, Connection] = {}
-        self.joining = 0
-        self.lock = asyncio.Lock()
-        self.last_key: tuple[Any, ...] | None = None
-        self.last_kind: str | None = None
-        self.newest: tuple[int, datetime, datetime] | None = None
-        self.level: str | None = None
-        self.level_check_at: float | None = None
-        self.presence_dirty = False
-        self.presence_next = 0.0
-        self.refreshing = False
-        self.refresh_again = False
-        #: The freshest view of the session (first join, engine events, refreshes).
-        self.record: SessionRecord | None = None
-        #: The count the engine has; a worker brings it to ``len(members)``, coalescing storms.
-        self.synced = 0
-        self.syncing = False
-        self.left = False
-
-    @property
-    def name(self) -> str:
-        return f"session:{self.session_id}"
-
-    @property
-    def empty(self) -> bool:
-        return not self.members and not self.joining
 
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)
@@ -280,14 +184,17 @@ class Gateway:
         self._key_lookups: dict[str, asyncio.Future[str]] = {}
         self._next_key_check = 0.0
         self._checking_keys = False
-        self._conns: dict[str, Connection] = {}
-        self._rooms: dict[str, Room] = {}
+        #: Every connection, joining or registered, by Socket.IO sid.
+        self.conns: dict[str, Connection] = {}
+        #: The rooms of sessions with connections here (or a count still to tell the engine).
+        self.rooms: dict[str, Room] = {}
+        self._rooms = self.rooms  # the name tests look rooms up by
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         #: Store operations the gateway may have in flight (connects, disconnects, refreshes).
-        self._store_slots = asyncio.Semaphore(STORE_CONCURRENCY)
+        self.store_slots = asyncio.Semaphore(STORE_CONCURRENCY)
         engine.listeners.append(self._on_engine_event)
 
     # life of the gateway ----------------------------------------------------------------------
@@ -302,7 +209,7 @@ class Gateway:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
-        for sid in list(self._conns):
+        for sid in list(self.conns):
             await self._close(sid)
         await self.drain()
 
@@ -313,12 +220,12 @@ class Gateway:
 
     def connection_count(self, session_id: str | None = None) -> int:
         if session_id is None:
-            return len(self._conns)
-        room = self._rooms.get(session_id)
+            return len(self.conns)
+        room = self.rooms.get(session_id)
         return len(room.members) if room is not None else 0
 
     def connection_quality(self, session_id: str) -> str | None:
-        room = self._rooms.get(session_id)
+        room = self.rooms.get(session_id)
         if room is None or not room.members:
             return None
         now = self.clock.monotonic()
@@ -341,7 +248,7 @@ class Gateway:
 
     async def broadcast(self, session_id: str, type_: str, data: Any) -> int:
         """Relay ``event {type, data}`` to the session's clients; returns how many got it."""
-        room = self._rooms.get(session_id)
+        room = self.rooms.get(session_id)
         self.stats.broadcasts += 1
         if room is None or not room.members:
             return 0
@@ -369,7 +276,7 @@ class Gateway:
             if eio_sid is not None and eio_sid not in self._sockets:
                 return False  # the socket closed while the key was looked at
             # Joining connections are in _conns already (nothing awaits between here and there).
-            if len(self._conns) >= self.settings.max_connections:
+            if len(self.conns) >= self.settings.max_connections:
                 raise Refused(
                     "server_full",
                     f"this server holds {self.settings.max_connections} connections (its "
@@ -378,9 +285,9 @@ class Gateway:
         except Refused as exc:
             return self._refuse(exc)
         _trim(environ)
-        room = self._rooms.get(claims.session_id)
+        room = self.rooms.get(claims.session_id)
         if room is None:
-            room = self._rooms[claims.session_id] = Room(claims.session_id)
+            room = self.rooms[claims.session_id] = Room(claims.session_id)
         if len(room.members) + room.joining >= self.settings.max_connections_per_session:
             self._drop_room_if_empty(room)
             return self._refuse(
@@ -440,7 +347,7 @@ class Gateway:
 
     async def _look_up_key(self, key_id: str) -> str:
         try:
-            async with self._store_slots:
+            async with self.store_slots:
                 record = await self.engine.store.get_key(key_id)
         except Exception as exc:
             log.warning("looking up API key %s: %s", key_id, exc)
@@ -453,11 +360,11 @@ class Gateway:
         """One look at the store for the keys of every live connection; close the connections
         whose key is revoked (or gone), each told ``error {code: "key_revoked"}`` first."""
         try:
-            wanted = {c.key_id for c in self._conns.values() if c.registered}
+            wanted = {c.key_id for c in self.conns.values() if c.registered}
             if not wanted:
                 return
             try:
-                async with self._store_slots:
+                async with self.store_slots:
                     keys = await self.engine.store.list_keys()
             except Exception as exc:
                 log.warning("checking the API keys of live connections: %s", exc)
@@ -476,7 +383,7 @@ class Gateway:
             self._checking_keys = False
 
     async def _drop_keys(self, key_ids: set[str]) -> None:
-        dropped = [c for c in self._conns.values() if c.registered and c.key_id in key_ids]
+        dropped = [c for c in self.conns.values() if c.registered and c.key_id in key_ids]
         for conn in dropped:
             if conn.closed:
                 continue
@@ -488,7 +395,7 @@ class Gateway:
                 ),
                 to=conn.sid,
             )
-            self._spawn(self._close(conn.sid))
+            self.spawn(self._close(conn.sid))
         if dropped:
             log.info(
                 "closing %d connection(s): API key(s) %s revoked",
@@ -546,7 +453,7 @@ class Gateway:
 
     def authenticated(self, eio_sid: str) -> bool:
         sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
-        conn = self._conns.get(sid) if sid is not None else None
+        conn = self.conns.get(sid) if sid is not None else None
         return conn is not None and conn.registered
 
     def note_malformed(self, eio_sid: str | None, what: str, logged: bool = False) -> bool:
@@ -598,7 +505,7 @@ class Gateway:
 
     def _hang_up_after_delivery(self, eio_sid: str | None) -> None:
         if eio_sid is not None:
-            self._spawn(self._hang_up_delivered(eio_sid))
+            self.spawn(self._hang_up_delivered(eio_sid))
 
     async def _hang_up_delivered(self, eio_sid: str) -> None:
         """Close a socket once what is queued for it (a connect_error) was handed to its
@@ -649,7 +556,7 @@ class Gateway:
             TokenBucket(self.settings.activity_rate, self.settings.activity_burst, now),
             eio_sid,
         )
-        self._conns[sid] = conn
+        self.conns[sid] = conn
         record = room.record
         if record is None:
             # The first of a room looks the session up; whoever arrives meanwhile waits for it,
@@ -658,10 +565,10 @@ class Gateway:
                 record = room.record
                 if record is None:
                     try:
-                        async with self._store_slots:
+                        async with self.store_slots:
                             record = await self.engine.get(room.session_id)
                     except Exception as exc:
-                        self._conns.pop(sid, None)
+                        self.conns.pop(sid, None)
                         if isinstance(exc, NotFound):
                             return self._refuse(Refused("session_not_found", "no such session"))
                         if not isinstance(exc, DormantError):
@@ -673,10 +580,10 @@ class Gateway:
                         self.engine.settings.instance_id, 0
                     )
         if conn.closed or (eio_sid is not None and eio_sid not in self._sockets):
-            self._conns.pop(sid, None)  # the client went away while we were looking
+            self.conns.pop(sid, None)  # the client went away while we were looking
             return False
         if record.tenant != claims.tenant or record.state in (State.DELETING, State.DELETED):
-            self._conns.pop(sid, None)
+            self.conns.pop(sid, None)
             return self._refuse(Refused("session_not_found", "no such session"))
         policy = self.engine.policy_of(record)
         conn.heartbeat = Heartbeat(policy.heartbeat_interval, policy.missed_pongs, now)
@@ -686,20 +593,20 @@ class Gateway:
             self._count_sockets()
         room.members[sid] = conn
         await self.sio.enter_room(sid, room.name)
-        self.stats.connections = len(self._conns)
+        self.stats.connections = len(self.conns)
         self.stats.connected_total += 1
         heapq.heappush(self._heap, (conn.heartbeat.next_at, next(self._seq), sid))
         self._presence_soon(room)
         self._sync(room)
         # The CONNECT packet goes out when this handler returns; greet after it.
-        self._spawn(self._greet(conn))
+        self.spawn(self._greet(conn))
         return True
 
     def _sync(self, room: Room) -> None:
         """Bring the engine's count of the room's session to the room's; one worker a room."""
         if not room.syncing:
             room.syncing = True
-            self._spawn(self._sync_now(room))
+            self.spawn(self._sync_now(room))
 
     async def _sync_now(self, room: Room) -> None:
         """``connect``/``disconnect`` with the live count until the engine agrees. A storm of
@@ -711,7 +618,7 @@ class Gateway:
                 if count == room.synced and not (left and count == 0):
                     return
                 try:
-                    async with self._store_slots:
+                    async with self.store_slots:
                         if count > room.synced:
                             record = await self.engine.connect(room.session_id, count=count)
                         else:
@@ -734,7 +641,7 @@ class Gateway:
 
     async def _greet(self, conn: Connection) -> None:
         await asyncio.sleep(0)
-        room = self._rooms.get(conn.session_id)
+        room = self.rooms.get(conn.session_id)
         if conn.closed or room is None or room.record is None:
             return
         record = room.record
@@ -748,16 +655,16 @@ class Gateway:
             await self.sio.emit("sleep-warning", view.payload["warning"], to=conn.sid)
 
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
-        conn = self._conns.get(sid)
+        conn = self.conns.get(sid)
         if conn is None:
             return
         conn.closed = True
         if not conn.registered:
             return  # _join sees ``closed`` and cleans up
-        self._conns.pop(sid, None)
-        self.stats.connections = len(self._conns)
+        self.conns.pop(sid, None)
+        self.stats.connections = len(self.conns)
         self._await_connect(conn.eio_sid)
-        room = self._rooms.get(conn.session_id)
+        room = self.rooms.get(conn.session_id)
         if room is None or room.members.pop(sid, None) is None:
             return
         log.info(
@@ -779,14 +686,14 @@ class Gateway:
             room.empty
             and not room.syncing
             and (room.synced == 0 or room.record is None)
-            and self._rooms.get(room.session_id) is room
+            and self.rooms.get(room.session_id) is room
         ):
-            del self._rooms[room.session_id]
+            del self.rooms[room.session_id]
 
     # client events ----------------------------------------------------------------------------
 
     async def _on_activity(self, sid: str, *args: Any) -> dict[str, Any]:
-        conn = self._conns.get(sid)
+        conn = self.conns.get(sid)
         if conn is None or not conn.registered:
             return {"ok": False, "error": error("not_connected", "not attached to a session")}
         now = self.clock.monotonic()
@@ -813,7 +720,7 @@ class Gateway:
             self.engine.record_activity(conn.session_id, kind, source="gateway")
         except NotFound:
             await self._client_error(sid, ProtocolError("session_not_found", "session is gone"))
-            self._spawn(self._close(sid))
+            self.spawn(self._close(sid))
             return {"ok": False, "error": error("session_not_found", "session is gone")}
         except InvalidInput as exc:
             return await self._client_error(sid, ProtocolError("invalid_activity", str(exc)))
@@ -821,7 +728,7 @@ class Gateway:
         return _COUNTED if kind.category is Category.MEANINGFUL else _NOT_COUNTED
 
     async def _on_pong(self, sid: str, *args: Any) -> dict[str, Any] | None:
-        conn = self._conns.get(sid)
+        conn = self.conns.get(sid)
         if conn is None or not conn.registered:
             return None
         try:
@@ -857,19 +764,19 @@ class Gateway:
     # engine events ----------------------------------------------------------------------------
 
     def _on_engine_event(self, event: EngineEvent) -> None:
-        room = self._rooms.get(event.session_id)
+        room = self.rooms.get(event.session_id)
         if room is None:
             return
         if not room.members:
             if event.session is not None:  # keep the cached view fresh for whoever joins next
-                self._spawn(self._push(room, event.session))
+                self.spawn(self._push(room, event.session))
             return
         if event.type == "transition" and event.session is not None:
-            self._spawn(self._push(room, event.session))
+            self.spawn(self._push(room, event.session))
             if event.to_state in (State.DELETING.value, State.DELETED.value):
-                self._spawn(self._close_room(room))
+                self.spawn(self._close_room(room))
         elif event.type == "warning" and event.session is not None:
-            self._spawn(self._warn(room, event))
+            self.spawn(self._warn(room, event))
         elif event.type == "warning-cancelled" or (
             event.type == "activity"
             and (room.level != Level.ACTIVE.value or room.last_kind != event.reason)
@@ -974,14 +881,14 @@ class Gateway:
             room.refresh_again = True
             return
         room.refreshing = True
-        self._spawn(self._refresh_now(room))
+        self.spawn(self._refresh_now(room))
 
     async def _refresh_now(self, room: Room) -> None:
         try:
             while True:
                 room.refresh_again = False
                 try:
-                    async with self._store_slots:
+                    async with self.store_slots:
                         record = await self.engine.get(room.session_id)
                 except NotFound:
                     await self._close_room(room)
@@ -1003,7 +910,7 @@ class Gateway:
         if quality is conn.quality:
             return
         conn.quality = quality
-        room = self._rooms.get(conn.session_id)
+        room = self.rooms.get(conn.session_id)
         if room is not None:
             self._presence_soon(room)
             self._refresh(room)
@@ -1024,9 +931,9 @@ class Gateway:
         if now >= self._next_key_check and not self._checking_keys:
             self._next_key_check = now + self.settings.key_check_interval
             self._checking_keys = True
-            self._spawn(self._check_live_keys())
+            self.spawn(self._check_live_keys())
         await self._heartbeats(now)
-        for room in list(self._rooms.values()):
+        for room in list(self.rooms.values()):
             if room.presence_dirty and room.presence_next <= now:
                 room.presence_dirty = False
                 # Joins and leaves are coalesced: a crowded room hears at most about once a
@@ -1043,7 +950,7 @@ class Gateway:
     async def _heartbeats(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now:
             _, _, sid = heapq.heappop(self._heap)
-            conn = self._conns.get(sid)
+            conn = self.conns.get(sid)
             if conn is None or conn.closed or not conn.registered:
                 continue
             beat = conn.heartbeat
@@ -1063,7 +970,7 @@ class Gateway:
                     error("heartbeat_timeout", f"{beat.missed} pings went unanswered"),
                     to=sid,
                 )
-                self._spawn(self._close(sid))
+                self.spawn(self._close(sid))
                 continue
             ts = int(self.clock.now().timestamp() * 1000)
             while ts in beat.outstanding:
@@ -1102,7 +1009,7 @@ class Gateway:
 
     # plumbing ---------------------------------------------------------------------------------
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def spawn(self, coro: Awaitable[None]) -> None:
         async def guarded() -> None:
             try:
                 await coro
