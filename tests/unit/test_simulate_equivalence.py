@@ -12,8 +12,17 @@ from typing import Any
 
 import pytest
 
-import dormant.engine.lifecycle as lifecycle
-from dormant.engine import Catalog, Engine, EngineEvent, EngineSettings, PortAllocator, Template
+from dormant.engine import (
+    Catalog,
+    Engine,
+    EngineEvent,
+    EngineSettings,
+    PortAllocator,
+    Template,
+    runner,
+    scheduler,
+    writer,
+)
 from dormant.engine.retry import Backoff
 from dormant.policy import Action, Category, Decision, parse_kind
 from dormant.simulate.generate import generate
@@ -227,21 +236,24 @@ def test_the_simulator_asks_the_engines_decide(monkeypatch: pytest.MonkeyPatch) 
     normal = simulate(trace, spec, PRICES, LATENCY)
     assert normal.sleeps > 0
     calls = 0
-    real = lifecycle.decide
+    real = writer.decide
+    deciders = (writer, runner, scheduler)  # every stage that asks the policy
 
     def counting(*args: Any, **kw: Any) -> Decision:
         nonlocal calls
         calls += 1
         return real(*args, **kw)
 
-    monkeypatch.setattr(lifecycle, "decide", counting)
+    for stage in deciders:
+        monkeypatch.setattr(stage, "decide", counting)
     again = simulate(trace, spec, PRICES, LATENCY)
     assert calls > 100 and again.row() == normal.row()
 
     def never(*args: Any, **kw: Any) -> Decision:
         return Decision(Action.NONE, None, "never", "never")
 
-    monkeypatch.setattr(lifecycle, "decide", never)
+    for stage in deciders:
+        monkeypatch.setattr(stage, "decide", never)
     sabotaged = simulate(trace, spec, PRICES, LATENCY)
     assert sabotaged.sleeps == 0 and sabotaged.cold_wakes == 0
     assert sabotaged.running_seconds > normal.running_seconds

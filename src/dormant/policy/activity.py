@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from dormant.errors import InvalidInput
 from dormant.policy.model import ActivityKind, Category
@@ -43,3 +43,18 @@ def apply_activity(
             times.last_activity_at, times.last_activity_kind, times.last_activity_source, seen
         )
     return ActivityTimes(at, kind.value, source, seen)
+
+
+_MIN = datetime.min.replace(tzinfo=UTC)
+
+
+def merge_times(a: ActivityTimes, b: ActivityTimes | None) -> ActivityTimes:
+    """Two observations of a session's activity as one: the newer meaningful activity (with its
+    kind and source) and the later ``last_seen_at``. Commutative, like the store's flush."""
+    if b is None:
+        return a
+    newer = b if (b.last_activity_at or _MIN) > (a.last_activity_at or _MIN) else a
+    seen = max((t for t in (a.last_seen_at, b.last_seen_at) if t is not None), default=None)
+    return ActivityTimes(
+        newer.last_activity_at, newer.last_activity_kind, newer.last_activity_source, seen
+    )
