@@ -209,7 +209,7 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
             # Turned away in band: the handshake's answer carries the OPEN packet, then
             # connect_error {code, message} and CLOSE, so every Socket.IO client reports the
             # code (an HTTP error status would reach them as a bare transport error).
-            await self.gateway._hang_up(eio_sid, *refusal)
+            await self.gateway.sockets.hang_up(eio_sid, *refusal)
             return
         await super()._handle_eio_connect(eio_sid, environ)
 

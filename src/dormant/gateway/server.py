@@ -28,18 +28,15 @@ revoked (by this process or another, e.g. ``dormant keys revoke``) are closed wi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
-import math
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
 import socketio  # type: ignore[import-untyped]
-from socketio import packet as sio_packet
 
 from dormant.clock import Clock
 from dormant.engine import Engine, EngineEvent
@@ -57,6 +54,7 @@ from dormant.gateway.protocol import (
 )
 from dormant.gateway.rooms import Connection, Room
 from dormant.gateway.settings import GatewaySettings, GatewayStats
+from dormant.gateway.sockets import Sockets
 from dormant.gateway.tokens import Claims, TokenError, TokenIssuer
 from dormant.policy import Action, Category, Level, State
 from dormant.store.records import SessionRecord
@@ -171,14 +169,11 @@ class Gateway:
         self.sio.on("pong", self._on_pong)
         self.sio.on("*", self._on_unknown)
         self.asgi_app = EngineGuard(socketio.ASGIApp(self.sio, socketio_path=None), self)
-        #: Engine.IO sockets open now (eio sid -> when admitted, monotonic).
-        self._sockets: dict[str, float] = {}
-        #: Those without an accepted connection -> when they are closed (in deadline order).
-        self._pending: dict[str, float] = {}
-        #: Sockets that logged a malformed packet already (one line per connection).
-        self._noted: set[str] = set()
-        self._refusals_logged_at = -math.inf
-        self._refusals_unlogged = 0
+        self.sockets = Sockets(self)
+        # The names EngineGuard (and tests) read the open sockets by.
+        self._sockets = self.sockets.open
+        self._pending = self.sockets.pending
+        self._noted = self.sockets.noted
         #: API key id -> (when looked at, monotonic; "ok" | "revoked" | "unknown").
         self._keys: dict[str, tuple[float, str]] = {}
         self._key_lookups: dict[str, asyncio.Future[str]] = {}
@@ -255,6 +250,23 @@ class Gateway:
         await self.sio.emit("event", {"type": type_, "data": data}, room=room.name)
         return len(room.members)
 
+    # what the guards (guard.py) ask of the gateway -------------------------------------------
+
+    def admit_socket(self, eio_sid: str) -> tuple[str, str] | None:
+        return self.sockets.admit(eio_sid)
+
+    def forget_socket(self, eio_sid: str) -> None:
+        self.sockets.forget(eio_sid)
+
+    def authenticated(self, eio_sid: str) -> bool:
+        return self.sockets.authenticated(eio_sid)
+
+    def note_malformed(self, eio_sid: str | None, what: str, logged: bool = False) -> bool:
+        return self.sockets.note_malformed(eio_sid, what, logged)
+
+    async def refuse_connect(self, eio_sid: str, code: str, message: str) -> None:
+        await self.sockets.refuse_connect(eio_sid, code, message)
+
     # connect and disconnect -------------------------------------------------------------------
 
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
@@ -264,7 +276,7 @@ class Gateway:
         except socketio.exceptions.ConnectionRefusedError:
             # Refused: the socket goes once the client has the connect_error (socket.io clients
             # close it then too), so it holds no slot meanwhile.
-            self._hang_up_after_delivery(eio_sid)
+            self.sockets.hang_up_after_delivery(eio_sid)
             raise
 
     async def _connect(
@@ -273,7 +285,7 @@ class Gateway:
         try:
             claims = self._verify(environ, auth)
             await self._check_key(claims.key_id)
-            if eio_sid is not None and eio_sid not in self._sockets:
+            if eio_sid is not None and eio_sid not in self.sockets.open:
                 return False  # the socket closed while the key was looked at
             # Joining connections are in _conns already (nothing awaits between here and there).
             if len(self.conns) >= self.settings.max_connections:
@@ -403,145 +415,6 @@ class Gateway:
                 ", ".join(sorted(key_ids)),
             )
 
-    # Engine.IO sockets: admission, handshake timeout, malformed packets ---------------------
-
-    def admit_socket(self, eio_sid: str) -> tuple[str, str] | None:
-        """An Engine.IO handshake: admitted (None) while the sockets open, authenticated or
-        not, are under ``max_connections``; otherwise the refusal (code, message)."""
-        if len(self._sockets) >= self.settings.max_connections:
-            code = "server_full"
-            message = (
-                f"this server holds {self.settings.max_connections} connections (its limit); "
-                "try again later"
-            )
-            self.stats.refused[code] = self.stats.refused.get(code, 0) + 1
-            self._log_refused_handshake(code)
-            return code, message
-        now = self.clock.monotonic()
-        self._sockets[eio_sid] = now
-        self._pending[eio_sid] = now + self.settings.handshake_timeout
-        self._count_sockets()
-        return None
-
-    def _log_refused_handshake(self, code: str) -> None:
-        """A flood of refused handshakes logs a line every few seconds, not one each."""
-        now = self.clock.monotonic()
-        if now - self._refusals_logged_at < 5.0:
-            self._refusals_unlogged += 1
-            return
-        more = self._refusals_unlogged
-        log.info("handshake refused: %s%s", code, f" ({more} more before)" if more else "")
-        self._refusals_logged_at = now
-        self._refusals_unlogged = 0
-
-    def forget_socket(self, eio_sid: str) -> None:
-        self._sockets.pop(eio_sid, None)
-        self._pending.pop(eio_sid, None)
-        self._noted.discard(eio_sid)
-        self._count_sockets()
-
-    def _count_sockets(self) -> None:
-        self.stats.sockets = len(self._sockets)
-        self.stats.unauthenticated = len(self._pending)
-
-    def _await_connect(self, eio_sid: str | None) -> None:
-        """The socket has no accepted connection (again): it must make one in time."""
-        if eio_sid is not None and eio_sid in self._sockets:
-            self._pending.pop(eio_sid, None)
-            self._pending[eio_sid] = self.clock.monotonic() + self.settings.handshake_timeout
-            self._count_sockets()
-
-    def authenticated(self, eio_sid: str) -> bool:
-        sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
-        conn = self.conns.get(sid) if sid is not None else None
-        return conn is not None and conn.registered
-
-    def note_malformed(self, eio_sid: str | None, what: str, logged: bool = False) -> bool:
-        """Count a dropped packet; log only the first of each connection. Returns True (the
-        connection has logged) for callers that keep their own flag."""
-        self.stats.malformed_packets += 1
-        if logged or (eio_sid is not None and eio_sid in self._noted):
-            return True
-        if eio_sid is not None and eio_sid in self._sockets:
-            self._noted.add(eio_sid)
-        log.info(
-            "dropping malformed packets from connection %s (first: %s); the rest are counted",
-            eio_sid or "?",
-            what,
-        )
-        return True
-
-    async def refuse_connect(self, eio_sid: str, code: str, message: str) -> None:
-        """Answer a Socket.IO CONNECT with ``connect_error {message, data: {code, message}}``,
-        then close the socket."""
-        self.stats.refused[code] = self.stats.refused.get(code, 0) + 1
-        log.info("connection refused: %s: %s", code, message)
-        await self._connect_error(eio_sid, code, message)
-        self._hang_up_after_delivery(eio_sid)
-
-    async def _connect_error(self, eio_sid: str, code: str, message: str) -> None:
-        packet = self.sio.packet_class(
-            sio_packet.CONNECT_ERROR,
-            data={"message": message, "data": error(code, message)},
-            namespace="/",
-        )
-        await self.sio._send_packet(eio_sid, packet)
-
-    async def _expire_handshakes(self, now: float) -> None:
-        while self._pending:
-            eio_sid, deadline = next(iter(self._pending.items()))
-            if deadline > now:
-                return
-            del self._pending[eio_sid]
-            self.stats.handshake_timeouts += 1
-            refused = self.stats.refused
-            refused["handshake_timeout"] = refused.get("handshake_timeout", 0) + 1
-            await self._hang_up(
-                eio_sid,
-                "handshake_timeout",
-                f"no connect with a valid token within {self.settings.handshake_timeout:g}s",
-            )
-        self._count_sockets()
-
-    def _hang_up_after_delivery(self, eio_sid: str | None) -> None:
-        if eio_sid is not None:
-            self.spawn(self._hang_up_delivered(eio_sid))
-
-    async def _hang_up_delivered(self, eio_sid: str) -> None:
-        """Close a socket once what is queued for it (a connect_error) was handed to its
-        transport, or after ``REFUSAL_DELIVERY`` seconds if its client does not fetch it."""
-        await asyncio.sleep(0)
-        sock = self.sio.eio.sockets.get(eio_sid)
-        if sock is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(sock.queue.join(), REFUSAL_DELIVERY)
-        if self.authenticated(eio_sid):
-            return  # it connected meanwhile (a CONNECT sent right after the refused one)
-        await self._hang_up(eio_sid)
-
-    async def _hang_up(self, eio_sid: str, code: str | None = None, message: str = "") -> None:
-        """Close an Engine.IO socket now, whether or not its client listens: a connect_error
-        saying why (given a ``code``), the CLOSE packet, and the end of its transport (a
-        WebSocket is closed, a waiting poll answered)."""
-        eio = self.sio.eio
-        sock = eio.sockets.get(eio_sid)
-        if sock is None or sock.closed:
-            eio.sockets.pop(eio_sid, None)
-            self.forget_socket(eio_sid)
-            return
-        try:
-            sock.last_ping = None  # no ping task for a socket that is going (Engine.IO's own)
-            if code is not None:
-                await self._connect_error(eio_sid, code, message)
-            await sock.close(wait=False, abort=False)
-            sock.queue.put_nowait(None)
-        except Exception:
-            log.exception("closing socket %s failed", eio_sid)
-        finally:
-            eio.sockets.pop(eio_sid, None)
-            self.forget_socket(eio_sid)
-
     def _refuse(self, exc: Refused) -> bool:
         self.stats.refused[exc.code] = self.stats.refused.get(exc.code, 0) + 1
         log.info("connection refused: %s: %s", exc.code, exc.message)
@@ -579,7 +452,7 @@ class Gateway:
                     room.synced = record.connections_by_instance.get(
                         self.engine.settings.instance_id, 0
                     )
-        if conn.closed or (eio_sid is not None and eio_sid not in self._sockets):
+        if conn.closed or (eio_sid is not None and eio_sid not in self.sockets.open):
             self.conns.pop(sid, None)  # the client went away while we were looking
             return False
         if record.tenant != claims.tenant or record.state in (State.DELETING, State.DELETED):
@@ -589,8 +462,7 @@ class Gateway:
         conn.heartbeat = Heartbeat(policy.heartbeat_interval, policy.missed_pongs, now)
         conn.joined_at = self.clock.now().isoformat()
         conn.registered = True
-        if eio_sid is not None and self._pending.pop(eio_sid, None) is not None:
-            self._count_sockets()
+        self.sockets.accepted(eio_sid)
         room.members[sid] = conn
         await self.sio.enter_room(sid, room.name)
         self.stats.connections = len(self.conns)
@@ -663,7 +535,7 @@ class Gateway:
             return  # _join sees ``closed`` and cleans up
         self.conns.pop(sid, None)
         self.stats.connections = len(self.conns)
-        self._await_connect(conn.eio_sid)
+        self.sockets.await_connect(conn.eio_sid)
         room = self.rooms.get(conn.session_id)
         if room is None or room.members.pop(sid, None) is None:
             return
@@ -927,7 +799,7 @@ class Gateway:
 
     async def tick(self) -> None:
         now = self.clock.monotonic()
-        await self._expire_handshakes(now)
+        await self.sockets.expire_handshakes(now)
         if now >= self._next_key_check and not self._checking_keys:
             self._next_key_check = now + self.settings.key_check_interval
             self._checking_keys = True
