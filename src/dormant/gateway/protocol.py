@@ -28,6 +28,16 @@ class ProtocolError(Exception):
         return error(self.code, self.message)
 
 
+class Refused(Exception):
+    """A connect the gateway refuses: the client gets ``connect_error`` with ``{code, message}``
+    and its socket is closed."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 def error(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"code": code, "message": message, **extra}
 

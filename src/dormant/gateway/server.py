@@ -34,18 +34,20 @@ import logging
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs
 
 import socketio  # type: ignore[import-untyped]
 
 from dormant.clock import Clock
 from dormant.engine import Engine, EngineEvent
 from dormant.errors import DormantError, InvalidInput, NotFound, TemporaryError
+from dormant.gateway.admission import Admission
 from dormant.gateway.guard import EngineGuard, GuardedServer
 from dormant.gateway.heartbeat import Heartbeat, worst
+from dormant.gateway.keys import KeyChecks
 from dormant.gateway.limits import TokenBucket
 from dormant.gateway.protocol import (
     ProtocolError,
+    Refused,
     error,
     iso,
     parse_activity,
@@ -55,7 +57,7 @@ from dormant.gateway.protocol import (
 from dormant.gateway.rooms import Connection, Room
 from dormant.gateway.settings import GatewaySettings, GatewayStats
 from dormant.gateway.sockets import Sockets
-from dormant.gateway.tokens import Claims, TokenError, TokenIssuer
+from dormant.gateway.tokens import Claims, TokenIssuer
 from dormant.policy import Action, Category, Level, State
 from dormant.store.records import SessionRecord
 
@@ -126,21 +128,6 @@ def _age(record: SessionRecord) -> tuple[int, datetime, datetime]:
     )
 
 
-def _trim(environ: dict[str, Any]) -> None:
-    """Drop the handshake's request headers: Engine.IO keeps the environ for the connection's
-    whole life and nothing reads them after the handshake (about 2 KB per connection)."""
-    for key in [k for k in environ if k.startswith("HTTP_")]:
-        del environ[key]
-    environ.pop("wsgi.input", None)
-
-
-class Refused(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class Gateway:
     def __init__(
         self,
@@ -154,6 +141,27 @@ class Gateway:
         self.settings = settings or GatewaySettings()
         self.clock = clock or engine.clock
         self.stats = GatewayStats()
+        # What the parts share: connections and rooms, the store's slots, the tasks started.
+        #: Every connection, joining or registered, by Socket.IO sid.
+        self.conns: dict[str, Connection] = {}
+        #: The rooms of sessions with connections here (or a count still to tell the engine).
+        self.rooms: dict[str, Room] = {}
+        #: Store operations the gateway may have in flight (connects, disconnects, refreshes).
+        self.store_slots = asyncio.Semaphore(STORE_CONCURRENCY)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        # The parts, one concept each.
+        self.sockets = Sockets(self)
+        self.keys = KeyChecks(self)
+        self.admission = Admission(self)
+        # The names EngineGuard and tests read these by.
+        self._sockets = self.sockets.open
+        self._pending = self.sockets.pending
+        self._noted = self.sockets.noted
+        self._rooms = self.rooms
+        self._on_connect = self.admission.on_connect
         self.sio = GuardedServer(
             async_mode="asgi",
             cors_allowed_origins=self.settings.cors_origins,
@@ -163,33 +171,12 @@ class Gateway:
             engineio_logger=_engineio_log,
         )
         self.sio.gateway = self
-        self.sio.on("connect", self._on_connect)
+        self.sio.on("connect", self.admission.on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("activity", self._on_activity)
         self.sio.on("pong", self._on_pong)
         self.sio.on("*", self._on_unknown)
         self.asgi_app = EngineGuard(socketio.ASGIApp(self.sio, socketio_path=None), self)
-        self.sockets = Sockets(self)
-        # The names EngineGuard (and tests) read the open sockets by.
-        self._sockets = self.sockets.open
-        self._pending = self.sockets.pending
-        self._noted = self.sockets.noted
-        #: API key id -> (when looked at, monotonic; "ok" | "revoked" | "unknown").
-        self._keys: dict[str, tuple[float, str]] = {}
-        self._key_lookups: dict[str, asyncio.Future[str]] = {}
-        self._next_key_check = 0.0
-        self._checking_keys = False
-        #: Every connection, joining or registered, by Socket.IO sid.
-        self.conns: dict[str, Connection] = {}
-        #: The rooms of sessions with connections here (or a count still to tell the engine).
-        self.rooms: dict[str, Room] = {}
-        self._rooms = self.rooms  # the name tests look rooms up by
-        self._heap: list[tuple[float, int, str]] = []
-        self._seq = itertools.count()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._loop_task: asyncio.Task[None] | None = None
-        #: Store operations the gateway may have in flight (connects, disconnects, refreshes).
-        self.store_slots = asyncio.Semaphore(STORE_CONCURRENCY)
         engine.listeners.append(self._on_engine_event)
 
     # life of the gateway ----------------------------------------------------------------------
@@ -269,157 +256,6 @@ class Gateway:
 
     # connect and disconnect -------------------------------------------------------------------
 
-    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
-        eio_sid: str | None = self.sio.manager.eio_sid_from_sid(sid, "/")
-        try:
-            return await self._connect(sid, environ, auth, eio_sid)
-        except socketio.exceptions.ConnectionRefusedError:
-            # Refused: the socket goes once the client has the connect_error (socket.io clients
-            # close it then too), so it holds no slot meanwhile.
-            self.sockets.hang_up_after_delivery(eio_sid)
-            raise
-
-    async def _connect(
-        self, sid: str, environ: dict[str, Any], auth: Any, eio_sid: str | None
-    ) -> bool:
-        try:
-            claims = self._verify(environ, auth)
-            await self._check_key(claims.key_id)
-            if eio_sid is not None and eio_sid not in self.sockets.open:
-                return False  # the socket closed while the key was looked at
-            # Joining connections are in _conns already (nothing awaits between here and there).
-            if len(self.conns) >= self.settings.max_connections:
-                raise Refused(
-                    "server_full",
-                    f"this server holds {self.settings.max_connections} connections (its "
-                    "limit); try again later",
-                )
-        except Refused as exc:
-            return self._refuse(exc)
-        _trim(environ)
-        room = self.rooms.get(claims.session_id)
-        if room is None:
-            room = self.rooms[claims.session_id] = Room(claims.session_id)
-        if len(room.members) + room.joining >= self.settings.max_connections_per_session:
-            self._drop_room_if_empty(room)
-            return self._refuse(
-                Refused(
-                    "session_full",
-                    f"session has {self.settings.max_connections_per_session} connections "
-                    "already (the most allowed)",
-                )
-            )
-        room.joining += 1
-        try:
-            return await self._join(sid, claims, room, eio_sid)
-        finally:
-            room.joining -= 1
-            self._drop_room_if_empty(room)
-
-    def _verify(self, environ: dict[str, Any], auth: Any) -> Claims:
-        query = parse_qs(str(environ.get("QUERY_STRING", "")))
-        if "token" in query or "auth" in query:
-            raise Refused(
-                "token_in_query",
-                "tokens never travel in the query string; connect with auth: {token}",
-            )
-        if not isinstance(auth, dict) or "token" not in auth:
-            raise Refused("unauthorized", "missing token: connect with auth: {token}")
-        try:
-            return self.tokens.verify(auth.get("token"))
-        except TokenError as exc:
-            raise Refused(exc.code, str(exc)) from None
-
-    # API keys behind tokens ---------------------------------------------------------------------
-
-    async def _check_key(self, key_id: str) -> None:
-        state = await self._key_state(key_id)
-        if state == "revoked":
-            raise Refused("key_revoked", "the API key this token was minted with is revoked")
-        if state == "unknown":
-            raise Refused("invalid_token", "the API key this token was minted with is unknown")
-        if state != "ok":
-            raise Refused("unavailable", "cannot check the token's API key now; retry")
-
-    async def _key_state(self, key_id: str) -> str:
-        """``ok``, ``revoked``, ``unknown`` or ``unavailable`` (the store failed); looked up at
-        most once per ``key_check_interval`` however many connect meanwhile (a revocation is
-        final and never looked up again)."""
-        cached = self._keys.get(key_id)
-        if cached is not None:
-            at, state = cached
-            if state == "revoked" or self.clock.monotonic() - at < self.settings.key_check_interval:
-                return state
-        lookup = self._key_lookups.get(key_id)
-        if lookup is None:
-            lookup = asyncio.ensure_future(self._look_up_key(key_id))
-            self._key_lookups[key_id] = lookup
-            lookup.add_done_callback(lambda _: self._key_lookups.pop(key_id, None))
-        return await asyncio.shield(lookup)
-
-    async def _look_up_key(self, key_id: str) -> str:
-        try:
-            async with self.store_slots:
-                record = await self.engine.store.get_key(key_id)
-        except Exception as exc:
-            log.warning("looking up API key %s: %s", key_id, exc)
-            return "unavailable"
-        state = "unknown" if record is None else "ok" if record.revoked_at is None else "revoked"
-        self._keys[key_id] = (self.clock.monotonic(), state)
-        return state
-
-    async def _check_live_keys(self) -> None:
-        """One look at the store for the keys of every live connection; close the connections
-        whose key is revoked (or gone), each told ``error {code: "key_revoked"}`` first."""
-        try:
-            wanted = {c.key_id for c in self.conns.values() if c.registered}
-            if not wanted:
-                return
-            try:
-                async with self.store_slots:
-                    keys = await self.engine.store.list_keys()
-            except Exception as exc:
-                log.warning("checking the API keys of live connections: %s", exc)
-                return
-            now = self.clock.monotonic()
-            standing = {}
-            for key in keys:
-                standing[key.id] = "ok" if key.revoked_at is None else "revoked"
-                self._keys[key.id] = (now, standing[key.id])
-            bad = {k for k in wanted if standing.get(k) != "ok"}
-            for key_id in bad - standing.keys():
-                self._keys[key_id] = (now, "unknown")
-            if bad:
-                await self._drop_keys(bad)
-        finally:
-            self._checking_keys = False
-
-    async def _drop_keys(self, key_ids: set[str]) -> None:
-        dropped = [c for c in self.conns.values() if c.registered and c.key_id in key_ids]
-        for conn in dropped:
-            if conn.closed:
-                continue
-            self.stats.revoked_drops += 1
-            await self.sio.emit(
-                "error",
-                error(
-                    "key_revoked", "the API key this connection's token was minted with was revoked"
-                ),
-                to=conn.sid,
-            )
-            self.spawn(self._close(conn.sid))
-        if dropped:
-            log.info(
-                "closing %d connection(s): API key(s) %s revoked",
-                len(dropped),
-                ", ".join(sorted(key_ids)),
-            )
-
-    def _refuse(self, exc: Refused) -> bool:
-        self.stats.refused[exc.code] = self.stats.refused.get(exc.code, 0) + 1
-        log.info("connection refused: %s: %s", exc.code, exc.message)
-        raise socketio.exceptions.ConnectionRefusedError(exc.message, error(exc.code, exc.message))
-
     async def _join(self, sid: str, claims: Claims, room: Room, eio_sid: str | None) -> bool:
         now = self.clock.monotonic()
         conn = Connection(
@@ -443,10 +279,10 @@ class Gateway:
                     except Exception as exc:
                         self.conns.pop(sid, None)
                         if isinstance(exc, NotFound):
-                            return self._refuse(Refused("session_not_found", "no such session"))
+                            raise Refused("session_not_found", "no such session") from None
                         if not isinstance(exc, DormantError):
                             log.exception("looking up session %s failed", room.session_id)
-                        return self._refuse(Refused("unavailable", "cannot attach now; retry"))
+                        raise Refused("unavailable", "cannot attach now; retry") from None
                     room.record = record
                     # What this instance told the store before (other instances' count apart).
                     room.synced = record.connections_by_instance.get(
@@ -457,7 +293,7 @@ class Gateway:
             return False
         if record.tenant != claims.tenant or record.state in (State.DELETING, State.DELETED):
             self.conns.pop(sid, None)
-            return self._refuse(Refused("session_not_found", "no such session"))
+            raise Refused("session_not_found", "no such session")
         policy = self.engine.policy_of(record)
         conn.heartbeat = Heartbeat(policy.heartbeat_interval, policy.missed_pongs, now)
         conn.joined_at = self.clock.now().isoformat()
@@ -800,10 +636,7 @@ class Gateway:
     async def tick(self) -> None:
         now = self.clock.monotonic()
         await self.sockets.expire_handshakes(now)
-        if now >= self._next_key_check and not self._checking_keys:
-            self._next_key_check = now + self.settings.key_check_interval
-            self._checking_keys = True
-            self.spawn(self._check_live_keys())
+        self.keys.tick(now)
         await self._heartbeats(now)
         for room in list(self.rooms.values()):
             if room.presence_dirty and room.presence_next <= now:
