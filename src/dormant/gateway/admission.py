@@ -68,7 +68,7 @@ class Admission:
         if room is None:
             room = gateway.rooms[claims.session_id] = Room(claims.session_id)
         if len(room.members) + room.joining >= gateway.settings.max_connections_per_session:
-            gateway._drop_room_if_empty(room)
+            gateway.members.drop_if_empty(room)
             return self.refuse(
                 Refused(
                     "session_full",
@@ -78,12 +78,12 @@ class Admission:
             )
         room.joining += 1
         try:
-            return await gateway._join(sid, claims, room, eio_sid)
+            return await gateway.members.join(sid, claims, room, eio_sid)
         except Refused as exc:  # the session is gone, or the store could not say
             return self.refuse(exc)
         finally:
             room.joining -= 1
-            gateway._drop_room_if_empty(room)
+            gateway.members.drop_if_empty(room)
 
     def _verify(self, environ: dict[str, Any], auth: Any) -> Claims:
         query = parse_qs(str(environ.get("QUERY_STRING", "")))

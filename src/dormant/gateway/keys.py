@@ -112,7 +112,7 @@ class KeyChecks:
                 ),
                 to=conn.sid,
             )
-            gateway.spawn(gateway._close(conn.sid))
+            gateway.spawn(gateway.members.close(conn.sid))
         if dropped:
             log.info(
                 "closing %d connection(s): API key(s) %s revoked",

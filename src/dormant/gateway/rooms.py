@@ -1,17 +1,28 @@
-"""A session's connections in this process: each :class:`Connection`, and the :class:`Room`
-they share (which also holds what the gateway knows and told about the session)."""
+"""A session's connections in this process: each :class:`Connection`, the :class:`Room` they
+share (which also holds what the gateway knows and told about the session), and
+:class:`Membership`: joining a room once admitted, leaving it, closing connections."""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import logging
 import math
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from dormant.errors import DormantError, NotFound
 from dormant.gateway.heartbeat import Heartbeat, Quality
 from dormant.gateway.limits import TokenBucket
+from dormant.gateway.protocol import Refused, error
 from dormant.gateway.tokens import Claims
+from dormant.policy import State
 from dormant.store.records import SessionRecord
+
+if TYPE_CHECKING:
+    from dormant.gateway.server import Gateway
+
+log = logging.getLogger("dormant.gateway")
 
 
 class Connection:
@@ -109,3 +120,114 @@ class Room:
     @property
     def empty(self) -> bool:
         return not self.members and not self.joining
+
+
+class Membership:
+    """Who is in which room: a connection joins once admitted (:mod:`dormant.gateway.admission`)
+    and leaves when it closes; a room nobody is in is forgotten once the engine knows."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def join(self, sid: str, claims: Claims, room: Room, eio_sid: str | None) -> bool:
+        gateway = self.gateway
+        now = gateway.clock.monotonic()
+        conn = Connection(
+            sid,
+            claims,
+            Heartbeat(25.0, 3, now),  # replaced by the session's settings below
+            TokenBucket(gateway.settings.activity_rate, gateway.settings.activity_burst, now),
+            eio_sid,
+        )
+        gateway.conns[sid] = conn
+        record = room.record
+        if record is None:
+            # The first of a room looks the session up; whoever arrives meanwhile waits for it,
+            # and later ones need no store at all: a reconnect storm costs one read.
+            async with room.lock:
+                record = room.record
+                if record is None:
+                    try:
+                        async with gateway.store_slots:
+                            record = await gateway.engine.get(room.session_id)
+                    except Exception as exc:
+                        gateway.conns.pop(sid, None)
+                        if isinstance(exc, NotFound):
+                            raise Refused("session_not_found", "no such session") from None
+                        if not isinstance(exc, DormantError):
+                            log.exception("looking up session %s failed", room.session_id)
+                        raise Refused("unavailable", "cannot attach now; retry") from None
+                    room.record = record
+                    # What this instance told the store before (other instances' count apart).
+                    room.synced = record.connections_by_instance.get(
+                        gateway.engine.settings.instance_id, 0
+                    )
+        if conn.closed or (eio_sid is not None and eio_sid not in gateway.sockets.open):
+            gateway.conns.pop(sid, None)  # the client went away while we were looking
+            return False
+        if record.tenant != claims.tenant or record.state in (State.DELETING, State.DELETED):
+            gateway.conns.pop(sid, None)
+            raise Refused("session_not_found", "no such session")
+        policy = gateway.engine.policy_of(record)
+        conn.heartbeat = Heartbeat(policy.heartbeat_interval, policy.missed_pongs, now)
+        conn.joined_at = gateway.clock.now().isoformat()
+        conn.registered = True
+        gateway.sockets.accepted(eio_sid)
+        room.members[sid] = conn
+        await gateway.sio.enter_room(sid, room.name)
+        gateway.stats.connections = len(gateway.conns)
+        gateway.stats.connected_total += 1
+        heapq.heappush(gateway._heap, (conn.heartbeat.next_at, next(gateway._seq), sid))
+        gateway._presence_soon(room)
+        gateway.counts.sync(room)
+        # The CONNECT packet goes out when this handler returns; greet after it.
+        gateway.spawn(gateway._greet(conn))
+        return True
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        gateway = self.gateway
+        conn = gateway.conns.get(sid)
+        if conn is None:
+            return
+        conn.closed = True
+        if not conn.registered:
+            return  # join sees ``closed`` and cleans up
+        gateway.conns.pop(sid, None)
+        gateway.stats.connections = len(gateway.conns)
+        gateway.sockets.await_connect(conn.eio_sid)
+        room = gateway.rooms.get(conn.session_id)
+        if room is None or room.members.pop(sid, None) is None:
+            return
+        log.info(
+            "connection closed session=%s reason=%s left=%d",
+            conn.session_id,
+            reason,
+            len(room.members),
+        )
+        room.left = True
+        gateway._presence_soon(room)
+        gateway.counts.sync(room)
+
+    def drop_if_empty(self, room: Room) -> None:
+        """Forget a room nobody is in once the engine knows it (a new one starts afresh)."""
+        gateway = self.gateway
+        if (
+            room.empty
+            and not room.syncing
+            and (room.synced == 0 or room.record is None)
+            and gateway.rooms.get(room.session_id) is room
+        ):
+            del gateway.rooms[room.session_id]
+
+    async def close_room(self, room: Room) -> None:
+        for sid in list(room.members):
+            await self.gateway.sio.emit(
+                "error", error("session_deleted", "the session was deleted"), to=sid
+            )
+            await self.close(sid)
+
+    async def close(self, sid: str) -> None:
+        try:
+            await self.gateway.sio.disconnect(sid)
+        except Exception:
+            log.exception("closing connection %s failed", sid)

@@ -39,25 +39,24 @@ import socketio  # type: ignore[import-untyped]
 
 from dormant.clock import Clock
 from dormant.engine import Engine, EngineEvent
-from dormant.errors import DormantError, InvalidInput, NotFound, TemporaryError
+from dormant.errors import InvalidInput, NotFound, TemporaryError
 from dormant.gateway.admission import Admission
 from dormant.gateway.guard import EngineGuard, GuardedServer
-from dormant.gateway.heartbeat import Heartbeat, worst
+from dormant.gateway.heartbeat import worst
 from dormant.gateway.keys import KeyChecks
-from dormant.gateway.limits import TokenBucket
 from dormant.gateway.protocol import (
     ProtocolError,
-    Refused,
     error,
     iso,
     parse_activity,
     parse_pong,
     session_view,
 )
-from dormant.gateway.rooms import Connection, Room
+from dormant.gateway.rooms import Connection, Membership, Room
 from dormant.gateway.settings import GatewaySettings, GatewayStats
 from dormant.gateway.sockets import Sockets
-from dormant.gateway.tokens import Claims, TokenIssuer
+from dormant.gateway.sync import CountSync
+from dormant.gateway.tokens import TokenIssuer
 from dormant.policy import Action, Category, Level, State
 from dormant.store.records import SessionRecord
 
@@ -156,12 +155,15 @@ class Gateway:
         self.sockets = Sockets(self)
         self.keys = KeyChecks(self)
         self.admission = Admission(self)
+        self.members = Membership(self)
+        self.counts = CountSync(self)
         # The names EngineGuard and tests read these by.
         self._sockets = self.sockets.open
         self._pending = self.sockets.pending
         self._noted = self.sockets.noted
         self._rooms = self.rooms
         self._on_connect = self.admission.on_connect
+        self._on_disconnect = self.members.on_disconnect
         self.sio = GuardedServer(
             async_mode="asgi",
             cors_allowed_origins=self.settings.cors_origins,
@@ -172,7 +174,7 @@ class Gateway:
         )
         self.sio.gateway = self
         self.sio.on("connect", self.admission.on_connect)
-        self.sio.on("disconnect", self._on_disconnect)
+        self.sio.on("disconnect", self.members.on_disconnect)
         self.sio.on("activity", self._on_activity)
         self.sio.on("pong", self._on_pong)
         self.sio.on("*", self._on_unknown)
@@ -192,7 +194,7 @@ class Gateway:
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
         for sid in list(self.conns):
-            await self._close(sid)
+            await self.members.close(sid)
         await self.drain()
 
     async def drain(self) -> None:
@@ -256,97 +258,6 @@ class Gateway:
 
     # connect and disconnect -------------------------------------------------------------------
 
-    async def _join(self, sid: str, claims: Claims, room: Room, eio_sid: str | None) -> bool:
-        now = self.clock.monotonic()
-        conn = Connection(
-            sid,
-            claims,
-            Heartbeat(25.0, 3, now),  # replaced by the session's settings below
-            TokenBucket(self.settings.activity_rate, self.settings.activity_burst, now),
-            eio_sid,
-        )
-        self.conns[sid] = conn
-        record = room.record
-        if record is None:
-            # The first of a room looks the session up; whoever arrives meanwhile waits for it,
-            # and later ones need no store at all: a reconnect storm costs one read.
-            async with room.lock:
-                record = room.record
-                if record is None:
-                    try:
-                        async with self.store_slots:
-                            record = await self.engine.get(room.session_id)
-                    except Exception as exc:
-                        self.conns.pop(sid, None)
-                        if isinstance(exc, NotFound):
-                            raise Refused("session_not_found", "no such session") from None
-                        if not isinstance(exc, DormantError):
-                            log.exception("looking up session %s failed", room.session_id)
-                        raise Refused("unavailable", "cannot attach now; retry") from None
-                    room.record = record
-                    # What this instance told the store before (other instances' count apart).
-                    room.synced = record.connections_by_instance.get(
-                        self.engine.settings.instance_id, 0
-                    )
-        if conn.closed or (eio_sid is not None and eio_sid not in self.sockets.open):
-            self.conns.pop(sid, None)  # the client went away while we were looking
-            return False
-        if record.tenant != claims.tenant or record.state in (State.DELETING, State.DELETED):
-            self.conns.pop(sid, None)
-            raise Refused("session_not_found", "no such session")
-        policy = self.engine.policy_of(record)
-        conn.heartbeat = Heartbeat(policy.heartbeat_interval, policy.missed_pongs, now)
-        conn.joined_at = self.clock.now().isoformat()
-        conn.registered = True
-        self.sockets.accepted(eio_sid)
-        room.members[sid] = conn
-        await self.sio.enter_room(sid, room.name)
-        self.stats.connections = len(self.conns)
-        self.stats.connected_total += 1
-        heapq.heappush(self._heap, (conn.heartbeat.next_at, next(self._seq), sid))
-        self._presence_soon(room)
-        self._sync(room)
-        # The CONNECT packet goes out when this handler returns; greet after it.
-        self.spawn(self._greet(conn))
-        return True
-
-    def _sync(self, room: Room) -> None:
-        """Bring the engine's count of the room's session to the room's; one worker a room."""
-        if not room.syncing:
-            room.syncing = True
-            self.spawn(self._sync_now(room))
-
-    async def _sync_now(self, room: Room) -> None:
-        """``connect``/``disconnect`` with the live count until the engine agrees. A storm of
-        joins and leaves becomes a few calls; the last leave is always told (grace starts)."""
-        try:
-            while True:
-                count = len(room.members)
-                left, room.left = room.left, False
-                if count == room.synced and not (left and count == 0):
-                    return
-                try:
-                    async with self.store_slots:
-                        if count > room.synced:
-                            record = await self.engine.connect(room.session_id, count=count)
-                        else:
-                            record = await self.engine.disconnect(room.session_id, count=count)
-                except NotFound:
-                    room.synced = count
-                    await self._close_room(room)
-                    return
-                except TemporaryError as exc:
-                    log.warning("counting connections of %s: %s; retrying", room.session_id, exc)
-                    return  # the ticker tries again
-                except Exception:
-                    log.exception("counting connections of session %s failed", room.session_id)
-                    return
-                room.synced = count
-                await self._push(room, record)
-        finally:
-            room.syncing = False
-            self._drop_room_if_empty(room)
-
     async def _greet(self, conn: Connection) -> None:
         await asyncio.sleep(0)
         room = self.rooms.get(conn.session_id)
@@ -362,41 +273,8 @@ class Gateway:
         if view.payload["warning"] is not None:
             await self.sio.emit("sleep-warning", view.payload["warning"], to=conn.sid)
 
-    async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
-        conn = self.conns.get(sid)
-        if conn is None:
-            return
-        conn.closed = True
-        if not conn.registered:
-            return  # _join sees ``closed`` and cleans up
-        self.conns.pop(sid, None)
-        self.stats.connections = len(self.conns)
-        self.sockets.await_connect(conn.eio_sid)
-        room = self.rooms.get(conn.session_id)
-        if room is None or room.members.pop(sid, None) is None:
-            return
-        log.info(
-            "connection closed session=%s reason=%s left=%d",
-            conn.session_id,
-            reason,
-            len(room.members),
-        )
-        room.left = True
-        self._presence_soon(room)
-        self._sync(room)
-
     def _presence_soon(self, room: Room) -> None:
         room.presence_dirty = True
-
-    def _drop_room_if_empty(self, room: Room) -> None:
-        """Forget a room nobody is in once the engine knows it (a new one starts afresh)."""
-        if (
-            room.empty
-            and not room.syncing
-            and (room.synced == 0 or room.record is None)
-            and self.rooms.get(room.session_id) is room
-        ):
-            del self.rooms[room.session_id]
 
     # client events ----------------------------------------------------------------------------
 
@@ -428,7 +306,7 @@ class Gateway:
             self.engine.record_activity(conn.session_id, kind, source="gateway")
         except NotFound:
             await self._client_error(sid, ProtocolError("session_not_found", "session is gone"))
-            self.spawn(self._close(sid))
+            self.spawn(self.members.close(sid))
             return {"ok": False, "error": error("session_not_found", "session is gone")}
         except InvalidInput as exc:
             return await self._client_error(sid, ProtocolError("invalid_activity", str(exc)))
@@ -482,7 +360,7 @@ class Gateway:
         if event.type == "transition" and event.session is not None:
             self.spawn(self._push(room, event.session))
             if event.to_state in (State.DELETING.value, State.DELETED.value):
-                self.spawn(self._close_room(room))
+                self.spawn(self.members.close_room(room))
         elif event.type == "warning" and event.session is not None:
             self.spawn(self._warn(room, event))
         elif event.type == "warning-cancelled" or (
@@ -509,19 +387,6 @@ class Gateway:
         )
         await self.sio.emit("sleep-warning", {"at": iso(at), "reason": reason}, room=room.name)
         await self._push(room, record)
-
-    async def _close_room(self, room: Room) -> None:
-        for sid in list(room.members):
-            await self.sio.emit(
-                "error", error("session_deleted", "the session was deleted"), to=sid
-            )
-            await self._close(sid)
-
-    async def _close(self, sid: str) -> None:
-        try:
-            await self.sio.disconnect(sid)
-        except Exception:
-            log.exception("closing connection %s failed", sid)
 
     # the session event ------------------------------------------------------------------------
 
@@ -599,7 +464,7 @@ class Gateway:
                     async with self.store_slots:
                         record = await self.engine.get(room.session_id)
                 except NotFound:
-                    await self._close_room(room)
+                    await self.members.close_room(room)
                     return
                 except TemporaryError as exc:
                     log.warning("refreshing session %s: %s", room.session_id, exc)
@@ -650,7 +515,7 @@ class Gateway:
                 room.level_check_at = None
                 self._refresh(room)
             if not room.syncing and len(room.members) != room.synced:
-                self._sync(room)  # a count the engine did not take (store trouble): again
+                self.counts.sync(room)  # a count the engine did not take (store trouble): again
 
     async def _heartbeats(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now:
@@ -675,7 +540,7 @@ class Gateway:
                     error("heartbeat_timeout", f"{beat.missed} pings went unanswered"),
                     to=sid,
                 )
-                self.spawn(self._close(sid))
+                self.spawn(self.members.close(sid))
                 continue
             ts = int(self.clock.now().timestamp() * 1000)
             while ts in beat.outstanding:
