@@ -181,7 +181,7 @@ class Membership:
         gateway._presence_soon(room)
         gateway.counts.sync(room)
         # The CONNECT packet goes out when this handler returns; greet after it.
-        gateway.spawn(gateway._greet(conn))
+        gateway.spawn(gateway.pusher.greet(conn))
         return True
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:

@@ -32,14 +32,14 @@ import heapq
 import itertools
 import logging
 from collections.abc import Awaitable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import socketio  # type: ignore[import-untyped]
 
 from dormant.clock import Clock
-from dormant.engine import Engine, EngineEvent
-from dormant.errors import InvalidInput, NotFound, TemporaryError
+from dormant.engine import Engine
+from dormant.errors import InvalidInput, NotFound
 from dormant.gateway.admission import Admission
 from dormant.gateway.guard import EngineGuard, GuardedServer
 from dormant.gateway.heartbeat import worst
@@ -47,17 +47,16 @@ from dormant.gateway.keys import KeyChecks
 from dormant.gateway.protocol import (
     ProtocolError,
     error,
-    iso,
     parse_activity,
     parse_pong,
-    session_view,
 )
+from dormant.gateway.push import Pusher
 from dormant.gateway.rooms import Connection, Membership, Room
 from dormant.gateway.settings import GatewaySettings, GatewayStats
 from dormant.gateway.sockets import Sockets
 from dormant.gateway.sync import CountSync
 from dormant.gateway.tokens import TokenIssuer
-from dormant.policy import Action, Category, Level, State
+from dormant.policy import Category
 from dormant.store.records import SessionRecord
 
 __all__ = ["Gateway", "GatewaySettings", "GatewayStats", "SocketIORoute"]
@@ -115,18 +114,6 @@ class SocketIORoute:
             await self.app(scope, receive, send)
 
 
-_EPOCH = datetime.min.replace(tzinfo=UTC)
-
-
-def _age(record: SessionRecord) -> tuple[int, datetime, datetime]:
-    """How recent a view of a session is: its stored version, then activity not yet stored."""
-    return (
-        record.version,
-        record.last_activity_at or _EPOCH,
-        record.last_seen_at or _EPOCH,
-    )
-
-
 class Gateway:
     def __init__(
         self,
@@ -157,6 +144,7 @@ class Gateway:
         self.admission = Admission(self)
         self.members = Membership(self)
         self.counts = CountSync(self)
+        self.pusher = Pusher(self)
         # The names EngineGuard and tests read these by.
         self._sockets = self.sockets.open
         self._pending = self.sockets.pending
@@ -164,6 +152,7 @@ class Gateway:
         self._rooms = self.rooms
         self._on_connect = self.admission.on_connect
         self._on_disconnect = self.members.on_disconnect
+        self._push = self.pusher.push
         self.sio = GuardedServer(
             async_mode="asgi",
             cors_allowed_origins=self.settings.cors_origins,
@@ -179,7 +168,7 @@ class Gateway:
         self.sio.on("pong", self._on_pong)
         self.sio.on("*", self._on_unknown)
         self.asgi_app = EngineGuard(socketio.ASGIApp(self.sio, socketio_path=None), self)
-        engine.listeners.append(self._on_engine_event)
+        engine.listeners.append(self.pusher.on_engine_event)
 
     # life of the gateway ----------------------------------------------------------------------
 
@@ -258,21 +247,6 @@ class Gateway:
 
     # connect and disconnect -------------------------------------------------------------------
 
-    async def _greet(self, conn: Connection) -> None:
-        await asyncio.sleep(0)
-        room = self.rooms.get(conn.session_id)
-        if conn.closed or room is None or room.record is None:
-            return
-        record = room.record
-        view = self._view(record, room)
-        await self.sio.emit("session", view.payload, to=conn.sid)
-        if room.last_key is None:
-            room.last_key = view.key
-            room.last_kind = record.last_activity_kind
-            self._arm_level_check(room, record)
-        if view.payload["warning"] is not None:
-            await self.sio.emit("sleep-warning", view.payload["warning"], to=conn.sid)
-
     def _presence_soon(self, room: Room) -> None:
         room.presence_dirty = True
 
@@ -347,137 +321,6 @@ class Gateway:
         if sid is not None:
             await self.sio.emit("error", error(code, message), to=sid)
 
-    # engine events ----------------------------------------------------------------------------
-
-    def _on_engine_event(self, event: EngineEvent) -> None:
-        room = self.rooms.get(event.session_id)
-        if room is None:
-            return
-        if not room.members:
-            if event.session is not None:  # keep the cached view fresh for whoever joins next
-                self.spawn(self._push(room, event.session))
-            return
-        if event.type == "transition" and event.session is not None:
-            self.spawn(self._push(room, event.session))
-            if event.to_state in (State.DELETING.value, State.DELETED.value):
-                self.spawn(self.members.close_room(room))
-        elif event.type == "warning" and event.session is not None:
-            self.spawn(self._warn(room, event))
-        elif event.type == "warning-cancelled" or (
-            event.type == "activity"
-            and (room.level != Level.ACTIVE.value or room.last_kind != event.reason)
-        ):
-            # Level or kind changed; a later time alone is not worth a message to everyone.
-            self._refresh(room)
-
-    async def _warn(self, room: Room, event: EngineEvent) -> None:
-        record = event.session
-        assert record is not None
-        policy = self.engine.policy_of(record)
-        decision = event.decision
-        at: datetime | None
-        if decision is not None and decision.at is not None:
-            at = decision.at + timedelta(seconds=policy.warn_before)
-        else:
-            at = self.engine.describe(record)[1].at
-        reason = (
-            decision.reason.split(": ", 1)[-1]
-            if decision is not None
-            else f"no meaningful activity for {policy.sleep_after:g}s"
-        )
-        await self.sio.emit("sleep-warning", {"at": iso(at), "reason": reason}, room=room.name)
-        await self._push(room, record)
-
-    # the session event ------------------------------------------------------------------------
-
-    def _view(self, record: SessionRecord, room: Room | None) -> Any:
-        lvl, decision = self.engine.describe(record)
-        warning_at = None
-        if (
-            record.warned_at is not None
-            and decision.action is Action.SLEEP
-            and decision.at is not None
-        ):
-            warn_from = decision.at - timedelta(seconds=self.engine.policy_of(record).warn_before)
-            if record.warned_at >= warn_from:
-                warning_at = record.warned_at
-        return session_view(
-            session_id=record.id,
-            user_id=record.user_id,
-            state=record.state.value,
-            level=lvl,
-            decision=decision,
-            warning_at=warning_at,
-            connections=record.connections,
-            quality=self.connection_quality(record.id) if room is not None else None,
-            last_activity_at=record.last_activity_at,
-            last_activity_kind=record.last_activity_kind,
-            error_text=record.error,
-        )
-
-    async def _push(self, room: Room, record: SessionRecord, force: bool = False) -> None:
-        """Send ``session`` to the room if what clients see changed."""
-        age = _age(record)
-        if room.newest is not None and age < room.newest:
-            return  # an engine event overtaken by a fresher read: clients know better already
-        room.newest = age
-        room.record = record
-        if not room.members:
-            return
-        view = self._view(record, room)
-        self._arm_level_check(room, record)
-        if not force and view.key == room.last_key:
-            return
-        room.last_key = view.key
-        room.level = view.payload["level"]
-        room.last_kind = record.last_activity_kind
-        await self.sio.emit("session", view.payload, room=room.name)
-
-    def _arm_level_check(self, room: Room, record: SessionRecord) -> None:
-        """Levels change with time alone (active -> idle -> background): look again then."""
-        lvl, _ = self.engine.describe(record)
-        room.level = lvl.value
-        policy = self.engine.policy_of(record)
-        anchor = record.last_activity_at or record.created_at
-        if lvl is Level.ACTIVE:
-            boundary = anchor + timedelta(seconds=policy.active_within)
-        elif lvl is Level.IDLE:
-            boundary = anchor + timedelta(seconds=policy.idle_within)
-        else:
-            room.level_check_at = None
-            return
-        wait = max(0.0, (boundary - self.clock.now()).total_seconds())
-        room.level_check_at = self.clock.monotonic() + wait + self.settings.tick
-
-    def _refresh(self, room: Room) -> None:
-        if room.refreshing:
-            room.refresh_again = True
-            return
-        room.refreshing = True
-        self.spawn(self._refresh_now(room))
-
-    async def _refresh_now(self, room: Room) -> None:
-        try:
-            while True:
-                room.refresh_again = False
-                try:
-                    async with self.store_slots:
-                        record = await self.engine.get(room.session_id)
-                except NotFound:
-                    await self.members.close_room(room)
-                    return
-                except TemporaryError as exc:
-                    log.warning("refreshing session %s: %s", room.session_id, exc)
-                    return
-                except Exception:
-                    log.exception("refreshing session %s failed", room.session_id)
-                    return
-                await self._push(room, record)
-                if not room.refresh_again:
-                    return
-        finally:
-            room.refreshing = False
-
     def _note_quality(self, conn: Connection, now: float) -> None:
         quality = conn.heartbeat.quality(now)
         if quality is conn.quality:
@@ -486,7 +329,7 @@ class Gateway:
         room = self.rooms.get(conn.session_id)
         if room is not None:
             self._presence_soon(room)
-            self._refresh(room)
+            self.pusher.refresh(room)
 
     # the ticker: heartbeats, presence, level changes ------------------------------------------
 
@@ -513,7 +356,7 @@ class Gateway:
                 await self._presence(room)
             if room.level_check_at is not None and room.level_check_at <= now:
                 room.level_check_at = None
-                self._refresh(room)
+                self.pusher.refresh(room)
             if not room.syncing and len(room.members) != room.synced:
                 self.counts.sync(room)  # a count the engine did not take (store trouble): again
 

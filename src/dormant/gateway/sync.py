@@ -56,7 +56,7 @@ class CountSync:
                     log.exception("counting connections of session %s failed", room.session_id)
                     return
                 room.synced = count
-                await gateway._push(room, record)
+                await gateway.pusher.push(room, record)
         finally:
             room.syncing = False
             gateway.members.drop_if_empty(room)
