@@ -157,6 +157,12 @@ class Pusher:
         wait = max(0.0, (boundary - gateway.clock.now()).total_seconds())
         room.level_check_at = gateway.clock.monotonic() + wait + gateway.settings.tick
 
+    def tick(self, room: Room, now: float) -> None:
+        """A level due to change with time alone: look at the session again."""
+        if room.level_check_at is not None and room.level_check_at <= now:
+            room.level_check_at = None
+            self.refresh(room)
+
     def refresh(self, room: Room) -> None:
         if room.refreshing:
             room.refresh_again = True

@@ -5,7 +5,6 @@ share (which also holds what the gateway knows and told about the session), and
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import math
 from datetime import datetime
@@ -177,8 +176,8 @@ class Membership:
         await gateway.sio.enter_room(sid, room.name)
         gateway.stats.connections = len(gateway.conns)
         gateway.stats.connected_total += 1
-        heapq.heappush(gateway._heap, (conn.heartbeat.next_at, next(gateway._seq), sid))
-        gateway._presence_soon(room)
+        gateway.heartbeats.schedule(conn)
+        gateway.presence.soon(room)
         gateway.counts.sync(room)
         # The CONNECT packet goes out when this handler returns; greet after it.
         gateway.spawn(gateway.pusher.greet(conn))
@@ -205,7 +204,7 @@ class Membership:
             len(room.members),
         )
         room.left = True
-        gateway._presence_soon(room)
+        gateway.presence.soon(room)
         gateway.counts.sync(room)
 
     def drop_if_empty(self, room: Room) -> None:

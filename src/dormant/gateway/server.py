@@ -23,13 +23,24 @@ may send) are dropped and counted, logged once per connection. Tokens name the A
 minted with; a token whose key is revoked or unknown is refused, and connections whose key is
 revoked (by this process or another, e.g. ``dormant keys revoke``) are closed within
 ``key_check_interval`` with ``error {code: "key_revoked"}``.
+
+This module wires the parts together; each lives in its own module:
+
+- :mod:`~dormant.gateway.guard`: packets checked before python-engineio/-socketio parse them;
+- :mod:`~dormant.gateway.sockets`: Engine.IO sockets, their limit, handshake timeout, hang-ups;
+- :mod:`~dormant.gateway.admission`: the Socket.IO connect (token, API key, limits);
+- :mod:`~dormant.gateway.keys`: API keys behind tokens, revocations of live connections;
+- :mod:`~dormant.gateway.rooms`: connections, rooms, joining and leaving;
+- :mod:`~dormant.gateway.sync`: the engine's count of a session's connections;
+- :mod:`~dormant.gateway.push`: the ``session`` event and sleep warnings, from engine events;
+- :mod:`~dormant.gateway.heartbeats`, :mod:`~dormant.gateway.presence`: pings, quality, who is
+  here;
+- :mod:`~dormant.gateway.client_events`: ``activity`` and whatever else clients send.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 from collections.abc import Awaitable
 from datetime import datetime
@@ -39,24 +50,18 @@ import socketio  # type: ignore[import-untyped]
 
 from dormant.clock import Clock
 from dormant.engine import Engine
-from dormant.errors import InvalidInput, NotFound
 from dormant.gateway.admission import Admission
+from dormant.gateway.client_events import ClientEvents
 from dormant.gateway.guard import EngineGuard, GuardedServer
-from dormant.gateway.heartbeat import worst
+from dormant.gateway.heartbeats import Heartbeats
 from dormant.gateway.keys import KeyChecks
-from dormant.gateway.protocol import (
-    ProtocolError,
-    error,
-    parse_activity,
-    parse_pong,
-)
+from dormant.gateway.presence import Presence
 from dormant.gateway.push import Pusher
 from dormant.gateway.rooms import Connection, Membership, Room
 from dormant.gateway.settings import GatewaySettings, GatewayStats
 from dormant.gateway.sockets import Sockets
 from dormant.gateway.sync import CountSync
 from dormant.gateway.tokens import TokenIssuer
-from dormant.policy import Category
 from dormant.store.records import SessionRecord
 
 __all__ = ["Gateway", "GatewaySettings", "GatewayStats", "SocketIORoute"]
@@ -85,15 +90,9 @@ _socketio_log.setLevel(logging.ERROR)
 #: Messages above this size close the transport (Engine.IO's own limit); between
 #: ``max_payload_bytes`` and this they are refused with an ``error`` event and dropped.
 HARD_MESSAGE_LIMIT = 1_000_000
-#: A refused socket is closed once its client fetched the refusal, or after this (seconds).
-REFUSAL_DELIVERY = 2.0
-_NOTICE_EVERY = 1.0  # seconds between two rate-limit notices to one connection
 #: The store's connection pool is small (SQLAlchemy's default: 5 + 10 overflow); leave room
 #: for the API and the engine.
 STORE_CONCURRENCY = 8
-# Acks for accepted activity (shared: python-socketio only reads them).
-_COUNTED: dict[str, Any] = {"ok": True, "counted": True}
-_NOT_COUNTED: dict[str, Any] = {"ok": True, "counted": False}
 
 
 class SocketIORoute:
@@ -115,6 +114,9 @@ class SocketIORoute:
 
 
 class Gateway:
+    """The Socket.IO server, its parts, and the state they share (settings, counters, the
+    connections and rooms of this process, the store's slots, the tasks they start)."""
+
     def __init__(
         self,
         engine: Engine,
@@ -136,8 +138,6 @@ class Gateway:
         self.store_slots = asyncio.Semaphore(STORE_CONCURRENCY)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
-        self._heap: list[tuple[float, int, str]] = []
-        self._seq = itertools.count()
         # The parts, one concept each.
         self.sockets = Sockets(self)
         self.keys = KeyChecks(self)
@@ -145,6 +145,9 @@ class Gateway:
         self.members = Membership(self)
         self.counts = CountSync(self)
         self.pusher = Pusher(self)
+        self.heartbeats = Heartbeats(self)
+        self.presence = Presence(self)
+        self.client_events = ClientEvents(self)
         # The names EngineGuard and tests read these by.
         self._sockets = self.sockets.open
         self._pending = self.sockets.pending
@@ -153,6 +156,8 @@ class Gateway:
         self._on_connect = self.admission.on_connect
         self._on_disconnect = self.members.on_disconnect
         self._push = self.pusher.push
+        self._on_activity = self.client_events.on_activity
+        self._on_pong = self.heartbeats.on_pong
         self.sio = GuardedServer(
             async_mode="asgi",
             cors_allowed_origins=self.settings.cors_origins,
@@ -164,9 +169,9 @@ class Gateway:
         self.sio.gateway = self
         self.sio.on("connect", self.admission.on_connect)
         self.sio.on("disconnect", self.members.on_disconnect)
-        self.sio.on("activity", self._on_activity)
-        self.sio.on("pong", self._on_pong)
-        self.sio.on("*", self._on_unknown)
+        self.sio.on("activity", self.client_events.on_activity)
+        self.sio.on("pong", self.heartbeats.on_pong)
+        self.sio.on("*", self.client_events.on_unknown)
         self.asgi_app = EngineGuard(socketio.ASGIApp(self.sio, socketio_path=None), self)
         engine.listeners.append(self.pusher.on_engine_event)
 
@@ -198,12 +203,7 @@ class Gateway:
         return len(room.members) if room is not None else 0
 
     def connection_quality(self, session_id: str) -> str | None:
-        room = self.rooms.get(session_id)
-        if room is None or not room.members:
-            return None
-        now = self.clock.monotonic()
-        found = worst([c.heartbeat.quality(now) for c in room.members.values()])
-        return found.value if found is not None else None
+        return self.heartbeats.quality(session_id)
 
     def mint_token(
         self, record: SessionRecord, name: str | None, ttl: float | None, *, key_id: str
@@ -245,91 +245,8 @@ class Gateway:
     async def refuse_connect(self, eio_sid: str, code: str, message: str) -> None:
         await self.sockets.refuse_connect(eio_sid, code, message)
 
-    # connect and disconnect -------------------------------------------------------------------
-
-    def _presence_soon(self, room: Room) -> None:
-        room.presence_dirty = True
-
-    # client events ----------------------------------------------------------------------------
-
-    async def _on_activity(self, sid: str, *args: Any) -> dict[str, Any]:
-        conn = self.conns.get(sid)
-        if conn is None or not conn.registered:
-            return {"ok": False, "error": error("not_connected", "not attached to a session")}
-        now = self.clock.monotonic()
-        if not conn.bucket.take(now):
-            conn.dropped += 1
-            self.stats.activity_dropped += 1
-            problem = error(
-                "rate_limited",
-                f"more than {self.settings.activity_rate:g} activity events per second; "
-                "excess events are dropped",
-                dropped=conn.dropped,
-            )
-            if now - conn.last_notice >= _NOTICE_EVERY:
-                conn.last_notice = now
-                await self.sio.emit("error", problem, to=sid)
-            return {"ok": False, "error": problem}
-        try:
-            kind = parse_activity(args)
-        except ProtocolError as exc:
-            return await self._client_error(sid, exc)
-        if kind.category is Category.KEEPALIVE:
-            return _NOT_COUNTED
-        try:
-            self.engine.record_activity(conn.session_id, kind, source="gateway")
-        except NotFound:
-            await self._client_error(sid, ProtocolError("session_not_found", "session is gone"))
-            self.spawn(self.members.close(sid))
-            return {"ok": False, "error": error("session_not_found", "session is gone")}
-        except InvalidInput as exc:
-            return await self._client_error(sid, ProtocolError("invalid_activity", str(exc)))
-        self.stats.activity_applied += 1
-        return _COUNTED if kind.category is Category.MEANINGFUL else _NOT_COUNTED
-
-    async def _on_pong(self, sid: str, *args: Any) -> dict[str, Any] | None:
-        conn = self.conns.get(sid)
-        if conn is None or not conn.registered:
-            return None
-        try:
-            ts = parse_pong(args)
-        except ProtocolError as exc:
-            return await self._client_error(sid, exc)
-        now = self.clock.monotonic()
-        if not conn.heartbeat.pong(ts, now):
-            return await self._client_error(
-                sid, ProtocolError("invalid_pong", "pong 'ts' matches no ping sent")
-            )
-        self._note_quality(conn, now)
-        return None
-
-    async def _on_unknown(self, event: Any, sid: str, *args: Any) -> dict[str, Any]:
-        name = str(event)[:40]
-        return await self._client_error(
-            sid,
-            ProtocolError("unknown_event", f"unknown event {name!r}; send activity or pong"),
-        )
-
-    async def _client_error(self, sid: str, exc: ProtocolError) -> dict[str, Any]:
-        self.stats.invalid_events += 1
-        await self.sio.emit("error", exc.payload(), to=sid)
-        return {"ok": False, "error": exc.payload()}
-
     async def refuse_message(self, eio_sid: str, code: str, message: str) -> None:
-        self.stats.invalid_events += 1
-        sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
-        if sid is not None:
-            await self.sio.emit("error", error(code, message), to=sid)
-
-    def _note_quality(self, conn: Connection, now: float) -> None:
-        quality = conn.heartbeat.quality(now)
-        if quality is conn.quality:
-            return
-        conn.quality = quality
-        room = self.rooms.get(conn.session_id)
-        if room is not None:
-            self._presence_soon(room)
-            self.pusher.refresh(room)
+        await self.client_events.refuse_message(eio_sid, code, message)
 
     # the ticker: heartbeats, presence, level changes ------------------------------------------
 
@@ -342,83 +259,16 @@ class Gateway:
                 log.exception("gateway tick failed")
 
     async def tick(self) -> None:
+        """One look at what time moves: handshake deadlines, API keys, heartbeats, and each
+        room's presence, level and count."""
         now = self.clock.monotonic()
         await self.sockets.expire_handshakes(now)
         self.keys.tick(now)
-        await self._heartbeats(now)
+        await self.heartbeats.tick(now)
         for room in list(self.rooms.values()):
-            if room.presence_dirty and room.presence_next <= now:
-                room.presence_dirty = False
-                # Joins and leaves are coalesced: a crowded room hears at most about once a
-                # second (a list of 100 names to 100 people per join would be quadratic).
-                spacing = min(1.0, len(room.members) / 100)
-                room.presence_next = now + max(self.settings.tick, spacing)
-                await self._presence(room)
-            if room.level_check_at is not None and room.level_check_at <= now:
-                room.level_check_at = None
-                self.pusher.refresh(room)
-            if not room.syncing and len(room.members) != room.synced:
-                self.counts.sync(room)  # a count the engine did not take (store trouble): again
-
-    async def _heartbeats(self, now: float) -> None:
-        while self._heap and self._heap[0][0] <= now:
-            _, _, sid = heapq.heappop(self._heap)
-            conn = self.conns.get(sid)
-            if conn is None or conn.closed or not conn.registered:
-                continue
-            beat = conn.heartbeat
-            if beat.next_at > now:  # rescheduled since (should not happen; be safe)
-                heapq.heappush(self._heap, (beat.next_at, next(self._seq), sid))
-                continue
-            if beat.expired():
-                self.stats.heartbeat_drops += 1
-                log.info(
-                    "dropping %s of session %s: %d pings unanswered",
-                    sid,
-                    conn.session_id,
-                    beat.missed,
-                )
-                await self.sio.emit(
-                    "error",
-                    error("heartbeat_timeout", f"{beat.missed} pings went unanswered"),
-                    to=sid,
-                )
-                self.spawn(self.members.close(sid))
-                continue
-            ts = int(self.clock.now().timestamp() * 1000)
-            while ts in beat.outstanding:
-                ts += 1
-            beat.sent(ts, now)
-            await self.sio.emit("ping", {"ts": ts}, to=sid)
-            self._note_quality(conn, now)
-            heapq.heappush(self._heap, (beat.next_at, next(self._seq), sid))
-
-    async def _presence(self, room: Room) -> None:
-        if not room.members:
-            return
-        now = self.clock.monotonic()
-        people = []
-        for conn in itertools.islice(room.members.values(), self.settings.presence_limit):
-            beat = conn.heartbeat
-            people.append(
-                {
-                    "id": conn.sid,
-                    "name": conn.name,
-                    "user_id": conn.user_id,
-                    "since": conn.joined_at,
-                    "quality": beat.quality(now).value,
-                    "rtt_ms": None if beat.rtt is None else round(beat.rtt * 1000),
-                }
-            )
-        await self.sio.emit(
-            "presence",
-            {
-                "participants": people,
-                "occupancy": len(room.members),
-                "truncated": len(room.members) > len(people),
-            },
-            room=room.name,
-        )
+            await self.presence.tick(room, now)
+            self.pusher.tick(room, now)
+            self.counts.tick(room)
 
     # plumbing ---------------------------------------------------------------------------------
 

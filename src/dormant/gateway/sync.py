@@ -29,6 +29,10 @@ class CountSync:
             room.syncing = True
             self.gateway.spawn(self._sync_now(room))
 
+    def tick(self, room: Room) -> None:
+        if not room.syncing and len(room.members) != room.synced:
+            self.sync(room)  # a count the engine did not take (store trouble): again
+
     async def _sync_now(self, room: Room) -> None:
         """``connect``/``disconnect`` with the live count until the engine agrees. A storm of
         joins and leaves becomes a few calls; the last leave is always told (grace starts)."""
