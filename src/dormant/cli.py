@@ -251,9 +251,17 @@ def keys_revoke(key_id: str, config: ConfigOpt = None) -> None:
 
 UrlOpt = Annotated[str | None, typer.Option("--url", help="Server URL (DORMANT_URL)")]
 KeyOpt = Annotated[str | None, typer.Option("--api-key", help="API key (DORMANT_API_KEY)")]
+WaitOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--wait", min=0, max=120, help="Seconds to wait for the outcome (exit 1 if not ok)"
+    ),
+]
 
 
-def _client(url: str | None, api_key: str | None, config: str | None) -> httpx.Client:
+def _client(
+    url: str | None, api_key: str | None, config: str | None, wait: float | None = None
+) -> httpx.Client:
     settings = _settings(config)
     base = url or os.environ.get("DORMANT_URL") or f"http://{settings.host}:{settings.port}"
     key = api_key or os.environ.get("DORMANT_API_KEY")
@@ -263,7 +271,7 @@ def _client(url: str | None, api_key: str | None, config: str | None) -> httpx.C
             key = path.read_text().strip()
     if not key:
         _die("no API key: pass --api-key, set DORMANT_API_KEY, or run next to the database")
-    return httpx.Client(base_url=base, headers={"X-API-Key": key or ""}, timeout=30)
+    return httpx.Client(base_url=base, headers={"X-API-Key": key or ""}, timeout=30 + (wait or 0))
 
 
 def _call(client: httpx.Client, method: str, path: str, **kw: Any) -> Any:
@@ -356,28 +364,46 @@ def sessions_show(
 def sessions_create(
     user: Annotated[str, typer.Option("--user", help="User id")],
     template: Annotated[str | None, typer.Option("--template")] = None,
+    wait: WaitOpt = None,
     url: UrlOpt = None,
     api_key: KeyOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Create a session for a user."""
+    """Create a session for a user (with --wait: until it runs, or fails)."""
     body: dict[str, Any] = {"user_id": user}
     if template:
         body["template"] = template
-    with _client(url, api_key, config) as client:
-        session = _call(client, "POST", "/v1/sessions", json=body)
+    params = {"wait": str(wait)} if wait else None
+    with _client(url, api_key, config, wait) as client:
+        session = _call(client, "POST", "/v1/sessions", json=body, params=params)
     typer.echo(f"{session['id']} {session['state']} port={session['port']}")
+    if wait and session["state"] != "running":
+        why = session.get("error") or "not running yet"
+        _die(f"session {session['id']} is {session['state']}: {why}")
 
 
 def _simple(action: str, method: str, suffix: str) -> Any:
     def command(
-        session_id: str, url: UrlOpt = None, api_key: KeyOpt = None, config: ConfigOpt = None
+        session_id: str,
+        wait: WaitOpt = None,
+        url: UrlOpt = None,
+        api_key: KeyOpt = None,
+        config: ConfigOpt = None,
     ) -> None:
-        with _client(url, api_key, config) as client:
-            _call(client, method, f"/v1/sessions/{session_id}{suffix}")
-        typer.echo(f"{action} requested for {session_id}")
+        params = {"wait": str(wait)} if wait else None
+        with _client(url, api_key, config, wait) as client:
+            answer = _call(client, method, f"/v1/sessions/{session_id}{suffix}", params=params)
+        if not wait:
+            typer.echo(f"{action} requested for {session_id}")
+            return
+        outcome = answer.get("outcome") if isinstance(answer, dict) else None
+        if outcome is None:
+            _die(f"{action} of {session_id} did not finish within {wait:g}s")
+        typer.echo(f"{session_id} {outcome['state']}")
+        if not outcome["ok"]:
+            _die(f"{action} of {session_id} ended {outcome['state']}: {outcome.get('error')}")
 
-    command.__doc__ = f"Ask the server to {action} a session."
+    command.__doc__ = f"Ask the server to {action} a session (with --wait: until it has)."
     return command
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from dormant.engine import Engine
+from dormant.engine.outcome import OperationKind, OperationStatus
 from dormant.errors import DormantError
 from dormant.policy import State
 from dormant.runtimes import ContainerInfo, ContainerStatus, Runtime
@@ -208,7 +209,11 @@ def plan(
         if op.instance_id != instance_id and op.instance_id in live_instances:
             continue  # a live replica's operation is its own business
         record = sessions.get(op.session_id)
-        if op.kind == "remove" and record is not None and record.state is not State.DELETING:
+        if (
+            op.kind == OperationKind.REMOVE
+            and record is not None
+            and record.state is not State.DELETING
+        ):
             steps.append(
                 Step(
                     "delete",
@@ -219,10 +224,10 @@ def plan(
             )
             continue
         if record is not None and (
-            (op.kind == "stop" and record.state is State.RUNNING)
-            or (op.kind == "start" and record.state in (State.SLEEPING, State.FAILED))
+            (op.kind == OperationKind.STOP and record.state is State.RUNNING)
+            or (op.kind == OperationKind.START and record.state in (State.SLEEPING, State.FAILED))
         ):
-            verb = "sleep" if op.kind == "stop" else "wake"
+            verb = "sleep" if op.kind == OperationKind.STOP else "wake"
             steps.append(
                 Step(
                     verb,
@@ -361,7 +366,11 @@ class Reconciler:
                 engine.resume_delete(step.target, step.operation_id, step.reason)
             elif step.kind == "close-operation" and step.operation_id is not None:
                 await engine.store.finish_operation(
-                    step.operation_id, "interrupted", 0, step.reason, engine.clock.now()
+                    step.operation_id,
+                    OperationStatus.INTERRUPTED,
+                    0,
+                    step.reason,
+                    engine.clock.now(),
                 )
             if acted:
                 log.info("reconcile %s %s: %s", step.kind, step.target, step.reason)

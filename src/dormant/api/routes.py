@@ -17,6 +17,7 @@ from dormant.api.schemas import (
     LastActivity,
     LogoutOut,
     NextAction,
+    OutcomeOut,
     SessionList,
     SessionOut,
     Stats,
@@ -32,6 +33,11 @@ from dormant.store.records import SessionRecord
 
 E = TypeVar("E", State, Level)
 MAX_ACTIVITY_AGE = timedelta(hours=24)
+#: ``?wait=N``: answer once the operation ended (at most N seconds), with its outcome.
+Wait = Annotated[
+    float | None,
+    Query(ge=0, le=120, description="Seconds to wait for the outcome (0-120); none: answer now"),
+]
 
 
 class Realtime(Protocol):
@@ -101,8 +107,19 @@ def build_router(
     def out(record: SessionRecord) -> SessionOut:
         return session_out(engine, record, public_host)
 
+    async def settled(sid: str, wanted: State, wait: float | None) -> OutcomeOut | None:
+        """With ``?wait=N``: wait up to N seconds for the operation's outcome."""
+        if not wait:
+            return None
+        outcome = await engine.wait_for(sid, wanted, wait)
+        if outcome is None:
+            return None
+        return OutcomeOut(state=outcome.state.value, ok=outcome.ok, error=outcome.error)
+
     @router.post("/sessions", status_code=201, response_model=SessionOut)
-    async def create_session(body: CreateSession, who: Who, response: Response) -> SessionOut:
+    async def create_session(
+        body: CreateSession, who: Who, response: Response, wait: Wait = None
+    ) -> SessionOut:
         record = await engine.create_session(
             tenant=who.tenant,
             user_id=body.user_id,
@@ -112,6 +129,9 @@ def build_router(
             env=body.env,
         )
         response.headers["Location"] = f"/v1/sessions/{record.id}"
+        if await settled(record.id, State.RUNNING, wait) is not None:
+            fresh = await engine.store.get_session(record.id)
+            record = fresh or record
         return out(record)
 
     @router.get("/sessions", response_model=SessionList)
@@ -167,14 +187,18 @@ def build_router(
         return Accepted(id=session_id, state=record.state.value, accepted="activity")
 
     @router.post("/sessions/{session_id}/sleep", status_code=202, response_model=Accepted)
-    async def sleep(session_id: str, who: Who) -> Accepted:
+    async def sleep(session_id: str, who: Who, wait: Wait = None) -> Accepted:
         record = await engine.sleep(session_id, who.scope)
-        return Accepted(id=session_id, state=record.state.value, accepted="sleep")
+        outcome = await settled(session_id, State.SLEEPING, wait)
+        state = outcome.state if outcome else record.state.value
+        return Accepted(id=session_id, state=state, accepted="sleep", outcome=outcome)
 
     @router.post("/sessions/{session_id}/wake", status_code=202, response_model=Accepted)
-    async def wake(session_id: str, who: Who) -> Accepted:
+    async def wake(session_id: str, who: Who, wait: Wait = None) -> Accepted:
         record = await engine.wake(session_id, who.scope)
-        return Accepted(id=session_id, state=record.state.value, accepted="wake")
+        outcome = await settled(session_id, State.RUNNING, wait)
+        state = outcome.state if outcome else record.state.value
+        return Accepted(id=session_id, state=state, accepted="wake", outcome=outcome)
 
     @router.post("/sessions/{session_id}/keepalive", status_code=202, response_model=SessionOut)
     async def keepalive(session_id: str, body: UntilIn, who: Who) -> SessionOut:
@@ -185,9 +209,11 @@ def build_router(
         return out(await engine.keepalive(session_id, body.until, who.scope, busy=True))
 
     @router.delete("/sessions/{session_id}", status_code=202, response_model=Accepted)
-    async def delete(session_id: str, who: Who) -> Accepted:
+    async def delete(session_id: str, who: Who, wait: Wait = None) -> Accepted:
         await engine.delete(session_id, who.scope)
-        return Accepted(id=session_id, state=State.DELETING.value, accepted="delete")
+        outcome = await settled(session_id, State.DELETED, wait)
+        state = outcome.state if outcome else State.DELETING.value
+        return Accepted(id=session_id, state=state, accepted="delete", outcome=outcome)
 
     @router.get("/sessions/{session_id}/events", response_model=EventList)
     async def events(session_id: str, who: Who) -> EventList:

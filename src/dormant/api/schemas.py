@@ -165,10 +165,20 @@ class EventList(BaseModel):
     items: list[EventOut]
 
 
+class OutcomeOut(BaseModel):
+    """Where the session ended up (with ``?wait=``): ``ok`` when it reached the state asked."""
+
+    state: str
+    ok: bool
+    error: str | None = None
+
+
 class Accepted(BaseModel):
     id: str
     state: str
     accepted: str
+    #: With ``?wait=N``: the operation's outcome if it ended within N seconds, else null.
+    outcome: OutcomeOut | None = None
 
 
 class LogoutOut(BaseModel):

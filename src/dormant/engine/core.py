@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from dormant.clock import Clock
 from dormant.engine.deadlines import Deadlines
 from dormant.engine.notify import EngineEvent, Listener
+from dormant.engine.outcome import Waiters
 from dormant.engine.ports import PortAllocator
 from dormant.engine.retry import Backoff, call_with_retry
 from dormant.engine.templates import Catalog
@@ -121,6 +122,8 @@ class EngineCore:
         self.models: dict[str, GapModel] = {}
         self._models_dirty: set[str] = set()
         self._learners: dict[str, Learner] = {}
+        #: Callers waiting for sessions to settle (``Engine.wait_for``).
+        self._waiters = Waiters()
 
     async def drain(self) -> None:
         """Wait for every operation in flight (tests and graceful shutdown)."""

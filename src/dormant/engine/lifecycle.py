@@ -19,6 +19,7 @@ from typing import Any
 
 from dormant.engine.core import EngineSettings
 from dormant.engine.ids import container_name, new_session_id
+from dormant.engine.outcome import OperationKind, Outcome, ends_wait
 from dormant.engine.recovery import Recovery
 from dormant.engine.templates import Template
 from dormant.engine.writer import with_count
@@ -147,7 +148,7 @@ class Engine(Recovery):
                 "transition", "created", "create", None, State.CREATING.value, "create"
             )
             op_id = await self.store.insert_session(
-                record, event, ("create", self.settings.instance_id)
+                record, event, (OperationKind.CREATE, self.settings.instance_id)
             )
         finally:
             self.ports.settle(port)
@@ -188,7 +189,7 @@ class Engine(Recovery):
             )
         # Like a delete, an accepted sleep is written down before the 202 (the intent row), so a
         # crash does not lose it: the reconciler carries out pending intents after a restart.
-        op_id = await self._intent(record, "stop")
+        op_id = await self._intent(record, OperationKind.STOP)
         self._spawn_op(session_id, op_id, lambda: self._run_stop(session_id, code, reason, op_id))
         return record
 
@@ -204,7 +205,7 @@ class Engine(Recovery):
             return record
         if record.state is State.STOPPING:
             raise Conflict(f"session {session_id} is stopping; wake it once it sleeps")
-        op_id = await self._intent(record, "start")
+        op_id = await self._intent(record, OperationKind.START)
         self._spawn_op(session_id, op_id, lambda: self._begin_wake(session_id, code, reason, op_id))
         return record
 
@@ -218,7 +219,7 @@ class Engine(Recovery):
         record = await self.get(session_id, tenant)
         # The acknowledgement must survive a crash: the intent row is written before the 202,
         # even when another operation holds the session and the removal has to wait for it.
-        op_id = await self._intent(record, "remove")
+        op_id = await self._intent(record, OperationKind.REMOVE)
         self._delete_requested.add(session_id)
         self._spawn_op(session_id, op_id, lambda: self._run_delete(session_id, code, reason, op_id))
 
@@ -244,6 +245,26 @@ class Engine(Recovery):
             self._delete_requested.add(sid)
             self._spawn_op(sid, None, functools.partial(self._due_guarded, sid))
         return ids
+
+    async def wait_for(self, session_id: str, wanted: State, timeout: float) -> Outcome | None:
+        """The outcome once the session reaches ``wanted`` (or fails, or is deleted); ``None``
+        if it is still on its way after ``timeout`` seconds. Callers waiting on the same
+        session share one future; the store is read again every second, so a transition made
+        by another instance is seen too."""
+        future = self._waiters.future(session_id, wanted)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            record = await self.store.get_session(session_id)
+            if record is None:
+                return Outcome(session_id, wanted, State.DELETED)
+            if ends_wait(wanted, record.state):
+                return Outcome(session_id, wanted, record.state, record.error)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(future), min(remaining, 1.0))
 
     async def keepalive(
         self, session_id: str, until: datetime, tenant: str | None = None, busy: bool = False

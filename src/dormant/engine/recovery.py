@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from dormant.engine.connections import dead_instances, drop_gone, host_identity
 from dormant.engine.core import instance_ttl
 from dormant.engine.notify import EngineEvent
+from dormant.engine.outcome import OperationKind
 from dormant.engine.runner import STOP_FAILED
 from dormant.engine.scheduler import Scheduler
 from dormant.errors import (
@@ -148,7 +149,7 @@ class Recovery(Scheduler):
             return False
         reason = f"resumed after restart (was {record.state.value})"
         if record.state in (State.CREATING, State.STARTING):
-            op_id = await self._intent(record, "start")
+            op_id = await self._intent(record, OperationKind.START)
             creating = record.state is State.CREATING
             self._spawn_op(
                 sid,

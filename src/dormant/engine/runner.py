@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from dormant.engine.outcome import OperationKind, OperationStatus
 from dormant.engine.templates import Template
 from dormant.engine.writer import SessionWriter, merge_pending
 from dormant.errors import (
@@ -68,7 +69,7 @@ class OperationRunner(SessionWriter):
             record = await self.store.get_session(sid)
             if record is None or record.state not in (State.CREATING, State.STARTING):
                 if op_id is not None:
-                    await self._finish_op(op_id, "superseded", 0, None)
+                    await self._finish_op(op_id, OperationStatus.SUPERSEDED, 0, None)
                 return
             runtime = self.runtime_of(record)
             spec = self._spec(record)
@@ -113,7 +114,7 @@ class OperationRunner(SessionWriter):
                 error=None,
             )
             if op_id is not None:
-                await self._finish_op(op_id, "done", attempts, None)
+                await self._finish_op(op_id, OperationStatus.DONE, attempts, None)
 
     async def _begin_wake(self, sid: str, code: str, reason: str, op_id: int | None = None) -> None:
         async with self._session_lock(sid):
@@ -122,11 +123,11 @@ class OperationRunner(SessionWriter):
                 pass  # a wake already moved it (e.g. this one, before a store error): start it
             elif record is None or record.state not in (State.SLEEPING, State.FAILED):
                 if op_id is not None:
-                    await self._finish_op(op_id, "superseded", 0, None)
+                    await self._finish_op(op_id, OperationStatus.SUPERSEDED, 0, None)
                 return
             else:
                 if op_id is None:
-                    op_id = await self._intent(record, "start")
+                    op_id = await self._intent(record, OperationKind.START)
                 await self._transition(
                     record, State.STARTING, code, reason, action="wake", error=None
                 )
@@ -145,19 +146,19 @@ class OperationRunner(SessionWriter):
             record = await self.store.get_session(sid)
             if record is None or record.state not in (State.RUNNING, State.STOPPING):
                 if op_id is not None:
-                    await self._finish_op(op_id, "superseded", 0, None)
+                    await self._finish_op(op_id, OperationStatus.SUPERSEDED, 0, None)
                 return
             if record.state is State.RUNNING:
                 # Re-decide from fresh state: activity may have arrived since this was scheduled.
                 if code not in ("manual", "reconcile") and not self._still_due(record, code):
                     return
                 if op_id is None:
-                    op_id = await self._intent(record, "stop")
+                    op_id = await self._intent(record, OperationKind.STOP)
                 record = await self._transition(
                     record, State.STOPPING, code, reason, action=Action.SLEEP.value
                 )
             elif op_id is None:
-                op_id = await self._intent(record, "stop")
+                op_id = await self._intent(record, OperationKind.STOP)
             runtime = self.runtime_of(record)
             try:
                 async with self._slots:
@@ -178,7 +179,7 @@ class OperationRunner(SessionWriter):
                 warned_at=None,
             )
             self._warned.discard(sid)
-            await self._finish_op(op_id, "done", attempts, None)
+            await self._finish_op(op_id, OperationStatus.DONE, attempts, None)
 
     def _still_due(self, record: SessionRecord, code: str) -> bool:
         pending = self._pending.get(record.id)
@@ -197,11 +198,11 @@ class OperationRunner(SessionWriter):
             record = await self.store.get_session(sid)
             if record is None or record.state is State.DELETED:
                 if op_id is not None:
-                    await self._finish_op(op_id, "superseded", 0, None)
+                    await self._finish_op(op_id, OperationStatus.SUPERSEDED, 0, None)
                 self._forget(sid)
                 return
             if op_id is None:
-                op_id = await self._intent(record, "remove")
+                op_id = await self._intent(record, OperationKind.REMOVE)
             if record.state is not State.DELETING:
                 record = await self._transition(
                     record, State.DELETING, code, reason, action=Action.DELETE.value
@@ -216,7 +217,7 @@ class OperationRunner(SessionWriter):
             except DormantError as exc:
                 # Never mark deleted what may still have a container: stay in ``deleting``
                 # and let the reconciler finish it.
-                await self._finish_op(op_id, "failed", 0, str(exc))
+                await self._finish_op(op_id, OperationStatus.FAILED, 0, str(exc))
                 log.warning("delete of %s failed, reconciler will retry: %s", sid, exc)
                 return
             now = self.clock.now()
@@ -231,7 +232,7 @@ class OperationRunner(SessionWriter):
                 connections=0,
                 connections_by_instance={},
             )
-            await self._finish_op(op_id, "done", attempts, None)
+            await self._finish_op(op_id, OperationStatus.DONE, attempts, None)
         self._forget(sid)
 
     async def _fail(
@@ -262,4 +263,4 @@ class OperationRunner(SessionWriter):
             await self._transition(fresh, State.FAILED, "error", message, error=message)
         log.warning("session %s failed: %s", record.id, message)
         if op_id is not None:
-            await self._finish_op(op_id, "failed", attempts, message)
+            await self._finish_op(op_id, OperationStatus.FAILED, attempts, message)

@@ -11,6 +11,7 @@ from typing import Any
 
 from dormant.engine.core import EngineCore
 from dormant.engine.notify import EngineEvent
+from dormant.engine.outcome import OperationKind, OperationStatus
 from dormant.errors import (
     Conflict,
     DormantError,
@@ -125,7 +126,7 @@ class SessionWriter(EngineCore):
         view = record.view()
         return level(view, policy, now), decide(view, policy, now)
 
-    async def _intent(self, record: SessionRecord, kind: str) -> int:
+    async def _intent(self, record: SessionRecord, kind: OperationKind) -> int:
         return await self._patiently(
             lambda: self.store.insert_operation(
                 record.id,
@@ -137,7 +138,9 @@ class SessionWriter(EngineCore):
             )
         )
 
-    async def _finish_op(self, op_id: int, status: str, attempts: int, error: str | None) -> None:
+    async def _finish_op(
+        self, op_id: int, status: OperationStatus, attempts: int, error: str | None
+    ) -> None:
         now = self.clock.now()
         await self._patiently(
             lambda: self.store.finish_operation(op_id, status, attempts, error, now)
@@ -158,6 +161,7 @@ class SessionWriter(EngineCore):
         event = NewEvent("transition", reason, code, record.state.value, to.value, action)
         saved = await self._save(updated, [event], expected=record.version, from_state=record.state)
         self._state[record.id] = to
+        self._waiters.settle(saved.id, to, saved.error)
         self._log_transition(saved, record.state, to, code, reason)
         self._emit(
             EngineEvent("transition", saved.id, saved, code, reason, record.state.value, to.value)
