@@ -147,8 +147,13 @@ def _statuses(openapi: dict[str, Any], path: str, method: str) -> set[str]:
         ("/v1/sessions", "post", {"201", "401", "408", "413", "422", "429", "503"}),
         ("/v1/sessions", "get", {"200", "401", "422", "429", "503"}),
         ("/v1/sessions/{session_id}", "get", {"200", "401", "404", "429", "503"}),
-        ("/v1/sessions/{session_id}", "delete", {"202", "401", "404", "409", "429", "503"}),
-        ("/v1/sessions/{session_id}/sleep", "post", {"202", "401", "404", "409", "429", "503"}),
+        # ?wait= is validated: 422 for a bad one
+        ("/v1/sessions/{session_id}", "delete", {"202", "401", "404", "409", "422", "429", "503"}),
+        (
+            "/v1/sessions/{session_id}/sleep",
+            "post",
+            {"202", "401", "404", "409", "422", "429", "503"},
+        ),
         (
             "/v1/sessions/{session_id}/tokens",
             "post",
