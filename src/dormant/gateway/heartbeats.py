@@ -61,6 +61,7 @@ class Heartbeats:
         return None
 
     def note_quality(self, conn: Connection, now: float) -> None:
+        """A connection's quality moved: presence and the ``session`` event show it."""
         gateway = self.gateway
         quality = conn.heartbeat.quality(now)
         if quality is conn.quality:

@@ -29,6 +29,7 @@ class KeyChecks:
         self._checking = False
 
     async def check(self, key_id: str) -> None:
+        """Raise :class:`Refused` unless the API key stands."""
         state = await self.state(key_id)
         if state == "revoked":
             raise Refused("key_revoked", "the API key this token was minted with is revoked")

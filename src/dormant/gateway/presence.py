@@ -19,9 +19,11 @@ class Presence:
         self.gateway = gateway
 
     def soon(self, room: Room) -> None:
+        """Someone joined or left, or a quality changed: announce at the next chance."""
         room.presence_dirty = True
 
     async def tick(self, room: Room, now: float) -> None:
+        """Announce the room if it changed and its last announcement is far enough back."""
         if room.presence_dirty and room.presence_next <= now:
             room.presence_dirty = False
             # Joins and leaves are coalesced: a crowded room hears at most about once a

@@ -129,6 +129,8 @@ class Membership:
         self.gateway = gateway
 
     async def join(self, sid: str, claims: Claims, room: Room, eio_sid: str | None) -> bool:
+        """Register an admitted connection in its session's room (False if its client went
+        away meanwhile); a session that is gone or cannot be looked up raises :class:`Refused`."""
         gateway = self.gateway
         now = gateway.clock.monotonic()
         conn = Connection(
@@ -184,6 +186,7 @@ class Membership:
         return True
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        """The Socket.IO ``disconnect`` handler: leave the room, and owe a connect again."""
         gateway = self.gateway
         conn = gateway.conns.get(sid)
         if conn is None:
@@ -219,6 +222,7 @@ class Membership:
             del gateway.rooms[room.session_id]
 
     async def close_room(self, room: Room) -> None:
+        """The session was deleted: tell its clients and close them."""
         for sid in list(room.members):
             await self.gateway.sio.emit(
                 "error", error("session_deleted", "the session was deleted"), to=sid
@@ -226,6 +230,7 @@ class Membership:
             await self.close(sid)
 
     async def close(self, sid: str) -> None:
+        """Close a connection (its ``disconnect`` handler runs)."""
         try:
             await self.gateway.sio.disconnect(sid)
         except Exception:

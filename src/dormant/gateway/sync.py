@@ -30,6 +30,7 @@ class CountSync:
             self.gateway.spawn(self._sync_now(room))
 
     def tick(self, room: Room) -> None:
+        """Try again where the engine did not take a count."""
         if not room.syncing and len(room.members) != room.synced:
             self.sync(room)  # a count the engine did not take (store trouble): again
 
