@@ -1,5 +1,6 @@
-"""Integration fixtures. ``store`` is a migrated SqlStore on SQLite and on the real PostgreSQL
-(a throw-away database per test). The docker runtime's tests use a real Podman
+"""Integration fixtures. ``store`` is each implementation of the Store contract: the
+MemoryStore, and a migrated SqlStore on SQLite and on the real PostgreSQL (a throw-away database
+per test). The docker runtime's tests use a real Podman
 (``podman.py``); whatever they do, their containers are removed, and after the session none of
 this run's containers labelled ``dormant.managed=true`` may remain (on CI: none at all)."""
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from dormant.store import SqlStore
+from dormant.store import MemoryStore, SqlStore, Store
 from dormant.store.migrate import upgrade_async
 
 from . import podman
@@ -21,8 +22,15 @@ from . import podman
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        m = MemoryStore()
+        try:
+            yield m
+        finally:
+            await m.close()
+        return
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
         await upgrade_async(url)

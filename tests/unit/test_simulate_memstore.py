@@ -1,4 +1,5 @@
-"""The simulator's MemoryStore obeys the Store contract exactly as SqlStore (SQLite) does."""
+"""The simulator's store, :class:`dormant.store.MemoryStore`, obeys the Store contract exactly as
+SqlStore (SQLite) does (the full contract suite on all three stores: tests/integration)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import pytest
 
 from dormant.errors import Conflict
 from dormant.policy import ActivityTimes, State
-from dormant.simulate.memstore import MemoryStore
-from dormant.store import NewEvent, SessionRecord, SqlStore, Store
+from dormant.store import MemoryStore, NewEvent, SessionRecord, SqlStore, Store
 from dormant.store.migrate import upgrade_async
 from dormant.store.records import ApiKeyRecord, InstanceRecord
 
@@ -81,13 +81,16 @@ async def test_sessions_versions_and_ports(store: Store) -> None:
     await store.insert_session(record("c", 8000), CREATED, None)  # the old port is free
 
 
+def ids(rows: list[SessionRecord]) -> list[str]:
+    return [r.id for r in rows]
+
+
 async def test_listing_and_schedule(store: Store) -> None:
     for sid, user, tenant in (("a", "u1", "t1"), ("b", "u2", "t1"), ("c", "u1", "t2")):
         await store.insert_session(record(sid, user=user, tenant=tenant), CREATED, None)
     c = await store.get_session("c")
     assert c is not None
     await store.update_session(c.replace(state=State.DELETED), 1)
-    ids = lambda rows: [r.id for r in rows]  # noqa: E731
     assert ids(await store.list_sessions()) == ["a", "b"]
     assert ids(await store.list_sessions(include_deleted=True)) == ["a", "b", "c"]
     assert ids(await store.list_sessions(tenant="t1", user_id="u1")) == ["a"]
@@ -157,3 +160,35 @@ async def test_operations_timeline_keys_instances_models(store: Store) -> None:
     await store.save_adaptive({"user:t/u": {"observations": 3, "weights": [2.0]}}, T0)
     assert await store.load_adaptive() == {"user:t/u": {"observations": 3, "weights": [2.0]}}
     assert await store.load_adaptive(["other"]) == {}
+
+
+def test_the_old_import_path_still_gives_the_store() -> None:
+    from dormant import simulate
+    from dormant.simulate import memstore
+
+    assert memstore.MemoryStore is MemoryStore
+    assert simulate.MemoryStore is MemoryStore
+
+
+async def test_memory_store_refuses_what_a_database_cannot_keep() -> None:
+    from dormant.errors import InvalidInput
+
+    store = MemoryStore()
+    naive = T0.replace(tzinfo=None)
+    with pytest.raises(InvalidInput, match="naive datetime"):
+        await store.insert_session(record("a").replace(created_at=naive), CREATED, None)
+    with pytest.raises(InvalidInput, match="JSON"):
+        await store.insert_session(record("a").replace(policy={"x": object()}), CREATED, None)
+    with pytest.raises(InvalidInput, match="JSON"):
+        await store.insert_session(record("a").replace(policy={"x": float("nan")}), CREATED, None)
+    assert await store.get_session("a") is None
+    assert await store.list_events("a") == []
+    await store.insert_session(record("a").replace(labels={"n": 1, 2: "k"}), CREATED, None)  # type: ignore[dict-item]
+    got = await store.get_session("a")
+    assert got is not None and got.labels == {"n": 1, "2": "k"}  # as JSON keeps it
+    with pytest.raises(InvalidInput, match="naive datetime"):
+        await store.update_session(got.replace(warned_at=naive), got.version)
+    with pytest.raises(InvalidInput, match="naive datetime"):
+        await store.flush_activity({"a": ActivityTimes(naive, "chat", "api")})
+    again = await store.get_session("a")
+    assert again is not None and (again.version, again.warned_at) == (1, None)

@@ -3,7 +3,7 @@
 Nothing here decides anything: :class:`~dormant.engine.Engine` runs exactly as in ``dormant
 serve`` (``decide``, deadlines, the operation log, the adaptive hook), on a
 :class:`~dormant.testing.FakeClock` that jumps from one event or deadline to the next, a
-:class:`~dormant.simulate.memstore.MemoryStore` (or any Store), and an
+:class:`~dormant.store.memory.MemoryStore` (or any Store), and an
 :class:`~dormant.simulate.accounting.AccountingRuntime` that books running time and wakes.
 
 How trace events drive the engine:
@@ -35,11 +35,11 @@ from dormant.engine import Catalog, Engine, EngineEvent, EngineSettings, Templat
 from dormant.engine.retry import Backoff
 from dormant.policy import Category
 from dormant.simulate.accounting import AccountingRuntime, SimPorts
-from dormant.simulate.memstore import MemoryStore
 from dormant.simulate.optimum import ACTIVE_WINDOW, Optimum, incarnations, optimum
 from dormant.simulate.policies import PolicySpec, Prices, WakeLatency
 from dormant.simulate.trace import CONNECT, DISCONNECT, KINDS, LOGOUT, Trace
 from dormant.store.base import Store
+from dormant.store.memory import MemoryStore
 from dormant.testing import FakeClock
 
 TENANT = "sim"

@@ -1,0 +1,481 @@
+"""The in-memory :class:`~dormant.store.base.Store`: the third implementation of the contract,
+next to :class:`~dormant.store.sql.SqlStore` on SQLite and PostgreSQL.
+
+It keeps everything in dictionaries, so that the simulator can replay a day of a thousand users
+without a disk write and tests can run the engine without a database. Nothing survives the
+process; use ``SqlStore`` wherever that matters. It behaves as the SQL stores do, and the one
+store contract suite (``tests/integration/test_store_contract.py``) runs on all three:
+
+- ``update_session`` is optimistic (:class:`~dormant.errors.Conflict` on a stale version) and a
+  session's port is unique among all its sessions, deleted ones included (like the unique index
+  ``ux_sessions_port``) until they are purged;
+- ``flush_activity`` takes the max, skips deleted and unknown sessions, and counts as a change
+  (``version + 1``), like the SQL ``UPDATE``;
+- what goes in is copied, what comes out is a copy: a caller that changes a record's ``labels``
+  changes nothing stored; JSON columns (``policy``, ``labels``, ``env``, ``runtime_state``,
+  ``connections_by_instance``, operation labels, adaptive models) go through JSON as they do in a
+  database (tuples come back as lists, and a value JSON cannot hold is refused);
+- datetimes must be aware (a naive one is :class:`~dormant.errors.InvalidInput`) and come back in
+  UTC;
+- every method runs without awaiting, so each is atomic on the event loop (the SQL stores'
+  transactions), and concurrent first starts agree on one ``deployment_id``.
+
+``keep_events=False`` drops timelines (the simulator's fast path: it reads none); every other
+behaviour stays. Finished operations are dropped at once: the contract only ever reads pending
+ones back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from dormant.errors import Conflict, InvalidInput
+from dormant.policy import ActivityTimes, State
+from dormant.store.base import Store
+from dormant.store.records import (
+    ApiKeyRecord,
+    EventRecord,
+    InstanceRecord,
+    NewEvent,
+    OperationRecord,
+    SessionRecord,
+)
+
+_SESSION_FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))
+#: Columns kept as JSON by the SQL stores.
+_JSON_FIELDS = ("policy", "labels", "env", "runtime_state", "connections_by_instance")
+_TIME_FIELDS = tuple(
+    f.name for f in dataclasses.fields(SessionRecord) if str(f.type).startswith("datetime")
+)
+
+
+def _utc(value: datetime, what: str) -> datetime:
+    if value.tzinfo is UTC:
+        return value
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInput(f"naive datetime given to the store ({what}); use aware UTC")
+    return value.astimezone(UTC)
+
+
+def _utc_or_none(value: datetime | None, what: str) -> datetime | None:
+    return None if value is None else _utc(value, what)
+
+
+class _Unusual(Exception):
+    """A value that the fast path of :func:`_to_json` leaves to ``json`` itself."""
+
+
+def _plain(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float and math.isfinite(value):
+        return value
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Unusual
+            out[key] = _plain(item)
+        return out
+    if kind is list or kind is tuple:
+        return [_plain(item) for item in value]
+    raise _Unusual
+
+
+def _to_json(value: Any, what: str) -> Any:
+    """``value`` as a database's JSON column gives it back (a fresh copy): tuples as lists,
+    keys as strings, enums as their values; what JSON cannot hold is refused."""
+    try:
+        return _plain(value)
+    except _Unusual:
+        pass
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} cannot be stored as JSON: {exc}") from exc
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of a value that already went through :func:`_to_json`."""
+    if type(value) is dict:
+        out = value.copy()
+        for key, item in out.items():
+            if type(item) is dict or type(item) is list:
+                out[key] = _copy(item)
+        return out
+    if type(value) is list:
+        return [_copy(item) if type(item) is dict or type(item) is list else item for item in value]
+    return value
+
+
+_set = object.__setattr__
+
+
+def _new(record: SessionRecord, changes: Mapping[str, Any]) -> SessionRecord:
+    """``dataclasses.replace`` without its per-call introspection."""
+    new = object.__new__(SessionRecord)
+    for name in _SESSION_FIELDS:
+        _set(new, name, changes[name] if name in changes else getattr(record, name))
+    return new
+
+
+def _stored(record: SessionRecord, **changes: Any) -> SessionRecord:
+    """What a database would keep of ``record``: JSON columns copied through JSON, times in
+    UTC, naive times refused."""
+    values: dict[str, Any] = {
+        name: _to_json(getattr(record, name), f"session {record.id}: {name}")
+        for name in _JSON_FIELDS
+    }
+    for name in _TIME_FIELDS:
+        values[name] = _utc_or_none(getattr(record, name), f"session {record.id}: {name}")
+    values.update(changes)
+    return _new(record, values)
+
+
+def _handed_out(record: SessionRecord) -> SessionRecord:
+    """A copy of a stored record with its own JSON values (readers never get the stored one)."""
+    return _new(record, {name: _copy(getattr(record, name)) for name in _JSON_FIELDS})
+
+
+class MemoryStore(Store):
+    def __init__(self, *, keep_events: bool = True) -> None:
+        self.keep_events = keep_events
+        self._sessions: dict[str, SessionRecord] = {}
+        self._ports: dict[int, str] = {}
+        self._operations: dict[int, OperationRecord] = {}
+        self._events: dict[str, list[EventRecord]] = {}
+        self._keys: dict[str, ApiKeyRecord] = {}
+        self._instances: dict[str, InstanceRecord] = {}
+        self._adaptive: dict[str, dict[str, Any]] = {}
+        self._op_id = 0
+        self._event_id = 0
+        self._deployment: str | None = None
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        """Always reachable (the SQL stores answer a ``SELECT 1``)."""
+        return None
+
+    # sessions -------------------------------------------------------------------------------
+
+    def _port_taken(self, record: SessionRecord) -> bool:
+        if record.port is None:
+            return False
+        holder = self._ports.get(record.port)
+        return holder is not None and holder != record.id
+
+    def _keep(self, record: SessionRecord) -> None:
+        """Store ``record`` (already checked) and move its port claim along."""
+        old = self._sessions.get(record.id)
+        if old is not None and old.port is not None and old.port != record.port:
+            del self._ports[old.port]
+        if record.port is not None:
+            self._ports[record.port] = record.id
+        self._sessions[record.id] = record
+
+    def _add_events(self, session_id: str, events: Sequence[NewEvent], now: datetime) -> None:
+        if not events or not self.keep_events:
+            return
+        timeline = self._events.setdefault(session_id, [])
+        for e in events:
+            self._event_id += 1
+            timeline.append(
+                EventRecord(
+                    self._event_id,
+                    session_id,
+                    now,
+                    e.type,
+                    e.from_state,
+                    e.to_state,
+                    e.action,
+                    e.code,
+                    e.reason,
+                )
+            )
+
+    async def insert_session(
+        self, record: SessionRecord, event: NewEvent, intent: tuple[str, str] | None
+    ) -> int | None:
+        stored = _stored(record)  # refuses what a database refuses, before anything is written
+        if record.id in self._sessions or self._port_taken(stored):
+            raise Conflict(f"session {record.id} or port {record.port} already taken")
+        self._keep(stored)
+        self._add_events(stored.id, [event], stored.created_at)
+        if intent is None:
+            return None
+        kind, instance_id = intent
+        return self._new_op(
+            stored.id, kind, stored.container_name, stored.labels, instance_id, stored.created_at
+        )
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        record = self._sessions.get(session_id)
+        return None if record is None else _handed_out(record)
+
+    async def update_session(
+        self,
+        record: SessionRecord,
+        expected_version: int,
+        events: Sequence[NewEvent] = (),
+        now: datetime | None = None,
+    ) -> SessionRecord:
+        new = _stored(record, version=expected_version + 1)
+        at = _utc(now or new.state_since, f"session {record.id}: event time")
+        current = self._sessions.get(record.id)
+        if current is None or current.version != expected_version:
+            raise Conflict(f"session {record.id} changed concurrently; re-read and retry")
+        if self._port_taken(new):
+            raise Conflict(f"session {record.id}: port {record.port} is taken")
+        self._keep(new)
+        self._add_events(record.id, events, at)
+        return _handed_out(new)
+
+    async def list_sessions(
+        self,
+        *,
+        tenant: str | None = None,
+        user_id: str | None = None,
+        state: State | None = None,
+        after_id: str | None = None,
+        limit: int = 100,
+        include_deleted: bool = False,
+    ) -> list[SessionRecord]:
+        out: list[SessionRecord] = []
+        if limit <= 0:
+            return out
+        for sid in sorted(self._sessions):
+            if after_id is not None and sid <= after_id:
+                continue
+            r = self._sessions[sid]
+            if tenant is not None and r.tenant != tenant:
+                continue
+            if user_id is not None and r.user_id != user_id:
+                continue
+            if state is not None:
+                if r.state is not state:
+                    continue
+            elif not include_deleted and r.state is State.DELETED:
+                continue
+            out.append(_handed_out(r))
+            if len(out) >= limit:
+                break
+        return out
+
+    async def live_schedule(self) -> list[tuple[str, str, datetime | None]]:
+        return [
+            (r.id, r.state.value, r.next_action_at)
+            for r in self._sessions.values()
+            if r.state is not State.DELETED
+        ]
+
+    async def flush_activity(self, batch: dict[str, ActivityTimes]) -> None:
+        # In place: stored records are never handed out (readers get copies), so nothing else
+        # holds them, and the hot path allocates nothing.
+        for sid, t in batch.items():
+            r = self._sessions.get(sid)
+            if r is None or r.state is State.DELETED:
+                continue
+            if t.last_activity_at is not None:
+                at = _utc(t.last_activity_at, f"session {sid}: last_activity_at")
+                if r.last_activity_at is None or r.last_activity_at < at:
+                    _set(r, "last_activity_at", at)
+                    _set(r, "last_activity_kind", t.last_activity_kind)
+                    _set(r, "last_activity_source", t.last_activity_source)
+            if t.last_seen_at is not None:
+                seen = _utc(t.last_seen_at, f"session {sid}: last_seen_at")
+                if r.last_seen_at is None or r.last_seen_at < seen:
+                    _set(r, "last_seen_at", seen)
+            _set(r, "version", r.version + 1)
+
+    async def used_ports(self) -> set[int]:
+        return set(self._ports)
+
+    async def count_by_state(self, tenant: str | None) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self._sessions.values():
+            if tenant is None or r.tenant == tenant:
+                counts[r.state.value] = counts.get(r.state.value, 0) + 1
+        return counts
+
+    async def sessions_with_connections(self) -> list[SessionRecord]:
+        return [
+            _handed_out(r)
+            for r in self._sessions.values()
+            if r.connections != 0 and r.state is not State.DELETED
+        ]
+
+    async def purge_deleted(self, before: datetime, limit: int) -> int:
+        before = _utc(before, "purge cutoff")
+        doomed = sorted(
+            (
+                r
+                for r in self._sessions.values()
+                if r.state is State.DELETED and r.deleted_at is not None and r.deleted_at < before
+            ),
+            key=lambda r: (r.deleted_at, r.id),
+        )[: max(limit, 0)]
+        ids = {r.id for r in doomed}
+        for sid in ids:
+            record = self._sessions.pop(sid)
+            if record.port is not None and self._ports.get(record.port) == sid:
+                del self._ports[record.port]
+            self._events.pop(sid, None)
+        for op_id in [i for i, op in self._operations.items() if op.session_id in ids]:
+            del self._operations[op_id]
+        return len(ids)
+
+    # deployment -----------------------------------------------------------------------------
+
+    async def deployment_id(self, candidate: str, now: datetime) -> str:
+        _utc(now, "deployment created_at")
+        if self._deployment is None:
+            self._deployment = candidate
+        return self._deployment
+
+    # operations -----------------------------------------------------------------------------
+
+    def _new_op(
+        self,
+        session_id: str,
+        kind: str,
+        container_name: str,
+        labels: dict[str, str],
+        instance_id: str,
+        now: datetime,
+    ) -> int:
+        now = _utc(now, f"operation on {session_id}")
+        labels = _to_json(labels, f"operation on {session_id}: labels")
+        self._op_id += 1
+        self._operations[self._op_id] = OperationRecord(
+            self._op_id,
+            session_id,
+            kind,
+            container_name,
+            labels,
+            "pending",
+            0,
+            None,
+            instance_id,
+            now,
+            now,
+        )
+        return self._op_id
+
+    async def insert_operation(
+        self,
+        session_id: str,
+        kind: str,
+        container_name: str,
+        labels: dict[str, str],
+        instance_id: str,
+        now: datetime,
+    ) -> int:
+        return self._new_op(session_id, kind, container_name, labels, instance_id, now)
+
+    async def finish_operation(
+        self, op_id: int, status: str, attempts: int, error: str | None, now: datetime
+    ) -> None:
+        now = _utc(now, f"operation {op_id}")
+        op = self._operations.get(op_id)
+        if op is None:
+            return
+        if status == "pending":
+            self._operations[op_id] = dataclasses.replace(
+                op, attempts=attempts, error=error, updated_at=now
+            )
+            return
+        # Finished operations are only ever read back as "not pending": drop them.
+        del self._operations[op_id]
+
+    async def pending_operations(self) -> list[OperationRecord]:
+        return [
+            dataclasses.replace(op, labels=_copy(op.labels))
+            for _, op in sorted(self._operations.items())
+        ]
+
+    # timeline -------------------------------------------------------------------------------
+
+    async def add_events(self, session_id: str, events: Sequence[NewEvent], now: datetime) -> None:
+        self._add_events(session_id, events, _utc(now, f"events of {session_id}"))
+
+    async def list_events(self, session_id: str, limit: int = 500) -> list[EventRecord]:
+        return list(self._events.get(session_id, ())[: max(limit, 0)])
+
+    async def event_counts(self, tenant: str | None) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for sid, timeline in self._events.items():
+            if tenant is not None:
+                r = self._sessions.get(sid)
+                if r is None or r.tenant != tenant:
+                    continue
+            for e in timeline:
+                if e.type == "transition" and e.action is not None:
+                    by_code = out.setdefault(e.action, {})
+                    by_code[str(e.code)] = by_code.get(str(e.code), 0) + 1
+        return out
+
+    # api keys -------------------------------------------------------------------------------
+
+    async def insert_key(self, record: ApiKeyRecord) -> None:
+        stored = dataclasses.replace(
+            record,
+            created_at=_utc(record.created_at, f"key {record.id}: created_at"),
+            revoked_at=_utc_or_none(record.revoked_at, f"key {record.id}: revoked_at"),
+        )
+        if record.id in self._keys:
+            raise Conflict(f"key {record.id} exists")
+        self._keys[record.id] = stored
+
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None:
+        return self._keys.get(key_id)
+
+    async def list_keys(self) -> list[ApiKeyRecord]:
+        return sorted(self._keys.values(), key=lambda k: k.created_at)
+
+    async def revoke_key(self, key_id: str, now: datetime) -> bool:
+        now = _utc(now, f"key {key_id}: revoked_at")
+        key = self._keys.get(key_id)
+        if key is None or key.revoked_at is not None:
+            return False
+        self._keys[key_id] = dataclasses.replace(key, revoked_at=now)
+        return True
+
+    # instances ------------------------------------------------------------------------------
+
+    async def heartbeat_instance(self, record: InstanceRecord) -> None:
+        beat = _utc(record.heartbeat_at, f"instance {record.id}: heartbeat_at")
+        old = self._instances.get(record.id)
+        if old is None:
+            started = _utc(record.started_at, f"instance {record.id}: started_at")
+            self._instances[record.id] = dataclasses.replace(
+                record, started_at=started, heartbeat_at=beat
+            )
+        else:
+            self._instances[record.id] = dataclasses.replace(old, heartbeat_at=beat)
+
+    async def live_instances(self, since: datetime) -> list[InstanceRecord]:
+        since = _utc(since, "live_instances since")
+        return [i for i in self._instances.values() if i.heartbeat_at >= since]
+
+    async def remove_instance(self, instance_id: str) -> None:
+        self._instances.pop(instance_id, None)
+
+    # adaptive models ------------------------------------------------------------------------
+
+    async def load_adaptive(self, keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        if keys is None:
+            return {k: _copy(v) for k, v in self._adaptive.items()}
+        return {k: _copy(self._adaptive[k]) for k in keys if k in self._adaptive}
+
+    async def save_adaptive(self, models: Mapping[str, dict[str, Any]], now: datetime) -> None:
+        _utc(now, "adaptive models updated_at")
+        stored = {key: _to_json(model, f"adaptive model {key}") for key, model in models.items()}
+        self._adaptive.update(stored)

@@ -1,0 +1,214 @@
+"""The Runtime contract (``dormant.runtimes.base``), one suite on every backend: the FakeRuntime
+that unit tests rely on (``dormant.testing``), the ProcessRuntime on real local processes and the
+DockerRuntime on the project's Podman (scoped to this test run with ``testrun=RUN_ID``).
+
+Every container a test makes is removed by the ``kit`` fixture, also when the test fails; for
+Podman the ``containers`` fixture then checks that none of this run's remain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dormant.errors import DormantError, RuntimeFailure
+from dormant.runtimes import ContainerInfo, ContainerSpec, ContainerStatus, Runtime
+from dormant.runtimes.docker import DockerRuntime
+from dormant.runtimes.process import ProcessRuntime
+from dormant.testing import FakeRuntime
+
+from .podman import CONTAINER_PORT, IMAGE, RUN_ID, RUN_LABEL, free_port, http_get
+
+pytestmark = pytest.mark.integration
+
+CUSTOM = {"dormant.user": "alice", "acme.team": "blue"}
+
+
+@dataclass
+class Kit:
+    """One backend under test: its runtime, specs that work on it, and a way to see it serve."""
+
+    kind: str
+    runtime: Runtime
+    #: A second runtime on the same backend: a restarted dormant (the fake has only itself).
+    reopen: Callable[[], Runtime]
+    made: list[str] = field(default_factory=list)
+
+    def spec(self, session: str | None = None, *, name: str | None = None) -> ContainerSpec:
+        session = session or f"c{uuid.uuid4().hex[:12]}"
+        name = name or f"dormant-{session}"
+        labels = {"dormant.managed": "true", "dormant.session": session, **CUSTOM}
+        extra: dict[str, Any] = {}
+        if self.kind == "docker":
+            labels[RUN_LABEL] = RUN_ID
+            extra = {"image": IMAGE, "container_port": CONTAINER_PORT}
+        if name not in self.made:
+            self.made.append(name)
+        return ContainerSpec(
+            name=name,
+            session_id=session,
+            labels=labels,
+            port=free_port(),
+            start_timeout=20,
+            stop_timeout=2,
+            **extra,
+        )
+
+    async def serves(self, spec: ContainerSpec) -> bool:
+        """An HTTP GET on the port answers (the fake has no port: it says it runs)."""
+        if isinstance(self.runtime, FakeRuntime):
+            return spec.name in self.runtime.running()
+        assert spec.port is not None
+        return await asyncio.to_thread(http_get, spec.port) is not None
+
+    async def listed(self, name: str) -> ContainerInfo | None:
+        return next((i for i in await self.runtime.list_managed() if i.name == name), None)
+
+
+@pytest.fixture(params=["fake", "process", "docker"])
+async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Kit]:
+    runtime: Runtime
+    reopen: Callable[[], Runtime]
+    if request.param == "fake":
+        fake = FakeRuntime()
+        runtime, reopen = fake, lambda: fake
+    elif request.param == "process":
+        root = tmp_path / "processes"
+        runtime, reopen = ProcessRuntime(root), lambda: ProcessRuntime(root)
+    else:
+        host: str = request.getfixturevalue("docker_host")
+        request.getfixturevalue("containers")  # purges this run's containers after the test
+
+        def reopen() -> Runtime:
+            return DockerRuntime(host, scope={RUN_LABEL: RUN_ID})
+
+        runtime = reopen()
+    kit = Kit(request.param, runtime, reopen)
+    try:
+        yield kit
+    finally:
+        try:
+            for name in kit.made:
+                await runtime.remove(name, {})
+            left = [i.name for i in await runtime.list_managed() if i.name in kit.made]
+        finally:
+            await runtime.close()
+        assert left == []
+
+
+def json_able(state: dict[str, Any]) -> bool:
+    return bool(json.loads(json.dumps(state)) == state)
+
+
+async def test_create_then_start_serves_and_stop_keeps_it_listed(kit: Kit) -> None:
+    rt, s = kit.runtime, kit.spec()
+    state = await rt.create(s)
+    assert json_able(state)
+    made = await rt.inspect(s.name)
+    assert made is not None and made.status is ContainerStatus.STOPPED
+    assert (made.name, made.session_id) == (s.name, s.session_id)
+
+    state = await rt.start(s.name, state)
+    assert json_able(state)
+    assert await kit.serves(s)  # start returns once it serves
+    running = await rt.inspect(s.name)
+    assert running is not None and running.status is ContainerStatus.RUNNING
+
+    state = await rt.stop(s.name, state)
+    assert json_able(state)
+    stopped = await rt.inspect(s.name)
+    assert stopped is not None and stopped.status is ContainerStatus.STOPPED
+    assert not await kit.serves(s)
+    listed = await kit.listed(s.name)
+    assert listed is not None and listed.status is ContainerStatus.STOPPED
+    assert listed.labels["dormant.managed"] == "true"
+    assert listed.session_id == s.session_id
+    assert {k: listed.labels.get(k) for k in CUSTOM} == CUSTOM
+
+    # started again from the state kept with the session: it serves again
+    state = await rt.start(s.name, state)
+    assert await kit.serves(s)
+    await rt.remove(s.name, state)  # running: removed all the same
+    assert await rt.inspect(s.name) is None
+    assert await kit.listed(s.name) is None
+    assert not await kit.serves(s)
+
+
+async def test_start_of_a_running_container_succeeds(kit: Kit) -> None:
+    rt, s = kit.runtime, kit.spec()
+    state = await rt.start(s.name, await rt.create(s))
+    again = await rt.start(s.name, state)
+    assert json_able(again)
+    assert await kit.serves(s)
+    info = await rt.inspect(s.name)
+    assert info is not None and info.status is ContainerStatus.RUNNING
+    await rt.stop(s.name, again)
+    await rt.stop(s.name, again)  # stop of a stopped one: also fine
+    info = await rt.inspect(s.name)
+    assert info is not None and info.status is ContainerStatus.STOPPED
+
+
+async def test_create_of_an_existing_name_for_the_same_session_adopts_it(kit: Kit) -> None:
+    rt, s = kit.runtime, kit.spec()
+    state = await rt.start(s.name, await rt.create(s))
+    assert json_able(await rt.create(s))  # the same runtime: adopted
+    restarted = kit.reopen()  # a restarted dormant finds it too
+    try:
+        adopted = await restarted.create(s)
+        assert json_able(adopted)
+        info = await restarted.inspect(s.name)
+        assert info is not None and info.status is ContainerStatus.RUNNING  # not made anew
+        assert info.session_id == s.session_id
+        assert await kit.serves(s)
+        await restarted.stop(s.name, {**state, **adopted})
+        state = await restarted.start(s.name, {**state, **adopted})  # the state survives
+        assert await kit.serves(s)
+    finally:
+        if restarted is not rt:
+            await restarted.close()
+    assert [i.name for i in await rt.list_managed() if i.name == s.name] == [s.name]
+
+
+async def test_create_of_an_existing_name_for_another_session_raises(
+    kit: Kit, request: pytest.FixtureRequest
+) -> None:
+    if kit.kind == "docker":
+        # A known, reported violation, kept visible rather than skipped: strict, so this turns
+        # into a failure the day the docker runtime refuses (then drop the marker).
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="DockerRuntime.create removes a managed container of another session "
+                "(whatever its dormant.deployment) and makes its own instead of refusing",
+            )
+        )
+    rt, mine = kit.runtime, kit.spec()
+    await rt.create(mine)
+    theirs = kit.spec("someone-else", name=mine.name)
+    with pytest.raises(RuntimeFailure):
+        await rt.create(theirs)
+    info = await rt.inspect(mine.name)
+    assert info is not None and info.session_id == mine.session_id  # left alone
+
+
+async def test_stop_and_remove_of_a_missing_name_succeed(kit: Kit) -> None:
+    rt, name = kit.runtime, f"dormant-never-{uuid.uuid4().hex[:8]}"
+    assert json_able(await rt.stop(name, {"kept": 1}))
+    await rt.remove(name, {})
+    await rt.remove(name, {"kept": 1})
+    assert await rt.inspect(name) is None
+    assert await kit.listed(name) is None
+
+
+async def test_failures_are_dormant_errors(kit: Kit) -> None:
+    rt, name = kit.runtime, f"dormant-never-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(RuntimeFailure) as raised:
+        await rt.start(name, {})
+    assert isinstance(raised.value, DormantError)
+    assert await rt.inspect(name) is None
