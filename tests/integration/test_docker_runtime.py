@@ -143,16 +143,17 @@ async def test_create_of_an_existing_name_for_the_same_session_adopts_it(
     assert adopted["adopted"] is True
 
 
-async def test_name_conflict_with_a_stale_managed_container_removes_it(
+async def test_name_conflict_with_another_sessions_container_is_refused_and_kept(
     runtime: DockerRuntime,
 ) -> None:
     s = spec(sid())
-    stale = replace(s, session_id="someone-else", labels={**s.labels, "dormant.session": "x"})
-    old = await runtime.create(stale)
-    new = await runtime.create(s)
-    assert new["id"] != old["id"]
+    other = replace(s, session_id="someone-else", labels={**s.labels, "dormant.session": "x"})
+    old = await runtime.create(other)
+    with pytest.raises(RuntimeFailure, match="exists for session 'x'"):
+        await runtime.create(s)
     info = await runtime.inspect(s.name)
-    assert info is not None and info.session_id == s.session_id
+    assert info is not None and info.session_id == "x"  # never removed by a create
+    assert inspect(s.name)["Id"] == old["id"]
 
 
 async def test_name_conflict_with_a_foreign_container_is_refused(runtime: DockerRuntime) -> None:

@@ -175,19 +175,7 @@ async def test_create_of_an_existing_name_for_the_same_session_adopts_it(kit: Ki
     assert [i.name for i in await rt.list_managed() if i.name == s.name] == [s.name]
 
 
-async def test_create_of_an_existing_name_for_another_session_raises(
-    kit: Kit, request: pytest.FixtureRequest
-) -> None:
-    if kit.kind == "docker":
-        # A known, reported violation, kept visible rather than skipped: strict, so this turns
-        # into a failure the day the docker runtime refuses (then drop the marker).
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="DockerRuntime.create removes a managed container of another session "
-                "(whatever its dormant.deployment) and makes its own instead of refusing",
-            )
-        )
+async def test_create_of_an_existing_name_for_another_session_raises(kit: Kit) -> None:
     rt, mine = kit.runtime, kit.spec()
     await rt.create(mine)
     theirs = kit.spec("someone-else", name=mine.name)

@@ -42,6 +42,7 @@ from dormant.errors import (
     TemporaryError,
 )
 from dormant.runtimes.base import (
+    DEPLOYMENT_LABEL,
     MANAGED_LABEL,
     SESSION_LABEL,
     ContainerInfo,
@@ -447,12 +448,13 @@ class DockerRuntime(Runtime):
                     f"a container named {spec.name} exists and is not managed by dormant; "
                     "remove or rename it"
                 )
-            log.warning(
-                "create %s: removing a stale container of session %s",
-                spec.name,
-                labels.get(SESSION_LABEL),
+            # Another session's (perhaps another deployment's): never removed here. If it is
+            # this deployment's orphan, the reconciler removes it on a settled read.
+            raise RuntimeFailure(
+                f"a container named {spec.name} exists for session "
+                f"{labels.get(SESSION_LABEL)!r} (deployment "
+                f"{labels.get(DEPLOYMENT_LABEL) or 'unknown'}); not touching it"
             )
-            await self.remove(spec.name, {})
         raise TemporaryError(f"create {spec.name}: the name stays taken; will retry")
 
     async def start(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
