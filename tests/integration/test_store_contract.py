@@ -503,3 +503,80 @@ async def test_concurrent_first_starts_agree_on_one_deployment_id(store: Store) 
 async def test_ping_answers(store: Store) -> None:
     # ``ping`` is not declared on Store (reported): every implementation has it.
     assert await cast(Any, store).ping() is None
+
+
+async def _due_sessions(store: Store, n: int) -> list[str]:
+    ids = [f"d{i:03d}" for i in range(n)]
+    for sid in ids:
+        await store.insert_session(record(sid), NewEvent("transition", "created"), None)
+    return ids  # next_action_at is T0 + 15 min
+
+
+async def test_claims_are_exclusive_until_their_lease_ends(store: Store) -> None:
+    ids = await _due_sessions(store, 3)
+    due = T0 + timedelta(minutes=16)
+    lease = due + timedelta(seconds=60)
+    first = await store.claim_due("i1", due, lease, live_instances=["i1", "i2"])
+    assert sorted(c.session_id for c in first) == ids
+    assert {c.fence for c in first} == {1}
+    assert first[0].due_at == T0 + timedelta(minutes=15)
+    assert await store.claim_due("i2", due, lease, live_instances=["i1", "i2"]) == []
+    # not yet due: nothing; named explicitly: claimed anyway (a hint of the heap)
+    assert await store.claim_due("i2", T0, lease, live_instances=["i1", "i2"]) == []
+    # the lease ran out: another instance takes them, with a new fence
+    later = await store.claim_due(
+        "i2", lease + timedelta(seconds=1), lease + timedelta(minutes=2), live_instances=["i1"]
+    )
+    assert sorted((c.session_id, c.fence) for c in later) == [(sid, 2) for sid in ids]
+
+
+async def test_a_dead_instances_claims_return_to_the_pool(store: Store) -> None:
+    await _due_sessions(store, 2)
+    due = T0 + timedelta(minutes=16)
+    lease = due + timedelta(minutes=5)
+    assert len(await store.claim_due("i1", due, lease, live_instances=["i1"])) == 2
+    taken = await store.claim_due("i2", due, lease, live_instances=["i2"])  # i1 is gone
+    assert len(taken) == 2
+
+
+async def test_named_sessions_are_claimed_before_they_are_due(store: Store) -> None:
+    await _due_sessions(store, 2)
+    lease = T0 + timedelta(minutes=1)
+    claims = await store.claim_due("i1", T0, lease, live_instances=["i1"], ids=["d001"])
+    assert [c.session_id for c in claims] == ["d001"]
+
+
+async def test_a_stale_fence_is_refused_and_release_frees_the_claim(store: Store) -> None:
+    (sid,) = await _due_sessions(store, 1)
+    due = T0 + timedelta(minutes=16)
+    (claim,) = await store.claim_due("i1", due, due + timedelta(minutes=1), live_instances=[])
+    got = await store.get_session(sid)
+    assert got is not None and got.fence == claim.fence
+    with pytest.raises(Conflict):
+        await store.update_session(got.replace(error="x"), got.version, fence=claim.fence - 1)
+    saved = await store.update_session(got.replace(error="y"), got.version, fence=claim.fence)
+    assert saved.error == "y"
+    fresh = await store.get_session(sid)
+    assert fresh is not None and fresh.fence == claim.fence  # a write never moves the fence
+    # kept until later: nobody (not even i1 itself) claims it before that
+    await store.release_claim(sid, "i1", claim.fence, until=due + timedelta(minutes=5))
+    assert await store.claim_due("i1", due + timedelta(minutes=2), due, live_instances=["i1"]) == []
+    await store.release_claim(sid, "i1", claim.fence)
+    again = await store.claim_due("i2", due, due + timedelta(minutes=1), live_instances=["i1"])
+    assert [(c.session_id, c.fence) for c in again] == [(sid, claim.fence + 1)]
+    # a release by an instance that lost the claim changes nothing
+    await store.release_claim(sid, "i1", claim.fence)
+    assert await store.claim_due("i3", due, due, live_instances=["i2"]) == []
+
+
+async def test_concurrent_claimers_never_share_a_session(store: Store) -> None:
+    ids = await _due_sessions(store, 40)
+    due = T0 + timedelta(minutes=16)
+    lease = due + timedelta(minutes=1)
+    live = [f"i{n}" for n in range(4)]
+    batches = await asyncio.gather(
+        *(store.claim_due(i, due, lease, live_instances=live, limit=15) for i in live)
+    )
+    claimed = [c.session_id for batch in batches for c in batch]
+    assert len(claimed) == len(set(claimed)) == 40
+    assert sorted(claimed) == ids

@@ -50,6 +50,12 @@ T = TypeVar("T")
 #: has been acknowledged. Request handlers leave it unset and fail fast (503).
 _PATIENT: contextvars.ContextVar[bool] = contextvars.ContextVar("dormant_patient", default=False)
 
+#: Set while handling a claimed due session: ``(session id, fence)``. That session's writes
+#: carry the fence, so an instance that lost its claim (paused past its lease) cannot write.
+_FENCE: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "dormant_fence", default=None
+)
+
 
 @dataclass(slots=True)
 class _SessionLock:
@@ -65,7 +71,13 @@ class EngineSettings:
     #: Due sessions handled at once (each needs store connections).
     due_concurrency: int = 32
     backoff: Backoff = field(default_factory=Backoff)
-    instance_heartbeat: float = 10.0
+    #: Seconds between heartbeats (the instance's lease is three of them).
+    instance_heartbeat: float = 5.0
+    #: How long a claim on a due session lasts, how many are claimed at once, and how often
+    #: the store is asked for due sessions this instance's heap does not know (another's).
+    claim_lease: float = 60.0
+    claim_batch: int = 64
+    claim_poll: float = 1.0
     #: After the retry budget is spent on an unreachable runtime (RuntimeUnavailable), keep
     #: waiting this long (probing at the backoff cap) before failing the operation.
     outage_patience: float = 0.0
@@ -124,6 +136,10 @@ class EngineCore:
         self._learners: dict[str, Learner] = {}
         #: Callers waiting for sessions to settle (``Engine.wait_for``).
         self._waiters = Waiters()
+        #: Instances with a live lease (refreshed by each heartbeat): their claims stand.
+        self._live_instances: list[str] = []
+        #: The last claim took all that was due (else look again at once).
+        self._claimed_all = True
 
     async def drain(self) -> None:
         """Wait for every operation in flight (tests and graceful shutdown)."""

@@ -31,11 +31,21 @@ from dormant.errors import (
 )
 from dormant.policy import (
     Action,
+    PolicySettings,
     State,
 )
 from dormant.policy.adaptive import GapModel
+from dormant.runtimes import Runtime
 from dormant.runtimes.base import DEPLOYMENT_LABEL
 from dormant.store.records import NewEvent, SessionRecord
+
+#: Creates racing other instances for the same port try this many ports.
+PORT_ATTEMPTS = 5
+
+
+class PortTaken(Conflict):
+    """The port picked was taken by another instance's session meanwhile."""
+
 
 log = logging.getLogger("dormant.engine")
 
@@ -118,6 +128,27 @@ class Engine(Recovery):
         if runtime is None:
             raise InvalidInput(f"template {tpl.name!r} needs runtime {tpl.runtime!r}, not enabled")
         await self.ensure_deployment()
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                return await self._insert_session(
+                    tpl, runtime, settings, tenant, user_id, labels, env
+                )
+            except PortTaken:
+                # Another instance handed out the same port at the same moment: take another.
+                if attempt == PORT_ATTEMPTS:
+                    raise Conflict("no port could be taken for the session; try again") from None
+        raise AssertionError("unreachable")
+
+    async def _insert_session(
+        self,
+        tpl: Template,
+        runtime: Runtime,
+        settings: PolicySettings,
+        tenant: str,
+        user_id: str,
+        labels: dict[str, str] | None,
+        env: dict[str, str] | None,
+    ) -> SessionRecord:
         now = self.clock.now()
         sid = new_session_id(now)
         name = container_name(sid)
@@ -147,9 +178,14 @@ class Engine(Recovery):
             event = NewEvent(
                 "transition", "created", "create", None, State.CREATING.value, "create"
             )
-            op_id = await self.store.insert_session(
-                record, event, (OperationKind.CREATE, self.settings.instance_id)
-            )
+            try:
+                op_id = await self.store.insert_session(
+                    record, event, (OperationKind.CREATE, self.settings.instance_id)
+                )
+            except Conflict as exc:
+                if port in await self.store.used_ports():
+                    raise PortTaken(str(exc)) from exc
+                raise
         finally:
             self.ports.settle(port)
         self._state[sid] = State.CREATING

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -36,7 +37,8 @@ class PortAllocator:
         self._used = used
         self._lock = asyncio.Lock()
         self._reserved: set[int] = set()
-        self._next = 0
+        # Start anywhere: replicas starting together then rarely pick the same port.
+        self._next = random.randrange(len(ports)) if len(ports) else 0
 
     async def allocate(self) -> int:
         """A port no live session holds and nothing else on this host listens on.

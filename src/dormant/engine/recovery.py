@@ -39,6 +39,8 @@ class Recovery(Scheduler):
         )
         if self._healthy_since is None:
             self._healthy_since = self.clock.monotonic()
+        live = await self.store.live_instances(since=now - instance_ttl(self.settings))
+        self._live_instances = sorted({i.id for i in live} | {self.settings.instance_id})
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -5,11 +5,13 @@ state under its lock and acted on; a failed attempt is re-armed with backoff, ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from dormant.engine.activity import ActivityBuffer
+from dormant.engine.core import _FENCE
 from dormant.engine.notify import EngineEvent
 from dormant.errors import (
     DormantError,
@@ -19,32 +21,70 @@ from dormant.policy import (
     Decision,
     decide,
 )
-from dormant.store.records import NewEvent, SessionRecord
+from dormant.store.records import Claim, NewEvent, SessionRecord
 
 log = logging.getLogger("dormant.engine")
 
 
 class Scheduler(ActivityBuffer):
     async def tick(self) -> int:
-        """Handle everything due now; returns how many sessions were due."""
-        now = self.clock.now()
-        due = self.deadlines.pop_due(now)
-        for sid, at in due:
-            self._emit(EngineEvent("due", sid, None, seconds=(now - at).total_seconds()))
-            self._spawn_op(sid, None, functools.partial(self._due_guarded, sid))
-        return len(due)
+        """Claim what is due now and handle it; returns how many sessions were claimed.
 
-    async def _due_guarded(self, sid: str, attempt: int = 1) -> None:
+        The heap is a hint: its due sessions are named in the claim, and the store adds every
+        other due session nobody holds (another instance's, a dead instance's). Each claim
+        carries a fencing token; the session's writes while handling it must still match."""
+        now = self.clock.now()
+        hints = dict(self.deadlines.pop_due(now))
+        lease = now + timedelta(seconds=self.settings.claim_lease)
+        try:
+            claims = await self.store.claim_due(
+                self.settings.instance_id,
+                now,
+                lease,
+                live_instances=self._live_instances,
+                ids=list(hints),
+                limit=self.settings.claim_batch,
+            )
+        except DormantError:
+            # Look again soon, not in a tight loop: the store is in trouble.
+            retry = now + timedelta(seconds=self.settings.claim_poll)
+            for sid in hints:
+                self.deadlines.set(sid, retry)
+            raise
+        for claim in claims:
+            at = hints.get(claim.session_id) or claim.due_at or now
+            seconds = max(0.0, (now - at).total_seconds())
+            self._emit(EngineEvent("due", claim.session_id, None, seconds=seconds))
+            self._spawn_op(
+                claim.session_id,
+                None,
+                functools.partial(self._due_guarded, claim.session_id, claim),
+            )
+        self._claimed_all = len(claims) < self.settings.claim_batch
+        return len(claims)
+
+    async def _due_guarded(self, sid: str, claim: Claim | None = None, attempt: int = 1) -> None:
         """Bounded concurrency, and a deadline is never dropped: if handling fails (store busy,
-        runtime down) it is re-armed with backoff and tried again."""
+        runtime down) it is re-armed with backoff and tried again; the claim is kept until
+        then, so no other instance jumps in, and given back when done."""
+        token = _FENCE.set((sid, claim.fence) if claim is not None else None)
+        keep_until: datetime | None = None
         try:
             async with self._due_slots:
                 await self._due(sid)
         except DormantError as exc:
             delay = self.settings.backoff.delay(min(attempt, 10))
             log.warning("due session %s not handled (%s); again in %.2fs", sid, exc, delay)
+            keep_until = self.clock.now() + timedelta(seconds=delay)
             if sid in self._state:
-                self._arm(sid, self.clock.now() + timedelta(seconds=delay))
+                self._arm(sid, keep_until)
+        finally:
+            _FENCE.reset(token)
+        if claim is not None:
+            with contextlib.suppress(DormantError):  # else the lease runs out by itself
+                await self.store.release_claim(
+                    sid, self.settings.instance_id, claim.fence, until=keep_until
+                )
 
     async def _schedule_loop(self) -> None:
         while True:
@@ -55,9 +95,12 @@ class Scheduler(ActivityBuffer):
             next_at = self.deadlines.next_at()
             self._wakeup.clear()
             wait = None if next_at is None else (next_at - self.clock.now()).total_seconds()
-            if wait is not None and wait <= 0:
+            if (wait is not None and wait <= 0) or not self._claimed_all:
                 await asyncio.sleep(0)
                 continue
+            # Other instances' sessions are not in this heap: look at the store now and then.
+            poll = self.settings.claim_poll
+            wait = poll if wait is None else min(wait, poll)
             waiter = asyncio.create_task(self._wakeup.wait())
             sleeper = asyncio.create_task(self.clock.sleep(wait if wait is not None else 3600))
             try:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from dormant.engine.core import EngineCore
+from dormant.engine.core import _FENCE, EngineCore
 from dormant.engine.notify import EngineEvent
 from dormant.engine.outcome import OperationKind, OperationStatus
 from dormant.errors import (
@@ -102,6 +102,9 @@ class SessionWriter(EngineCore):
             or session_id in self._delete_requested
         ):
             raise NotFound(f"session {session_id} not found")
+        # Known here from now on, also when another instance created it (its activity, sent
+        # through this instance, is then accepted), with the state just read.
+        self._state[session_id] = record.state
         return record
 
     async def get_any(self, session_id: str, tenant: str | None = None) -> SessionRecord:
@@ -182,15 +185,24 @@ class SessionWriter(EngineCore):
         now = self.clock.now()
         version = record.version if expected is None else expected
         candidate = self._with_decision(record, now)
+        held = _FENCE.get()
+        fence = held[1] if held is not None and held[0] == record.id else None
         for _ in range(5):
             try:
                 saved = await self._patiently(
-                    functools.partial(self.store.update_session, candidate, version, events, now)
+                    functools.partial(
+                        self.store.update_session, candidate, version, events, now, fence
+                    )
                 )
             except Conflict:
                 current = await self._patiently(lambda: self.store.get_session(record.id))
                 if current is None:
                     raise
+                if fence is not None and current.fence != fence:
+                    raise Conflict(
+                        f"session {record.id}: this instance's claim was taken over; "
+                        "another instance decides it now"
+                    ) from None
                 if from_state is not None and current.state is not from_state:
                     raise Conflict(
                         f"session {record.id} is {current.state.value} now, not "

@@ -10,6 +10,7 @@ from typing import Any
 from dormant.policy import ActivityTimes, State
 from dormant.store.records import (
     ApiKeyRecord,
+    Claim,
     EventRecord,
     InstanceRecord,
     NewEvent,
@@ -49,7 +50,37 @@ class Store(abc.ABC):
         expected_version: int,
         events: Sequence[NewEvent] = (),
         now: datetime | None = None,
-    ) -> SessionRecord: ...
+        fence: int | None = None,
+    ) -> SessionRecord:
+        """Write ``record`` if the row still has ``expected_version`` (and, when ``fence`` is
+        given, that fencing token); raise Conflict otherwise. Claims are not written."""
+
+    @abc.abstractmethod
+    async def claim_due(
+        self,
+        instance_id: str,
+        now: datetime,
+        lease_until: datetime,
+        *,
+        live_instances: Sequence[str],
+        ids: Sequence[str] = (),
+        limit: int = 100,
+    ) -> list[Claim]:
+        """Claim up to ``limit`` live sessions that are due (``next_action_at <= now``) or
+        named in ``ids``, and that nobody holds: no claim, an expired one, or one of an
+        instance not in ``live_instances``. Each claim bumps the session's fence. Concurrent
+        callers never claim the same session (``FOR UPDATE SKIP LOCKED`` on PostgreSQL)."""
+
+    @abc.abstractmethod
+    async def release_claim(
+        self, session_id: str, instance_id: str, fence: int, until: datetime | None = None
+    ) -> None:
+        """Give the claim back (``until`` None), or keep it until ``until`` (a retry later);
+        only if it is still ``instance_id``'s with ``fence``."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise TemporaryError if the store cannot be reached."""
 
     @abc.abstractmethod
     async def list_sessions(

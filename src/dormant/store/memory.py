@@ -39,6 +39,7 @@ from dormant.policy import ActivityTimes, State
 from dormant.store.base import Store
 from dormant.store.records import (
     ApiKeyRecord,
+    Claim,
     EventRecord,
     InstanceRecord,
     NewEvent,
@@ -156,6 +157,8 @@ class MemoryStore(Store):
         self._op_id = 0
         self._event_id = 0
         self._deployment: str | None = None
+        #: session id -> (instance, lease until): claims of due work (``claim_due``)
+        self._claims: dict[str, tuple[str | None, datetime | None]] = {}
 
     async def close(self) -> None:
         return None
@@ -226,12 +229,16 @@ class MemoryStore(Store):
         expected_version: int,
         events: Sequence[NewEvent] = (),
         now: datetime | None = None,
+        fence: int | None = None,
     ) -> SessionRecord:
-        new = _stored(record, version=expected_version + 1)
-        at = _utc(now or new.state_since, f"session {record.id}: event time")
         current = self._sessions.get(record.id)
+        held = current.fence if current is not None else 0
+        new = _stored(record, version=expected_version + 1, fence=held)  # claims own the fence
+        at = _utc(now or new.state_since, f"session {record.id}: event time")
         if current is None or current.version != expected_version:
             raise Conflict(f"session {record.id} changed concurrently; re-read and retry")
+        if fence is not None and current.fence != fence:
+            raise Conflict(f"session {record.id} was claimed by another instance; re-decide")
         if self._port_taken(new):
             raise Conflict(f"session {record.id}: port {record.port} is taken")
         self._keep(new)
@@ -304,6 +311,49 @@ class MemoryStore(Store):
             if tenant is None or r.tenant == tenant:
                 counts[r.state.value] = counts.get(r.state.value, 0) + 1
         return counts
+
+    async def claim_due(
+        self,
+        instance_id: str,
+        now: datetime,
+        lease_until: datetime,
+        *,
+        live_instances: Sequence[str],
+        ids: Sequence[str] = (),
+        limit: int = 100,
+    ) -> list[Claim]:
+        now = _utc(now, "claim time")
+        wanted = set(ids)
+        live = set(live_instances)
+
+        def claimable(r: SessionRecord) -> bool:
+            due = (r.next_action_at is not None and r.next_action_at <= now) or r.id in wanted
+            owner, until = self._claims.get(r.id, (None, None))
+            free = owner is None or (until is not None and until < now) or owner not in live
+            return due and free and r.state is not State.DELETED
+
+        order = sorted(
+            (r for r in self._sessions.values() if claimable(r)),
+            key=lambda r: r.next_action_at or now,
+        )[: max(limit, 0)]
+        claims = []
+        for r in order:
+            self._claims[r.id] = (instance_id, _utc(lease_until, "lease"))
+            self._sessions[r.id] = _new(r, {"fence": r.fence + 1})
+            claims.append(Claim(r.id, r.fence + 1, r.next_action_at))
+        return claims
+
+    async def release_claim(
+        self, session_id: str, instance_id: str, fence: int, until: datetime | None = None
+    ) -> None:
+        record = self._sessions.get(session_id)
+        owner, _ = self._claims.get(session_id, (None, None))
+        if record is None or owner != instance_id or record.fence != fence:
+            return
+        if until is None:
+            del self._claims[session_id]
+        else:
+            self._claims[session_id] = (instance_id, _utc(until, "lease"))
 
     async def sessions_with_connections(self) -> list[SessionRecord]:
         return [

@@ -46,6 +46,8 @@ class SessionRecord:
     end_reason: str | None = None
     deleted_at: datetime | None = None
     version: int = 1
+    #: The fencing token of the last claim (read-only here: only claims change it).
+    fence: int = 0
 
     def view(self) -> SessionView:
         return SessionView(
@@ -70,13 +72,26 @@ class SessionRecord:
     def to_row(self) -> dict[str, Any]:
         row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         row["state"] = self.state.value
+        del row["fence"]  # claims own it
         return row
 
     @classmethod
     def from_row(cls, row: Any) -> SessionRecord:
-        data = dict(row._mapping)
+        data = {k: v for k, v in row._mapping.items() if k in _SESSION_FIELDS}
         data["state"] = State(data["state"])
         return cls(**data)
+
+
+_SESSION_FIELDS = frozenset(f.name for f in dataclasses.fields(SessionRecord))
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A due session this instance may now act on, and the fencing token its writes carry."""
+
+    session_id: str
+    fence: int
+    due_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

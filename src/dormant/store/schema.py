@@ -84,6 +84,11 @@ sessions = Table(
     Column("end_reason", Text),
     Column("deleted_at", UTCDateTime()),
     Column("version", Integer, nullable=False, default=1),
+    #: The instance handling this session's due work, until when (a lease), and the fencing
+    #: token every write of that work must still match (bumped by every claim).
+    Column("claimed_by", String(64)),
+    Column("claim_until", UTCDateTime()),
+    Column("fence", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_sessions_next_action_at", "next_action_at"),
     Index("ix_sessions_tenant_user", "tenant", "user_id"),
     Index("ix_sessions_state", "state"),

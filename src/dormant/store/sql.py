@@ -11,15 +11,16 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import and_, bindparam, case, event, func, insert, or_, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, StatementError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from dormant.errors import Conflict, DormantError, TemporaryError
+from dormant.errors import Conflict, DormantError, InvalidInput, TemporaryError
 from dormant.policy import ActivityTimes, State
 from dormant.store.base import Store
 from dormant.store.records import (
     ApiKeyRecord,
+    Claim,
     EventRecord,
     InstanceRecord,
     NewEvent,
@@ -90,6 +91,8 @@ def _translate_errors(cls: type[SqlStoreT]) -> type[SqlStoreT]:
             except (SATimeoutError, DBAPIError, OSError) as exc:
                 detail = getattr(exc, "orig", None) or exc
                 raise TemporaryError(f"store unavailable: {detail}") from exc
+            except StatementError as exc:  # a value refused before it reached the database
+                raise InvalidInput(f"store refused a value: {exc.orig}") from exc
 
         return translated
 
@@ -161,17 +164,17 @@ class SqlStore(Store):
         expected_version: int,
         events: Sequence[NewEvent] = (),
         now: datetime | None = None,
+        fence: int | None = None,
     ) -> SessionRecord:
         new = record.replace(version=expected_version + 1)
         values = new.to_row()
         del values["id"]
+        guard = [sessions.c.id == record.id, sessions.c.version == expected_version]
+        if fence is not None:
+            guard.append(sessions.c.fence == fence)
         try:
             async with self.engine.begin() as conn:
-                result = await conn.execute(
-                    update(sessions)
-                    .where(sessions.c.id == record.id, sessions.c.version == expected_version)
-                    .values(**values)
-                )
+                result = await conn.execute(update(sessions).where(*guard).values(**values))
                 if result.rowcount != 1:
                     raise Conflict(f"session {record.id} changed concurrently; re-read and retry")
                 if events:
@@ -286,6 +289,58 @@ class SqlStore(Store):
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return {str(r[0]): int(r[1]) for r in rows}
+
+    async def claim_due(
+        self,
+        instance_id: str,
+        now: datetime,
+        lease_until: datetime,
+        *,
+        live_instances: Sequence[str],
+        ids: Sequence[str] = (),
+        limit: int = 100,
+    ) -> list[Claim]:
+        due = sessions.c.next_action_at <= now
+        if ids:
+            due = or_(due, sessions.c.id.in_(list(ids)))
+        free = or_(
+            sessions.c.claimed_by.is_(None),
+            sessions.c.claim_until < now,
+            sessions.c.claimed_by.not_in(list(live_instances) or [""]),
+        )
+        candidates = (
+            select(sessions.c.id)
+            .where(due, free, sessions.c.state != State.DELETED.value)
+            .order_by(sessions.c.next_action_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer anyway
+        )
+        stmt = (
+            update(sessions)
+            .where(sessions.c.id.in_(candidates.scalar_subquery()))
+            .values(claimed_by=instance_id, claim_until=lease_until, fence=sessions.c.fence + 1)
+            .returning(sessions.c.id, sessions.c.fence, sessions.c.next_action_at)
+        )
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [Claim(str(r.id), int(r.fence), r.next_action_at) for r in rows]
+
+    async def release_claim(
+        self, session_id: str, instance_id: str, fence: int, until: datetime | None = None
+    ) -> None:
+        values: dict[str, Any] = (
+            {"claimed_by": None, "claim_until": None} if until is None else {"claim_until": until}
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(sessions)
+                .where(
+                    sessions.c.id == session_id,
+                    sessions.c.claimed_by == instance_id,
+                    sessions.c.fence == fence,
+                )
+                .values(**values)
+            )
 
     async def sessions_with_connections(self) -> list[SessionRecord]:
         query = select(sessions).where(
@@ -431,8 +486,11 @@ class SqlStore(Store):
     # api keys -------------------------------------------------------------------------------
 
     async def insert_key(self, record: ApiKeyRecord) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(insert(api_keys).values(**dataclasses.asdict(record)))
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(api_keys).values(**dataclasses.asdict(record)))
+        except IntegrityError as exc:
+            raise Conflict(f"API key {record.id} exists already") from exc
 
     async def get_key(self, key_id: str) -> ApiKeyRecord | None:
         async with self.engine.connect() as conn:
