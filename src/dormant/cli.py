@@ -93,7 +93,7 @@ def serve(
 ) -> None:
     """Run the API, the scheduler and the reconciler (migrates the database first)."""
     from dormant.logs import setup_logging
-    from dormant.server import create_app
+    from dormant.server import create_app, live_sqlite_peer
     from dormant.serving import bind_listener, serve_http
 
     settings = _settings(config)
@@ -107,6 +107,14 @@ def serve(
         sock = bind_listener(settings.host, settings.port)
     except DormantError as exc:
         _die(str(exc))
+    peer = _run(live_sqlite_peer(settings))
+    if peer is not None:
+        sock.close()
+        _die(
+            f"another dormant serve is live on this SQLite database: instance {peer.id} "
+            f"(pid {peer.pid} on {peer.host.split('#')[0]}); stop it first, or run several "
+            "replicas on PostgreSQL (DORMANT_DATABASE_URL)"
+        )
     application = create_app(settings)
     serve_http(application, settings.host, settings.port, limits, sock)
 

@@ -21,13 +21,23 @@ from dormant.api.auth import create_key
 from dormant.clock import Clock, SystemClock
 from dormant.config import Settings
 from dormant.engine import Engine, EngineSettings, PortAllocator, parse_port_range
-from dormant.gateway import Gateway, GatewaySettings, SocketIORoute, TokenIssuer, new_secret
+from dormant.engine.connections import dead_instances
+from dormant.errors import DormantError
+from dormant.gateway import (
+    Gateway,
+    GatewaySettings,
+    RedisReplicas,
+    SocketIORoute,
+    TokenIssuer,
+    new_secret,
+)
 from dormant.metrics import Metrics
 from dormant.reconciler import Reconciler
 from dormant.runtimes import Runtime
 from dormant.runtimes.process import ProcessRuntime
 from dormant.store import SqlStore
 from dormant.store.migrate import upgrade_async
+from dormant.store.records import InstanceRecord
 
 log = logging.getLogger("dormant.server")
 
@@ -45,6 +55,26 @@ class Services:
         for runtime in self.runtimes.values():
             await runtime.close()
         await self.store.close()
+
+
+async def live_sqlite_peer(settings: Settings) -> InstanceRecord | None:
+    """Another ``dormant serve`` live on this SQLite database (SQLite has one writer: several
+    replicas need PostgreSQL), or None. A predecessor that was killed does not count."""
+    prefix = "sqlite+aiosqlite:///"
+    url = settings.database_url
+    if not url.startswith(prefix) or not os.path.exists(url[len(prefix) :]):  # noqa: ASYNC240
+        return None
+    store = SqlStore(url)
+    try:
+        now = SystemClock().now()
+        ttl = timedelta(seconds=EngineSettings().instance_heartbeat * 3)
+        live = await store.live_instances(since=now - ttl)
+    except DormantError:
+        return None  # no instances table yet: nobody served on it
+    finally:
+        await store.close()
+    dead = dead_instances(live, now=now, ttl=ttl)
+    return next((i for i in live if i.id not in dead), None)
 
 
 def build_runtimes(settings: Settings) -> dict[str, Runtime]:
@@ -132,6 +162,11 @@ def build_gateway(settings: Settings, engine: Engine) -> Gateway:
             cors_origins="*" if origins == "*" else [o.strip() for o in origins.split(",")],
             handshake_timeout=settings.gateway_handshake_timeout,
             key_check_interval=settings.gateway_key_check_interval,
+        ),
+        replicas=(
+            RedisReplicas(settings.redis_url, settings.redis_channel, engine.settings.instance_id)
+            if settings.redis_url
+            else None
         ),
     )
 

@@ -72,8 +72,12 @@ class AuthAttempts:
 
 # --- the OpenAPI document: the real error shape and the statuses really answered ---------------
 
+#: Paths only an admin key may call (403 otherwise).
+ADMIN_ONLY = frozenset({"/v1/instances"})
+
 _ERRORS = {
     "401": "`unauthorized`: the X-API-Key header is missing, or the key is invalid or revoked.",
+    "403": "`forbidden`: this needs an admin key.",
     "404": "`not_found`: no such session (or it belongs to another tenant).",
     "408": "`request_timeout`: the request body did not arrive in time.",
     "409": "`conflict`: the session's state does not allow this now.",
@@ -109,6 +113,8 @@ def _error_statuses(path: str, method: str, operation: dict[str, Any]) -> list[s
             statuses.add("409")
     if path.startswith("/v1/users/"):
         statuses.add("409")
+    if path in ADMIN_ONLY:
+        statuses.add("403")
     return sorted(statuses)
 
 

@@ -25,6 +25,11 @@ class Unauthorized(DormantError):
     status = 401
 
 
+class Forbidden(DormantError):
+    code = "forbidden"
+    status = 403
+
+
 class RateLimited(DormantError):
     code = "rate_limited"
     status = 429

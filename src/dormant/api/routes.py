@@ -5,7 +5,7 @@ from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
-from dormant.api.auth import Principal, RateLimiter, authenticate
+from dormant.api.auth import Forbidden, Principal, RateLimiter, authenticate
 from dormant.api.schemas import (
     Accepted,
     ActivityIn,
@@ -14,6 +14,8 @@ from dormant.api.schemas import (
     CreateSession,
     EventList,
     EventOut,
+    InstanceList,
+    InstanceOut,
     LastActivity,
     LogoutOut,
     NextAction,
@@ -258,6 +260,26 @@ def build_router(
     async def logout(user_id: str, who: Who) -> LogoutOut:
         deleted = await engine.logout(user_id, who.scope)
         return LogoutOut(user_id=user_id, deleted=deleted)
+
+    @router.get("/instances", response_model=InstanceList)
+    async def instances(who: Who) -> InstanceList:
+        if not who.admin:
+            raise Forbidden("the instances of a deployment are shown to admin keys only")
+        lease = engine.instance_lease()
+        return InstanceList(
+            items=[
+                InstanceOut(
+                    id=i.id,
+                    host=i.host,
+                    pid=i.pid,
+                    started_at=i.started_at,
+                    heartbeat_at=i.heartbeat_at,
+                    lease_until=i.heartbeat_at + lease,
+                    this=i.id == engine.settings.instance_id,
+                )
+                for i in await engine.live_instances()
+            ]
+        )
 
     @router.get("/stats", response_model=Stats)
     async def stats(who: Who) -> Stats:

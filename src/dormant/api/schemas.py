@@ -186,6 +186,22 @@ class LogoutOut(BaseModel):
     deleted: list[str]
 
 
+class InstanceOut(BaseModel):
+    """A live ``dormant serve`` on this database: its lease runs until ``lease_until``."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    lease_until: datetime
+    this: bool
+
+
+class InstanceList(BaseModel):
+    items: list[InstanceOut]
+
+
 class Stats(BaseModel):
     sessions_by_state: dict[str, int]
     sessions_by_level: dict[str, int]

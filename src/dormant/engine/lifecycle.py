@@ -14,10 +14,10 @@ import contextlib
 import functools
 import logging
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from dormant.engine.core import EngineSettings
+from dormant.engine.core import EngineSettings, instance_ttl
 from dormant.engine.ids import container_name, new_session_id
 from dormant.engine.outcome import OperationKind, Outcome, ends_wait
 from dormant.engine.recovery import Recovery
@@ -37,7 +37,7 @@ from dormant.policy import (
 from dormant.policy.adaptive import GapModel
 from dormant.runtimes import Runtime
 from dormant.runtimes.base import DEPLOYMENT_LABEL
-from dormant.store.records import NewEvent, SessionRecord
+from dormant.store.records import InstanceRecord, NewEvent, SessionRecord
 
 #: Creates racing other instances for the same port try this many ports.
 PORT_ATTEMPTS = 5
@@ -281,6 +281,15 @@ class Engine(Recovery):
             self._delete_requested.add(sid)
             self._spawn_op(sid, None, functools.partial(self._due_guarded, sid))
         return ids
+
+    def instance_lease(self) -> timedelta:
+        """How long an instance counts as live after its last heartbeat."""
+        return instance_ttl(self.settings)
+
+    async def live_instances(self) -> list[InstanceRecord]:
+        """The instances whose lease has not run out (this one included once it has beaten)."""
+        since = self.clock.now() - self.instance_lease()
+        return sorted(await self.store.live_instances(since=since), key=lambda i: i.id)
 
     async def wait_for(self, session_id: str, wanted: State, timeout: float) -> Outcome | None:
         """The outcome once the session reaches ``wanted`` (or fails, or is deleted); ``None``
