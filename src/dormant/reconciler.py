@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from dormant.engine import Engine
-from dormant.engine.outcome import OperationKind, OperationStatus
+from dormant.engine.outcome import OperationKind
 from dormant.errors import DormantError
 from dormant.policy import State
 from dormant.runtimes import ContainerInfo, ContainerStatus, Runtime
@@ -296,7 +296,7 @@ class Reconciler:
         sessions: dict[str, SessionRecord] = {}
         after: str | None = None
         while True:
-            page = await engine.store.list_sessions(after_id=after, limit=1000)
+            page = await engine.list_sessions(after_id=after, limit=1000)
             if not page:
                 break
             sessions.update((r.id, r) for r in page)
@@ -308,13 +308,13 @@ class Reconciler:
                 sid = info.session_id
                 owner = info.labels.get(DEPLOYMENT_LABEL)
                 if sid and sid not in sessions and owner == deployment_id and sid not in ended:
-                    ended[sid] = await engine.store.get_session(sid)
+                    ended[sid] = await engine.session_row(sid)
         # In flight before the operations are read, and after: an operation that ended in
         # between is not judged from its stale row.
         busy = engine.busy_sessions()
         inflight = engine.inflight_operations()
-        operations = await engine.store.pending_operations()
-        live = await engine.store.live_instances(since=started - _instance_ttl(engine))
+        operations = await engine.pending_operations()
+        live = await engine.instances_since(started - _instance_ttl(engine))
         result = plan(
             containers,
             sessions,
@@ -365,13 +365,7 @@ class Reconciler:
             elif step.kind == "delete" and step.operation_id is not None:
                 engine.resume_delete(step.target, step.operation_id, step.reason)
             elif step.kind == "close-operation" and step.operation_id is not None:
-                await engine.store.finish_operation(
-                    step.operation_id,
-                    OperationStatus.INTERRUPTED,
-                    0,
-                    step.reason,
-                    engine.clock.now(),
-                )
+                await engine.close_operation(step.operation_id, step.reason)
             if acted:
                 log.info("reconcile %s %s: %s", step.kind, step.target, step.reason)
             else:

@@ -7,7 +7,7 @@ import hmac
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -64,7 +64,11 @@ async def create_key(store: Store, tenant: str, admin: bool, name: str, now: dat
     return key
 
 
-async def authenticate(store: Store, key: str | None) -> Principal:
+#: How a key id is looked up (``Engine.api_key``): the API does not reach into the store.
+KeyLookup = Callable[[str], Awaitable[ApiKeyRecord | None]]
+
+
+async def authenticate(lookup: KeyLookup, key: str | None) -> Principal:
     """The principal of ``key``. Within :func:`attempts_from`, failed keys count against the
     client's address, and an address over its limit is refused 429 before any lookup."""
     if not key:
@@ -74,7 +78,7 @@ async def authenticate(store: Store, key: str | None) -> Principal:
     if attempt is not None:
         attempt[0].check(attempt[1], hashed)
     try:
-        principal = await _lookup(store, key, hashed)
+        principal = await _lookup(lookup, key, hashed)
     except Unauthorized:
         if attempt is not None:
             attempt[0].failed(attempt[1])
@@ -84,11 +88,11 @@ async def authenticate(store: Store, key: str | None) -> Principal:
     return principal
 
 
-async def _lookup(store: Store, key: str, hashed: str) -> Principal:
+async def _lookup(lookup: KeyLookup, key: str, hashed: str) -> Principal:
     parts = key.split("_", 2)
     if len(parts) != 3 or f"{parts[0]}_" != PREFIX or len(key) > 200:
         raise Unauthorized("invalid API key")
-    record = await store.get_key(parts[1])
+    record = await lookup(parts[1])
     # Compare even when the id is unknown, so timing does not reveal which ids exist.
     expected = record.hash if record is not None else _hash("")
     if not hmac.compare_digest(expected, hashed) or record is None:

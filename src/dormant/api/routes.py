@@ -99,7 +99,7 @@ def build_router(
     async def principal(
         x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
     ) -> Principal:
-        who = await authenticate(engine.store, x_api_key)
+        who = await authenticate(engine.api_key, x_api_key)
         limiter.check(who.key_id)
         return who
 
@@ -132,7 +132,7 @@ def build_router(
         )
         response.headers["Location"] = f"/v1/sessions/{record.id}"
         if await settled(record.id, State.RUNNING, wait) is not None:
-            fresh = await engine.store.get_session(record.id)
+            fresh = await engine.session_row(record.id)
             record = fresh or record
         return out(record)
 
@@ -151,7 +151,7 @@ def build_router(
         after = cursor
         more = False
         while len(items) < limit:
-            page = await engine.store.list_sessions(
+            page = await engine.list_sessions(
                 tenant=who.scope,
                 user_id=user_id,
                 state=want_state,
@@ -220,7 +220,7 @@ def build_router(
     @router.get("/sessions/{session_id}/events", response_model=EventList)
     async def events(session_id: str, who: Who) -> EventList:
         await engine.get_any(session_id, who.scope)
-        rows = await engine.store.list_events(session_id)
+        rows = await engine.timeline(session_id)
         return EventList(
             session_id=session_id,
             items=[
@@ -283,11 +283,11 @@ def build_router(
 
     @router.get("/stats", response_model=Stats)
     async def stats(who: Who) -> Stats:
-        by_state = await engine.store.count_by_state(who.scope)
+        by_state = await engine.counts_by_state(who.scope)
         by_level = {lvl.value: 0 for lvl in Level}
         after = None
         while True:
-            page = await engine.store.list_sessions(
+            page = await engine.list_sessions(
                 tenant=who.scope, after_id=after, limit=1000, state=State.RUNNING
             )
             for record in page:
@@ -298,7 +298,7 @@ def build_router(
         return Stats(
             sessions_by_state=by_state,
             sessions_by_level=by_level,
-            transitions_by_reason=await engine.store.event_counts(who.scope),
+            transitions_by_reason=await engine.transition_counts(who.scope),
             orphans_removed=reconciler.orphans_removed,
         )
 

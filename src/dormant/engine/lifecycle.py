@@ -20,7 +20,7 @@ from typing import Any
 from dormant.engine.core import EngineSettings, instance_ttl
 from dormant.engine.ids import container_name, new_session_id
 from dormant.engine.outcome import OperationKind, Outcome, ends_wait
-from dormant.engine.recovery import Recovery
+from dormant.engine.reads import ReadSide
 from dormant.engine.templates import Template
 from dormant.engine.writer import with_count
 from dormant.errors import (
@@ -50,7 +50,7 @@ class PortTaken(Conflict):
 log = logging.getLogger("dormant.engine")
 
 
-class Engine(Recovery):
+class Engine(ReadSide):
     async def ensure_deployment(self) -> str:
         """This deployment's id (made and stored on the first start); stamped on containers."""
         if self.deployment_id is None:
