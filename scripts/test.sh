@@ -20,6 +20,7 @@ echo "== import-linter"
 .venv/bin/lint-imports --no-cache
 echo "== services"
 bash scripts/postgres-up.sh
+bash scripts/nginx-up.sh
 echo "== podman (the docker runtime's tests need it; they fail, never skip, without it)"
 if podman_env=$(bash scripts/podman-up.sh); then
   eval "$podman_env"
