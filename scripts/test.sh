@@ -21,6 +21,7 @@ echo "== import-linter"
 echo "== services"
 bash scripts/postgres-up.sh
 bash scripts/nginx-up.sh
+bash scripts/redis-up.sh
 echo "== podman (the docker runtime's tests need it; they fail, never skip, without it)"
 if podman_env=$(bash scripts/podman-up.sh); then
   eval "$podman_env"

@@ -219,6 +219,12 @@ class Settings(BaseModel):
     #: How often live connections' API keys are checked for revocation (and how long a key
     #: lookup is cached), seconds.
     gateway_key_check_interval: float = Field(default=5.0, gt=0, le=3600)
+    #: Several replicas: a Redis URL (``DORMANT_REDIS_URL``, e.g. ``redis://host:6379/0``)
+    #: carries the gateway's rooms, session events, presence and broadcasts between them; the
+    #: channel (also the prefix of its keys) must be the same on every replica of a deployment.
+    #: Without a URL the gateway is one process and needs no Redis.
+    redis_url: str | None = None
+    redis_channel: str = Field(default="dormant", min_length=1, max_length=200)
 
     @field_validator("retention", "store_outage_patience", "reconcile_settle", mode="before")
     @classmethod

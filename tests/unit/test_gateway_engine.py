@@ -31,7 +31,12 @@ class Wire:
     closed: list[str] = field(default_factory=list)
 
     async def emit(
-        self, event: str, data: Any = None, to: str | None = None, room: str = ""
+        self,
+        event: str,
+        data: Any = None,
+        to: str | None = None,
+        room: str | None = None,
+        ignore_queue: bool = False,
     ) -> None:
         if to is not None:
             self.sent.append((event, data, to))
@@ -43,7 +48,7 @@ class Wire:
     async def enter_room(self, sid: str, room: str) -> None:
         self.rooms[sid] = room
 
-    async def disconnect(self, sid: str) -> None:
+    async def disconnect(self, sid: str, ignore_queue: bool = False) -> None:
         self.closed.append(sid)
         self.rooms.pop(sid, None)
         await self.gateway._on_disconnect(sid, "server disconnect")

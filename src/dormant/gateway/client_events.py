@@ -42,7 +42,7 @@ class ClientEvents:
             )
             if now - conn.last_notice >= _NOTICE_EVERY:
                 conn.last_notice = now
-                await gateway.sio.emit("error", problem, to=sid)
+                await gateway.emit_local("error", problem, to=sid)
             return {"ok": False, "error": problem}
         try:
             kind = parse_activity(args)
@@ -72,7 +72,7 @@ class ClientEvents:
         """Tell the client what was wrong with its event (``error``, and in the ack)."""
         gateway = self.gateway
         gateway.stats.invalid_events += 1
-        await gateway.sio.emit("error", exc.payload(), to=sid)
+        await gateway.emit_local("error", exc.payload(), to=sid)
         return {"ok": False, "error": exc.payload()}
 
     async def refuse_message(self, eio_sid: str, code: str, message: str) -> None:
@@ -80,4 +80,4 @@ class ClientEvents:
         gateway.stats.invalid_events += 1
         sid = gateway.sio.manager.sid_from_eio_sid(eio_sid, "/")
         if sid is not None:
-            await gateway.sio.emit("error", error(code, message), to=sid)
+            await gateway.emit_local("error", error(code, message), to=sid)

@@ -92,7 +92,7 @@ class Heartbeats:
                     conn.session_id,
                     beat.missed,
                 )
-                await gateway.sio.emit(
+                await gateway.emit_local(
                     "error",
                     error("heartbeat_timeout", f"{beat.missed} pings went unanswered"),
                     to=sid,
@@ -103,6 +103,6 @@ class Heartbeats:
             while ts in beat.outstanding:
                 ts += 1
             beat.sent(ts, now)
-            await gateway.sio.emit("ping", {"ts": ts}, to=sid)
+            await gateway.emit_local("ping", {"ts": ts}, to=sid)
             self.note_quality(conn, now)
             heapq.heappush(self._heap, (beat.next_at, next(self._seq), sid))

@@ -106,7 +106,7 @@ class KeyChecks:
             if conn.closed:
                 continue
             gateway.stats.revoked_drops += 1
-            await gateway.sio.emit(
+            await gateway.emit_local(
                 "error",
                 error(
                     "key_revoked", "the API key this connection's token was minted with was revoked"

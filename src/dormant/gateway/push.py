@@ -1,6 +1,11 @@
 """The ``session`` event and sleep warnings: what clients see of their session, pushed to its
 room when it changes (engine events, refreshes from the store, levels that change with time
-alone) and to each client as it joins."""
+alone) and to each client as it joins.
+
+Across replicas, this process's engine events are also passed on to the others (the session
+record of a transition or warning, the kind of an activity), and theirs arrive here
+(:meth:`Pusher.on_replica_event`): every replica keeps its room of the session current and
+tells its own clients, so each hears of an engine event once."""
 
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from dormant.engine import EngineEvent
 from dormant.errors import NotFound, TemporaryError
 from dormant.gateway.protocol import iso, session_view
-from dormant.policy import Action, Level, State
+from dormant.gateway.replicas import record_from_wire, record_to_wire
+from dormant.policy import Action, Decision, Level, State
 from dormant.store.records import SessionRecord
 
 if TYPE_CHECKING:
@@ -22,9 +28,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("dormant.gateway")
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)
+#: Engine events clients hear of (here, and through the other replicas).
+_SHARED = frozenset(("transition", "warning", "warning-cancelled", "activity"))
+#: Activity of one kind is told the other replicas at most this often per session (seconds).
+#: A repeat only says "still active", which the others' own level checks read from the store
+#: (the activity is flushed there within a second); what they must hear at once is another
+#: kind, or activity after a pause long enough for their level to drop (``active_within``,
+#: minutes by default, is longer than this).
+ACTIVITY_EVERY = 5.0
 
 
-def _age(record: SessionRecord) -> tuple[int, datetime, datetime]:
+def view_age(record: SessionRecord) -> tuple[int, datetime, datetime]:
     """How recent a view of a session is: its stored version, then activity not yet stored."""
     return (
         record.version,
@@ -38,47 +52,147 @@ class Pusher:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        #: Across replicas: the last activity told the others, per session (kind, monotonic).
+        self._told_activity: dict[str, tuple[str, float]] = {}
 
     def on_engine_event(self, event: EngineEvent) -> None:
+        """This process's engine changed a session: its clients here hear of it, and so do
+        the other replicas (which tell theirs)."""
         gateway = self.gateway
+        if event.type not in _SHARED:
+            return
+        warning = None
+        if event.type == "warning" and event.session is not None:
+            warning = self.warning(event.session, event.decision)
+        if gateway.replicas is not None:
+            self._share(event, warning)
         room = gateway.rooms.get(event.session_id)
         if room is None:
             return
-        if not room.members:
-            if event.session is not None:  # keep the cached view fresh for whoever joins next
-                gateway.spawn(self.push(room, event.session))
-            return
         if event.type == "transition" and event.session is not None:
-            gateway.spawn(self.push(room, event.session))
-            if event.to_state in (State.DELETING.value, State.DELETED.value):
-                gateway.spawn(gateway.members.close_room(room))
+            self._changed(room, event.session, event.to_state)
         elif event.type == "warning" and event.session is not None:
-            gateway.spawn(self._warn(room, event))
-        elif event.type == "warning-cancelled" or (
-            event.type == "activity"
-            and (room.level != Level.ACTIVE.value or room.last_kind != event.reason)
+            assert warning is not None
+            self._warned(room, event.session, warning)
+        elif room.members and (
+            event.type == "warning-cancelled"
+            or (
+                event.type == "activity"
+                and (room.level != Level.ACTIVE.value or room.last_kind != event.reason)
+            )
         ):
             # Level or kind changed; a later time alone is not worth a message to everyone.
             self.refresh(room)
 
-    async def _warn(self, room: Room, event: EngineEvent) -> None:
+    def _changed(self, room: Room, record: SessionRecord, to_state: str | None) -> None:
         gateway = self.gateway
-        record = event.session
-        assert record is not None
-        policy = gateway.engine.policy_of(record)
-        decision = event.decision
+        # Without members: keep the cached view fresh for whoever joins next.
+        gateway.spawn(self.push(room, record))
+        if room.members and to_state in (State.DELETING.value, State.DELETED.value):
+            gateway.spawn(gateway.members.close_room(room))
+
+    def _warned(self, room: Room, record: SessionRecord, warning: dict[str, Any]) -> None:
+        if room.members:
+            self.gateway.spawn(self._warn(room, record, warning))
+        else:
+            self.gateway.spawn(self.push(room, record))
+
+    def warning(self, record: SessionRecord, decision: Decision | None) -> dict[str, Any]:
+        """``sleep-warning {at, reason}``: when the session sleeps, and why."""
+        engine = self.gateway.engine
+        policy = engine.policy_of(record)
         at: datetime | None
         if decision is not None and decision.at is not None:
             at = decision.at + timedelta(seconds=policy.warn_before)
         else:
-            at = gateway.engine.describe(record)[1].at
+            at = engine.describe(record)[1].at
         reason = (
             decision.reason.split(": ", 1)[-1]
             if decision is not None
             else f"no meaningful activity for {policy.sleep_after:g}s"
         )
-        await gateway.sio.emit("sleep-warning", {"at": iso(at), "reason": reason}, room=room.name)
+        return {"at": iso(at), "reason": reason}
+
+    async def _warn(self, room: Room, record: SessionRecord, warning: dict[str, Any]) -> None:
+        await self.gateway.emit_local("sleep-warning", warning, room=room.name)
         await self.push(room, record)
+
+    # across replicas ----------------------------------------------------------------------------
+
+    def _share(self, event: EngineEvent, warning: dict[str, Any] | None) -> None:
+        """Tell the other replicas: one message per engine event (activity: see
+        :data:`ACTIVITY_EVERY`)."""
+        replicas = self.gateway.replicas
+        assert replicas is not None
+        body: dict[str, Any] = {"type": event.type, "session_id": event.session_id}
+        if event.type == "activity":
+            now = self.gateway.clock.monotonic()
+            told = self._told_activity.get(event.session_id)
+            if told is not None and told[0] == event.reason and now - told[1] < ACTIVITY_EVERY:
+                return
+            if len(self._told_activity) >= 10_000:
+                self._told_activity.clear()  # forgetting costs at most one message each
+            self._told_activity[event.session_id] = (event.reason, now)
+            body.update(kind=event.reason, source=event.code, at=iso(self.gateway.clock.now()))
+        elif event.session is not None:
+            body.update(record=record_to_wire(event.session), to_state=event.to_state)
+            if warning is not None:
+                body["warning"] = warning
+        elif event.type != "warning-cancelled":
+            return
+        replicas.send("session", body)
+
+    def on_replica_event(self, body: dict[str, Any]) -> None:
+        """Another replica's engine changed a session: its clients here hear of it."""
+        gateway = self.gateway
+        room = gateway.rooms.get(str(body.get("session_id")))
+        if room is None:
+            return
+        kind = body.get("type")
+        if kind == "activity":
+            self._remote_activity(room, body)
+            return
+        if kind == "warning-cancelled":
+            if room.members:
+                self.refresh(room)
+            return
+        try:
+            record = record_from_wire(body.get("record"))
+        except (ValueError, TypeError, KeyError):
+            log.warning("a session event from another replica did not parse; reading the store")
+            self.refresh(room)
+            return
+        if kind == "transition":
+            to_state = body.get("to_state")
+            self._changed(room, record, to_state if isinstance(to_state, str) else None)
+        elif kind == "warning":
+            warning = body.get("warning")
+            if not isinstance(warning, dict):
+                warning = self.warning(record, None)
+            self._warned(room, record, warning)
+
+    def _remote_activity(self, room: Room, body: dict[str, Any]) -> None:
+        """Activity on another replica: the view here takes it at once (the store has it only
+        once that replica flushed it)."""
+        kind = body.get("kind")
+        if not room.members or (room.level == Level.ACTIVE.value and room.last_kind == kind):
+            return
+        record = room.record
+        try:
+            at = datetime.fromisoformat(str(body.get("at")))
+        except ValueError:
+            at = None
+        if record is None or at is None or not isinstance(kind, str):
+            self.refresh(room)
+            return
+        source = body.get("source")
+        merged = record.replace(
+            last_activity_at=max(at, record.last_activity_at or at),
+            last_activity_kind=kind,
+            last_activity_source=source if isinstance(source, str) else None,
+            last_seen_at=max(at, record.last_seen_at or at),
+        )
+        self.gateway.spawn(self.push(room, merged))
 
     async def greet(self, conn: Connection) -> None:
         gateway = self.gateway
@@ -88,13 +202,13 @@ class Pusher:
             return
         record = room.record
         view = self.view(record, room)
-        await gateway.sio.emit("session", view.payload, to=conn.sid)
+        await gateway.emit_local("session", view.payload, to=conn.sid)
         if room.last_key is None:
             room.last_key = view.key
             room.last_kind = record.last_activity_kind
             self.arm_level_check(room, record)
         if view.payload["warning"] is not None:
-            await gateway.sio.emit("sleep-warning", view.payload["warning"], to=conn.sid)
+            await gateway.emit_local("sleep-warning", view.payload["warning"], to=conn.sid)
 
     def view(self, record: SessionRecord, room: Room | None) -> Any:
         engine = self.gateway.engine
@@ -124,7 +238,7 @@ class Pusher:
 
     async def push(self, room: Room, record: SessionRecord, force: bool = False) -> None:
         """Send ``session`` to the room if what clients see changed."""
-        age = _age(record)
+        age = view_age(record)
         if room.newest is not None and age < room.newest:
             return  # an engine event overtaken by a fresher read: clients know better already
         room.newest = age
@@ -138,7 +252,7 @@ class Pusher:
         room.last_key = view.key
         room.level = view.payload["level"]
         room.last_kind = record.last_activity_kind
-        await self.gateway.sio.emit("session", view.payload, room=room.name)
+        await self.gateway.emit_local("session", view.payload, room=room.name)
 
     def arm_level_check(self, room: Room, record: SessionRecord) -> None:
         """Levels change with time alone (active -> idle -> background): look again then."""

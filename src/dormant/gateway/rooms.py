@@ -14,6 +14,7 @@ from dormant.errors import DormantError, NotFound
 from dormant.gateway.heartbeat import Heartbeat, Quality
 from dormant.gateway.limits import TokenBucket
 from dormant.gateway.protocol import Refused, error
+from dormant.gateway.push import view_age
 from dormant.gateway.tokens import Claims
 from dormant.policy import State
 from dormant.store.records import SessionRecord
@@ -22,6 +23,11 @@ if TYPE_CHECKING:
     from dormant.gateway.server import Gateway
 
 log = logging.getLogger("dormant.gateway")
+
+
+def room_name(session_id: str) -> str:
+    """The Socket.IO room of a session's clients (on every replica)."""
+    return f"session:{session_id}"
 
 
 class Connection:
@@ -69,7 +75,8 @@ class Connection:
 
 
 class Room:
-    """The connections of one session in this process."""
+    """The connections of one session in this process (with several replicas, each has its
+    own Room of a session; they share the Socket.IO room :func:`room_name`)."""
 
     __slots__ = (
         "joining",
@@ -81,6 +88,7 @@ class Room:
         "lock",
         "members",
         "newest",
+        "presence_busy",
         "presence_dirty",
         "presence_next",
         "record",
@@ -103,6 +111,8 @@ class Room:
         self.level_check_at: float | None = None
         self.presence_dirty = False
         self.presence_next = 0.0
+        #: An announcement is being made (across replicas it reads Redis first).
+        self.presence_busy = False
         self.refreshing = False
         self.refresh_again = False
         #: The freshest view of the session (first join, engine events, refreshes).
@@ -114,7 +124,7 @@ class Room:
 
     @property
     def name(self) -> str:
-        return f"session:{self.session_id}"
+        return room_name(self.session_id)
 
     @property
     def empty(self) -> bool:
@@ -158,6 +168,9 @@ class Membership:
                         if not isinstance(exc, DormantError):
                             log.exception("looking up session %s failed", room.session_id)
                         raise Refused("unavailable", "cannot attach now; retry") from None
+                    pushed = room.record  # an engine event (here or elsewhere) meanwhile
+                    if pushed is not None and view_age(pushed) > view_age(record):
+                        record = pushed
                     room.record = record
                     # What this instance told the store before (other instances' count apart).
                     room.synced = record.connections_by_instance.get(
@@ -224,14 +237,14 @@ class Membership:
     async def close_room(self, room: Room) -> None:
         """The session was deleted: tell its clients and close them."""
         for sid in list(room.members):
-            await self.gateway.sio.emit(
+            await self.gateway.emit_local(
                 "error", error("session_deleted", "the session was deleted"), to=sid
             )
             await self.close(sid)
 
     async def close(self, sid: str) -> None:
-        """Close a connection (its ``disconnect`` handler runs)."""
+        """Close a connection here (its ``disconnect`` handler runs)."""
         try:
-            await self.gateway.sio.disconnect(sid)
+            await self.gateway.sio.disconnect(sid, ignore_queue=True)
         except Exception:
             log.exception("closing connection %s failed", sid)

@@ -35,7 +35,14 @@ This module wires the parts together; each lives in its own module:
 - :mod:`~dormant.gateway.push`: the ``session`` event and sleep warnings, from engine events;
 - :mod:`~dormant.gateway.heartbeats`, :mod:`~dormant.gateway.presence`: pings, quality, who is
   here;
-- :mod:`~dormant.gateway.client_events`: ``activity`` and whatever else clients send.
+- :mod:`~dormant.gateway.client_events`: ``activity`` and whatever else clients send;
+- :mod:`~dormant.gateway.replicas`: several replicas joined by Redis (``DORMANT_REDIS_URL``).
+
+With several replicas, python-socketio's ``AsyncRedisManager`` joins their Socket.IO servers:
+broadcasts go to a session's room through it and reach its clients on every replica; the
+engine events of each replica are passed on to the others, and each tells its own clients
+(``session``, ``sleep-warning``); presence counts the clients of every replica. What only this
+replica's clients need (pings, errors, greetings) never leaves it.
 """
 
 from __future__ import annotations
@@ -57,7 +64,8 @@ from dormant.gateway.heartbeats import Heartbeats
 from dormant.gateway.keys import KeyChecks
 from dormant.gateway.presence import Presence
 from dormant.gateway.push import Pusher
-from dormant.gateway.rooms import Connection, Membership, Room
+from dormant.gateway.replicas import Replicas
+from dormant.gateway.rooms import Connection, Membership, Room, room_name
 from dormant.gateway.settings import GatewaySettings, GatewayStats
 from dormant.gateway.sockets import Sockets
 from dormant.gateway.sync import CountSync
@@ -123,12 +131,15 @@ class Gateway:
         tokens: TokenIssuer,
         settings: GatewaySettings | None = None,
         clock: Clock | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         self.engine = engine
         self.tokens = tokens
         self.settings = settings or GatewaySettings()
         self.clock = clock or engine.clock
         self.stats = GatewayStats()
+        #: The other replicas (None: this process is the whole gateway).
+        self.replicas = replicas
         # What the parts share: connections and rooms, the store's slots, the tasks started.
         #: Every connection, joining or registered, by Socket.IO sid.
         self.conns: dict[str, Connection] = {}
@@ -163,6 +174,7 @@ class Gateway:
             cors_allowed_origins=self.settings.cors_origins,
             max_http_buffer_size=max(HARD_MESSAGE_LIMIT, self.settings.max_payload_bytes),
             async_handlers=False,
+            client_manager=replicas.manager if replicas is not None else None,
             logger=_socketio_log,
             engineio_logger=_engineio_log,
         )
@@ -174,10 +186,19 @@ class Gateway:
         self.sio.on("*", self.client_events.on_unknown)
         self.asgi_app = EngineGuard(socketio.ASGIApp(self.sio, socketio_path=None), self)
         engine.listeners.append(self.pusher.on_engine_event)
+        if replicas is not None:
+            replicas.bind(self.on_replica)
 
     # life of the gateway ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        if not self.sio.manager_initialized:
+            # Now rather than at the first connection: a replica hears the others from its
+            # start (python-socketio's Redis manager starts listening here).
+            self.sio.manager_initialized = True
+            self.sio.manager.initialize()
+        if self.replicas is not None:
+            await self.replicas.start()
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._run(), name="dormant-gateway")
 
@@ -190,6 +211,9 @@ class Gateway:
         for sid in list(self.conns):
             await self.members.close(sid)
         await self.drain()
+        if self.replicas is not None:
+            await self.presence.withdraw()
+            await self.replicas.stop()
 
     async def drain(self) -> None:
         """Wait for every task the gateway started (tests, shutdown)."""
@@ -220,13 +244,39 @@ class Gateway:
         )
 
     async def broadcast(self, session_id: str, type_: str, data: Any) -> int:
-        """Relay ``event {type, data}`` to the session's clients; returns how many got it."""
+        """Relay ``event {type, data}`` to the session's clients; returns how many it went to.
+
+        Across replicas it goes through Redis to the session's room on every replica, whether
+        or not this one has clients of it; the count is this replica's clients plus those the
+        others' presence entries list (theirs are left out while Redis cannot say)."""
         room = self.rooms.get(session_id)
         self.stats.broadcasts += 1
-        if room is None or not room.members:
-            return 0
-        await self.sio.emit("event", {"type": type_, "data": data}, room=room.name)
-        return len(room.members)
+        here = len(room.members) if room is not None else 0
+        payload = {"type": type_, "data": data}
+        if self.replicas is None:
+            if not here:
+                return 0
+            await self.sio.emit("event", payload, room=room_name(session_id))
+            return here
+        await self.sio.emit("event", payload, room=room_name(session_id))
+        return here + await self.presence.elsewhere(session_id)
+
+    async def emit_local(
+        self, event: str, data: Any, *, to: str | None = None, room: str | None = None
+    ) -> None:
+        """Send to this replica's clients only: a connection here (``to``), or a room's
+        members here (``room``); never through Redis."""
+        await self.sio.emit(event, data, to=to, room=room, ignore_queue=True)
+
+    async def on_replica(self, kind: str, body: dict[str, Any]) -> None:
+        """A message from another replica (see :mod:`dormant.gateway.replicas`)."""
+        try:
+            if kind == "session":
+                self.pusher.on_replica_event(body)
+            elif kind == "presence":
+                self.presence.heard(str(body.get("session_id")))
+        except Exception:
+            log.exception("handling %s from another replica failed", kind)
 
     # what the guards (guard.py) ask of the gateway -------------------------------------------
 
@@ -265,6 +315,7 @@ class Gateway:
         await self.sockets.expire_handshakes(now)
         self.keys.tick(now)
         await self.heartbeats.tick(now)
+        self.presence.tick_replicas(now)
         for room in list(self.rooms.values()):
             await self.presence.tick(room, now)
             self.pusher.tick(room, now)

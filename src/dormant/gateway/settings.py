@@ -24,6 +24,9 @@ class GatewaySettings:
     #: How long a token's API key is trusted without a look at the store, and how often the
     #: keys of live connections are checked for revocation (seconds).
     key_check_interval: float = 5.0
+    #: Across replicas: how long a replica's presence entry holds without a refresh (it is
+    #: refreshed every third of this), i.e. how soon a dead replica's clients disappear.
+    presence_ttl: float = 15.0
 
 
 @dataclass
