@@ -30,7 +30,8 @@ T = TypeVar("T")
 CLI_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 START_TIMEOUT = 30.0
-_PORT_LOW, _PORT_HIGH = 20000, 40000
+# Below the kernel's ephemeral range (32768-): an outgoing connection never takes a session port.
+_PORT_LOW, _PORT_HIGH = 20000, 32700
 _claimed: set[int] = set()
 
 
