@@ -5,7 +5,7 @@ lease (15 s), then resumed. Every session is slept exactly once (one ``stopping`
 replica lands, and at the end no session process runs (all sleep).
 
 Sessions are busybox ``httpd`` processes (cheap enough for hundreds);
-``DORMANT_CHAOS_REPLICA_SESSIONS`` (default 150) sizes the run."""
+``DORMANT_CHAOS_REPLICA_SESSIONS`` (default 300) sizes the run."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.e2e
 
-SESSIONS = int(os.environ.get("DORMANT_CHAOS_REPLICA_SESSIONS", "150"))
+SESSIONS = int(os.environ.get("DORMANT_CHAOS_REPLICA_SESSIONS", "300"))
 SPREAD = 20  # seconds over which the deadlines fall
 LEASE = 15  # an instance's lease (three heartbeats of 5 s)
 
@@ -75,7 +75,7 @@ def test_each_session_is_slept_once_while_replicas_die_and_pause(cluster: Cluste
         def job() -> str:
             body: dict[str, Any] = {
                 "user_id": f"u{i}",
-                "policy": {"sleep_after": 14 + i % SPREAD, "warn_before": 1},
+                "policy": {"sleep_after": 20 + i % SPREAD, "warn_before": 1},
             }
             response = cluster.client().post("/v1/sessions", json=body)
             assert response.status_code == 201, response.text
@@ -85,7 +85,8 @@ def test_each_session_is_slept_once_while_replicas_die_and_pause(cluster: Cluste
 
     ids = set(run_all([create(i) for i in range(SESSIONS)], workers=16))
     assert len(ids) == SESSIONS
-    cluster.wait_all(http, ids, lambda s: s["state"] == "running", "every session to run")
+    # No waiting for every session to run first: with hundreds, the first ones are due before
+    # the last ones start; each timeline below must show one start and one sleep all the same.
     killed, stopped = cluster.replicas[2], cluster.replicas[1]
     killed.kill()
     with paused(stopped):
@@ -101,7 +102,8 @@ def test_each_session_is_slept_once_while_replicas_die_and_pause(cluster: Cluste
         response = http.get(f"/v1/sessions/{sid}/events")
         assert response.status_code == 200, response.text
         states = [e["to_state"] for e in response.json()["items"] if e["to_state"]]
-        if states.count("sleeping") != 1 or states.count("stopping") != 1 or "failed" in states:
+        once = all(states.count(state) == 1 for state in ("running", "stopping", "sleeping"))
+        if not once or "failed" in states:
             twice[sid] = states
     assert not twice, f"{len(twice)} session(s) not slept exactly once: {list(twice.items())[:5]}"
     final = {s["id"]: s["state"] for s in cluster.all_sessions(http) if s["id"] in ids}
