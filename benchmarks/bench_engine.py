@@ -55,6 +55,7 @@ from sqlalchemy import insert, select
 from dormant.clock import SystemClock
 from dormant.engine import Engine, EngineEvent, EngineSettings, PortAllocator, default_catalog
 from dormant.engine.ids import container_name, new_session_id
+from dormant.engine.notify import DeadlineDue, Transitioned
 from dormant.errors import DormantError
 from dormant.policy import PRESETS, ActivityKind, PolicySettings, State, decide
 from dormant.store.migrate import upgrade_async
@@ -408,14 +409,14 @@ async def deadline_lateness(
     started = float("inf")  # deadlines already past when the loops start measure the restart
 
     def listen(event: EngineEvent) -> None:
-        if event.type == "due":
+        if isinstance(event, DeadlineDue):
             result.due_total += 1
             deadline = due_deadlines.get(event.session_id)
             if deadline is None:
-                result.other_due.append(event.seconds or 0.0)
+                result.other_due.append(event.late_seconds)
             elif deadline >= started:
-                result.lateness.append(event.seconds or 0.0)
-        elif event.type == "transition" and event.to_state == State.SLEEPING.value:
+                result.lateness.append(event.late_seconds)
+        elif isinstance(event, Transitioned) and event.to_state is State.SLEEPING:
             deadline = due_deadlines.get(event.session_id)
             if deadline is not None:
                 result.asleep_after.append(time.time() - deadline)

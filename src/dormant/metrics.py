@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dormant.engine import Engine, EngineEvent
+from dormant.engine.notify import DeadlineDue, OrphanRemoved, Transitioned, Warned
 from dormant.reconciler import Reconciler
 
 
@@ -47,16 +48,20 @@ class Metrics:
         self.registry.register(_GatewayCollector(stats))
 
     def observe(self, event: EngineEvent) -> None:
-        if event.type == "transition" and event.to_state:
-            self.transitions_applied_total.labels(event.to_state, event.code).inc()
-            if event.from_state is None or event.to_state == "creating":
+        match event:
+            case Transitioned(from_state=None, to_state=to_state, code=code):
+                self.transitions_applied_total.labels(to_state.value, code).inc()
                 self.sessions_created_total.inc()
-        elif event.type == "warning":
-            self.warnings_sent_total.inc()
-        elif event.type == "orphan-removed":
-            self.orphans_removed_total.inc()
-        elif event.type == "due" and event.seconds is not None:
-            self.deadlines_late_seconds.observe(max(0.0, event.seconds))
+            case Transitioned(to_state=to_state, code=code):
+                self.transitions_applied_total.labels(to_state.value, code).inc()
+            case Warned():
+                self.warnings_sent_total.inc()
+            case OrphanRemoved():
+                self.orphans_removed_total.inc()
+            case DeadlineDue(late_seconds=late):
+                self.deadlines_late_seconds.observe(max(0.0, late))
+            case _:
+                pass
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -200,18 +200,18 @@ async def test_busy_is_bounded_and_must_be_in_the_future(rig: Rig) -> None:
 
 async def test_connected_session_is_warned_then_sleeps_and_activity_cancels(rig: Rig) -> None:
     seen: list[str] = []
-    rig.engine.listeners.append(lambda e: seen.append(e.type))
+    rig.engine.listeners.append(lambda e: seen.append(type(e).__name__))
     sid = await create(rig)
     await rig.engine.connect(sid)
     await rig.advance(14 * 60)
-    assert "warning" in seen
+    assert "Warned" in seen
     rig.engine.record_activity(sid, ActivityKind.USER_INTERACTION)
-    assert "warning-cancelled" in seen
+    assert "WarningCancelled" in seen
     await rig.engine.flush()
     await rig.advance(60)
     assert await state(rig, sid) is State.RUNNING
     await rig.advance(14 * 60)
-    assert seen.count("warning") == 2
+    assert seen.count("Warned") == 2
     await rig.advance(60)
     assert await state(rig, sid) is State.SLEEPING
 

@@ -23,8 +23,9 @@ from dormant.engine import (
     scheduler,
     writer,
 )
+from dormant.engine.notify import Transitioned, Warned
 from dormant.engine.retry import Backoff
-from dormant.policy import Action, Category, Decision, parse_kind
+from dormant.policy import Action, Category, Decision, State, parse_kind
 from dormant.simulate.generate import generate
 from dormant.simulate.memstore import MemoryStore
 from dormant.simulate.policies import PolicySpec, Prices, WakeLatency, resolve
@@ -82,16 +83,21 @@ async def engine_steps(trace: Trace, spec: PolicySpec, tmp: Path) -> list[Step]:
     owner: dict[str, str] = {}  # engine session -> trace session
 
     def listen(e: EngineEvent) -> None:
-        if e.session_id not in owner or e.type not in ("transition", "warning"):
+        if e.session_id not in owner:
             return
         at = clock.now().timestamp()
         sid = owner[e.session_id]
-        if e.type == "warning":
-            steps.append(Step(at, sid, "warning", None, None, e.code))
-        else:
-            steps.append(Step(at, sid, "transition", e.from_state, e.to_state, e.code))
-            if e.to_state == "deleted":
-                alive.pop(sid, None)
+        match e:
+            case Warned(decision=decision):
+                steps.append(Step(at, sid, "warning", None, None, decision.code))
+            case Transitioned(from_state=None):
+                pass  # the create itself
+            case Transitioned(from_state=old, to_state=new, code=code):
+                steps.append(Step(at, sid, "transition", old, new, code))
+                if new is State.DELETED:
+                    alive.pop(sid, None)
+            case _:
+                pass
 
     engine.listeners.append(listen)
     alive: dict[str, str] = {}  # trace session -> live engine session

@@ -8,7 +8,7 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 
-from dormant.engine.notify import EngineEvent
+from dormant.engine.notify import ActivitySeen, WarningCancelled
 from dormant.engine.runner import OperationRunner
 from dormant.errors import (
     InvalidInput,
@@ -53,12 +53,12 @@ class ActivityBuffer(OperationRunner):
         self.events_applied += 1
         if kind.category is not Category.MEANINGFUL:
             return
-        self._emit(EngineEvent("activity", session_id, None, source, kind.value))
+        self._emit(ActivitySeen(session_id, kind, source))
         if session_id in self._warned:
             self._warned.discard(session_id)
             self.deadlines.set(session_id, now)  # re-decide at once: the warning is void
             self._wakeup.set()
-            self._emit(EngineEvent("warning-cancelled", session_id, None, "activity", kind.value))
+            self._emit(WarningCancelled(session_id, kind))
         if state is State.SLEEPING:
             self._spawn_op(session_id, None, lambda: self._wake_on_activity(session_id, kind))
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from dormant.engine.core import EngineSettings, instance_ttl
 from dormant.engine.ids import container_name, new_session_id
+from dormant.engine.notify import Transitioned
 from dormant.engine.outcome import OperationKind, Outcome, ends_wait
 from dormant.engine.reads import ReadSide
 from dormant.engine.templates import Template
@@ -190,6 +191,7 @@ class Engine(ReadSide):
             self.ports.settle(port)
         self._state[sid] = State.CREATING
         self._log_transition(record, None, State.CREATING, "create", "created")
+        self._emit(Transitioned(record, None, State.CREATING, "create", "created"))
         assert op_id is not None
         self._spawn_op(sid, op_id, lambda: self._run_start(sid, op_id, creating=True))
         return record

@@ -1,28 +1,76 @@
-"""What the engine tells the rest of the process (metrics, the real-time gateway, logs)."""
+"""What the engine tells the rest of the process (metrics, the real-time gateway, logs): typed,
+frozen events, taken apart with ``match``; nobody reads meaning out of a reason text."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dormant.policy import Decision
+from dormant.policy import ActivityKind, Decision, State
 from dormant.store.records import SessionRecord
 
 
 @dataclass(frozen=True, slots=True)
-class EngineEvent:
-    """``type`` is one of ``transition``, ``decision``, ``warning``, ``warning-cancelled``,
-    ``activity``, ``operation``, ``orphan-removed``."""
+class Transitioned:
+    """A session moved from ``from_state`` (None: it was just made) to ``to_state``."""
 
-    type: str
+    session: SessionRecord
+    from_state: State | None
+    to_state: State
+    code: str
+    reason: str
+
+    @property
+    def session_id(self) -> str:
+        return self.session.id
+
+
+@dataclass(frozen=True, slots=True)
+class Warned:
+    """The session will sleep soon (``decision.sleep_at``); its clients are to be told."""
+
+    session: SessionRecord
+    decision: Decision
+
+    @property
+    def session_id(self) -> str:
+        return self.session.id
+
+
+@dataclass(frozen=True, slots=True)
+class WarningCancelled:
+    """Meaningful activity made an earlier warning void."""
+
     session_id: str
-    session: SessionRecord | None
-    code: str = ""
-    reason: str = ""
-    from_state: str | None = None
-    to_state: str | None = None
-    decision: Decision | None = None
-    seconds: float | None = None
+    kind: ActivityKind
 
+
+@dataclass(frozen=True, slots=True)
+class ActivitySeen:
+    """Meaningful activity of ``kind`` from ``source`` (``api``, ``gateway``, …)."""
+
+    session_id: str
+    kind: ActivityKind
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineDue:
+    """A due session was claimed, ``late_seconds`` after its deadline."""
+
+    session_id: str
+    late_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanRemoved:
+    """The reconciler removed a container no live session owns."""
+
+    session_id: str
+    container: str
+    reason: str
+
+
+EngineEvent = Transitioned | Warned | WarningCancelled | ActivitySeen | DeadlineDue | OrphanRemoved
 
 Listener = Callable[[EngineEvent], None]

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from dormant.engine.connections import dead_instances, drop_gone, host_identity
 from dormant.engine.core import instance_ttl
-from dormant.engine.notify import EngineEvent
+from dormant.engine.notify import OrphanRemoved
 from dormant.engine.outcome import OperationKind
 from dormant.engine.runner import STOP_FAILED
 from dormant.engine.scheduler import Scheduler
@@ -268,8 +268,6 @@ class Recovery(Scheduler):
             return False
         async with self._slots:
             await self._retry(lambda: runtime.remove(info.name, {}), self.settings.backoff)
-        self._emit(
-            EngineEvent("orphan-removed", info.session_id or info.name, None, "orphan", reason)
-        )
+        self._emit(OrphanRemoved(info.session_id or info.name, info.name, reason))
         log.warning("orphan removed name=%s session=%s: %s", info.name, info.session_id, reason)
         return True

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from dormant.engine.activity import ActivityBuffer
 from dormant.engine.core import _FENCE
-from dormant.engine.notify import EngineEvent
+from dormant.engine.notify import DeadlineDue, Warned
 from dormant.errors import (
     DormantError,
 )
@@ -54,7 +54,7 @@ class Scheduler(ActivityBuffer):
         for claim in claims:
             at = hints.get(claim.session_id) or claim.due_at or now
             seconds = max(0.0, (now - at).total_seconds())
-            self._emit(EngineEvent("due", claim.session_id, None, seconds=seconds))
+            self._emit(DeadlineDue(claim.session_id, seconds))
             self._spawn_op(
                 claim.session_id,
                 None,
@@ -139,11 +139,7 @@ class Scheduler(ActivityBuffer):
                     ],
                 )
                 self._warned.add(sid)
-                self._emit(
-                    EngineEvent(
-                        "warning", sid, updated, decision.code, decision.reason, decision=decision
-                    )
-                )
+                self._emit(Warned(updated, decision))
                 return
         if decision.action is Action.SLEEP:
             await self._run_stop(sid, decision.code, decision.reason)

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from dormant.engine.core import _FENCE, EngineCore
-from dormant.engine.notify import EngineEvent
+from dormant.engine.notify import Transitioned
 from dormant.engine.outcome import OperationKind, OperationStatus
 from dormant.errors import (
     Conflict,
@@ -166,9 +166,7 @@ class SessionWriter(EngineCore):
         self._state[record.id] = to
         self._waiters.settle(saved.id, to, saved.error)
         self._log_transition(saved, record.state, to, code, reason)
-        self._emit(
-            EngineEvent("transition", saved.id, saved, code, reason, record.state.value, to.value)
-        )
+        self._emit(Transitioned(saved, record.state, to, code, reason))
         return saved
 
     async def _save(

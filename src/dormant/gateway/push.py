@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from dormant.engine import EngineEvent
+from dormant.engine.notify import ActivitySeen, Transitioned, Warned, WarningCancelled
 from dormant.errors import NotFound, TemporaryError
 from dormant.gateway.protocol import iso, session_view
 from dormant.gateway.replicas import record_from_wire, record_to_wire
@@ -29,7 +30,6 @@ log = logging.getLogger("dormant.gateway")
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)
 #: Engine events clients hear of (here, and through the other replicas).
-_SHARED = frozenset(("transition", "warning", "warning-cancelled", "activity"))
 #: Activity of one kind is told the other replicas at most this often per session (seconds).
 #: A repeat only says "still active", which the others' own level checks read from the store
 #: (the activity is flushed there within a second); what they must hear at once is another
@@ -59,30 +59,29 @@ class Pusher:
         """This process's engine changed a session: its clients here hear of it, and so do
         the other replicas (which tell theirs)."""
         gateway = self.gateway
-        if event.type not in _SHARED:
+        if not isinstance(event, Transitioned | Warned | WarningCancelled | ActivitySeen):
             return
-        warning = None
-        if event.type == "warning" and event.session is not None:
-            warning = self.warning(event.session, event.decision)
+        warning = self.warning(event.session, event.decision) if isinstance(event, Warned) else None
         if gateway.replicas is not None:
             self._share(event, warning)
         room = gateway.rooms.get(event.session_id)
         if room is None:
             return
-        if event.type == "transition" and event.session is not None:
-            self._changed(room, event.session, event.to_state)
-        elif event.type == "warning" and event.session is not None:
-            assert warning is not None
-            self._warned(room, event.session, warning)
-        elif room.members and (
-            event.type == "warning-cancelled"
-            or (
-                event.type == "activity"
-                and (room.level != Level.ACTIVE.value or room.last_kind != event.reason)
-            )
-        ):
-            # Level or kind changed; a later time alone is not worth a message to everyone.
-            self.refresh(room)
+        match event:
+            case Transitioned(session=record, to_state=to_state):
+                self._changed(room, record, to_state.value)
+            case Warned(session=record):
+                assert warning is not None
+                self._warned(room, record, warning)
+            case WarningCancelled() if room.members:
+                self.refresh(room)
+            case ActivitySeen(kind=kind) if room.members and (
+                room.level != Level.ACTIVE.value or room.last_kind != kind.value
+            ):
+                # Level or kind changed; a later time alone is not worth a message to everyone.
+                self.refresh(room)
+            case _:
+                pass
 
     def _changed(self, room: Room, record: SessionRecord, to_state: str | None) -> None:
         gateway = self.gateway
@@ -102,15 +101,16 @@ class Pusher:
         engine = self.gateway.engine
         policy = engine.policy_of(record)
         at: datetime | None
-        if decision is not None and decision.at is not None:
+        if decision is not None and decision.sleep_at is not None:
+            at = decision.sleep_at
+        elif decision is not None and decision.at is not None:
             at = decision.at + timedelta(seconds=policy.warn_before)
         else:
             at = engine.describe(record)[1].at
-        reason = (
-            decision.reason.split(": ", 1)[-1]
-            if decision is not None
-            else f"no meaningful activity for {policy.sleep_after:g}s"
-        )
+        if decision is not None and decision.sleep_reason is not None:
+            reason = decision.sleep_reason
+        else:
+            reason = f"no meaningful activity for {policy.sleep_after:g}s"
         return {"at": iso(at), "reason": reason}
 
     async def _warn(self, room: Room, record: SessionRecord, warning: dict[str, Any]) -> None:
@@ -119,27 +119,35 @@ class Pusher:
 
     # across replicas ----------------------------------------------------------------------------
 
-    def _share(self, event: EngineEvent, warning: dict[str, Any] | None) -> None:
+    def _share(
+        self,
+        event: Transitioned | Warned | WarningCancelled | ActivitySeen,
+        warning: dict[str, Any] | None,
+    ) -> None:
         """Tell the other replicas: one message per engine event (activity: see
-        :data:`ACTIVITY_EVERY`)."""
+        :data:`ACTIVITY_EVERY`). On the wire a message names its ``type`` (``transition``,
+        ``warning``, ``warning-cancelled``, ``activity``)."""
         replicas = self.gateway.replicas
         assert replicas is not None
-        body: dict[str, Any] = {"type": event.type, "session_id": event.session_id}
-        if event.type == "activity":
-            now = self.gateway.clock.monotonic()
-            told = self._told_activity.get(event.session_id)
-            if told is not None and told[0] == event.reason and now - told[1] < ACTIVITY_EVERY:
-                return
-            if len(self._told_activity) >= 10_000:
-                self._told_activity.clear()  # forgetting costs at most one message each
-            self._told_activity[event.session_id] = (event.reason, now)
-            body.update(kind=event.reason, source=event.code, at=iso(self.gateway.clock.now()))
-        elif event.session is not None:
-            body.update(record=record_to_wire(event.session), to_state=event.to_state)
-            if warning is not None:
+        body: dict[str, Any] = {"session_id": event.session_id}
+        match event:
+            case ActivitySeen(kind=kind, source=source):
+                now = self.gateway.clock.monotonic()
+                told = self._told_activity.get(event.session_id)
+                if told is not None and told[0] == kind.value and now - told[1] < ACTIVITY_EVERY:
+                    return
+                if len(self._told_activity) >= 10_000:
+                    self._told_activity.clear()  # forgetting costs at most one message each
+                self._told_activity[event.session_id] = (kind.value, now)
+                at = iso(self.gateway.clock.now())
+                body.update(type="activity", kind=kind.value, source=source, at=at)
+            case Transitioned(session=record, to_state=to_state):
+                body.update(type="transition", record=record_to_wire(record), to_state=to_state)
+            case Warned(session=record):
+                body.update(type="warning", record=record_to_wire(record), to_state=None)
                 body["warning"] = warning
-        elif event.type != "warning-cancelled":
-            return
+            case WarningCancelled():
+                body.update(type="warning-cancelled")
         replicas.send("session", body)
 
     def on_replica_event(self, body: dict[str, Any]) -> None:

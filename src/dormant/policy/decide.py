@@ -125,6 +125,8 @@ def _running(session: SessionView, policy: PolicySettings) -> list[Decision]:
                     warn_at,
                     f"will sleep at {_iso(sleep_at)}: {reason}",
                     "sleep_warning",
+                    sleep_at=sleep_at,
+                    sleep_reason=reason,
                 )
             )
     return decisions

@@ -126,6 +126,10 @@ class Decision:
     at: datetime | None
     reason: str
     code: str
+    #: For a warning: when the session will sleep, and why (the sleep decision's own reason),
+    #: so that nobody has to take them apart from ``reason``.
+    sleep_at: datetime | None = None
+    sleep_reason: str | None = None
 
     def due(self, now: datetime) -> bool:
         return self.action is not Action.NONE and self.at is not None and self.at <= now

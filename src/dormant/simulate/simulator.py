@@ -32,8 +32,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dormant.engine import Catalog, Engine, EngineEvent, EngineSettings, Template
+from dormant.engine.notify import Transitioned, Warned
 from dormant.engine.retry import Backoff
-from dormant.policy import Category
+from dormant.policy import Category, State
 from dormant.simulate.accounting import AccountingRuntime, SimPorts
 from dormant.simulate.optimum import ACTIVE_WINDOW, Optimum, incarnations, optimum
 from dormant.simulate.policies import PolicySpec, Prices, WakeLatency
@@ -181,19 +182,25 @@ class Replay:
     # engine events ----------------------------------------------------------------------------
 
     def _on_event(self, event: EngineEvent) -> None:
-        if event.type not in ("transition", "warning"):
-            return
+        match event:
+            case Warned(decision=decision):
+                sid = self.by_engine_id.get(event.session_id)
+                if sid is not None:
+                    now = self.clock.now().timestamp()
+                    self.steps.append(Step(now, sid, "warning", None, None, decision.code))
+                return
+            case Transitioned(from_state=None):
+                return  # a create: the simulator books it itself
+            case Transitioned(from_state=from_state, to_state=to_state, code=code):
+                pass
+            case _:
+                return
         sid = self.by_engine_id.get(event.session_id)
         if sid is None:
             return
         now = self.clock.now().timestamp()
-        if event.type == "warning":
-            self.steps.append(Step(now, sid, "warning", None, None, event.code))
-            return
-        self.steps.append(
-            Step(now, sid, "transition", event.from_state, event.to_state, event.code)
-        )
-        if event.to_state == "deleted":
+        self.steps.append(Step(now, sid, "transition", from_state, to_state, code))
+        if to_state is State.DELETED:
             st = self.sessions[sid]
             if st.engine_id == event.session_id:
                 st.alive = False
