@@ -58,7 +58,7 @@ class KeyChecks:
     async def _look_up(self, key_id: str) -> str:
         try:
             async with self.gateway.store_slots:
-                record = await self.gateway.engine.store.get_key(key_id)
+                record = await self.gateway.engine.api_key(key_id)
         except Exception as exc:
             log.warning("looking up API key %s: %s", key_id, exc)
             return "unavailable"
@@ -82,7 +82,7 @@ class KeyChecks:
                 return
             try:
                 async with self.gateway.store_slots:
-                    keys = await self.gateway.engine.store.list_keys()
+                    keys = await self.gateway.engine.api_keys()
             except Exception as exc:
                 log.warning("checking the API keys of live connections: %s", exc)
                 return
