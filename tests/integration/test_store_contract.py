@@ -315,7 +315,7 @@ async def test_ports_move_with_updates_and_stay_taken_until_purged(store: Store)
     assert await store.used_ports() == {8000, 8002}
 
 
-async def test_flush_activity_counts_as_a_change_and_skips_deleted_and_unknown(
+async def test_flush_activity_merges_without_a_version_and_skips_deleted_and_unknown(
     store: Store,
 ) -> None:
     await store.insert_session(record("f1"), CREATED, None)
@@ -334,15 +334,24 @@ async def test_flush_activity_counts_as_a_change_and_skips_deleted_and_unknown(
     await store.flush_activity({})
     f1 = await store.get_session("f1")
     assert f1 is not None
-    assert (f1.last_activity_at, f1.last_activity_source, f1.version) == (seen, "api", 2)
+    # no version bump: activity never makes another writer's read stale
+    assert (f1.last_activity_at, f1.last_activity_source, f1.version) == (seen, "api", 1)
     still = await store.get_session("f2")
     assert still is not None and (still.last_activity_at, still.version) == (None, gone.version)
     assert await store.get_session("unknown") is None
-    # a flush interleaved with a read-modify-write makes that write stale, not lost
-    with pytest.raises(Conflict):
-        await store.update_session(f1.replace(state=State.RUNNING), 1)
-    kept = await store.update_session(f1.replace(state=State.RUNNING), f1.version)
-    assert kept.last_activity_at == seen
+    # a write from a read made before the flush succeeds and keeps the flushed activity
+    before = record("f1")
+    kept = await store.update_session(before.replace(state=State.RUNNING), 1)
+    assert (kept.state, kept.version, kept.last_activity_at, kept.last_seen_at) == (
+        State.RUNNING,
+        2,
+        seen,
+        seen,
+    )
+    assert kept.last_activity_kind == "command"
+    later = seen + timedelta(minutes=1)  # a newer activity in a write wins
+    newer = await store.update_session(kept.replace(last_activity_at=later), kept.version)
+    assert newer.last_activity_at == later
 
 
 async def test_listing_filters_states_and_schedule(store: Store) -> None:

@@ -239,6 +239,17 @@ class MemoryStore(Store):
             raise Conflict(f"session {record.id} changed concurrently; re-read and retry")
         if fence is not None and current.fence != fence:
             raise Conflict(f"session {record.id} was claimed by another instance; re-decide")
+        # A write never moves activity back (the flush writes it without a version check).
+        if current.last_activity_at is not None and (
+            new.last_activity_at is None or new.last_activity_at < current.last_activity_at
+        ):
+            _set(new, "last_activity_at", current.last_activity_at)
+            _set(new, "last_activity_kind", current.last_activity_kind)
+            _set(new, "last_activity_source", current.last_activity_source)
+        if current.last_seen_at is not None and (
+            new.last_seen_at is None or new.last_seen_at < current.last_seen_at
+        ):
+            _set(new, "last_seen_at", current.last_seen_at)
         if self._port_taken(new):
             raise Conflict(f"session {record.id}: port {record.port} is taken")
         self._keep(new)
@@ -300,7 +311,7 @@ class MemoryStore(Store):
                 seen = _utc(t.last_seen_at, f"session {sid}: last_seen_at")
                 if r.last_seen_at is None or r.last_seen_at < seen:
                     _set(r, "last_seen_at", seen)
-            _set(r, "version", r.version + 1)
+            # No version bump: writes keep the later activity (see update_session).
 
     async def used_ports(self) -> set[int]:
         return set(self._ports)

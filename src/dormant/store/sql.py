@@ -10,7 +10,19 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, bindparam, case, event, func, insert, or_, select, update
+from sqlalchemy import (
+    String,
+    and_,
+    bindparam,
+    case,
+    event,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, StatementError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -71,6 +83,38 @@ def _event_rows(session_id: str, events: Sequence[NewEvent], now: datetime) -> l
         }
         for e in events
     ]
+
+
+def _activity_kept(new: SessionRecord) -> dict[str, Any]:
+    """A write never moves activity back: each activity column keeps the later of the stored
+    value and the written one (the flush writes activity without a version check)."""
+    at = literal(new.last_activity_at, UTCDateTime())
+    seen = literal(new.last_seen_at, UTCDateTime())
+    later = and_(
+        at.is_not(None),
+        or_(sessions.c.last_activity_at.is_(None), sessions.c.last_activity_at < at),
+    )
+    return {
+        "last_activity_at": case((later, at), else_=sessions.c.last_activity_at),
+        "last_activity_kind": case(
+            (later, literal(new.last_activity_kind, String())),
+            else_=sessions.c.last_activity_kind,
+        ),
+        "last_activity_source": case(
+            (later, literal(new.last_activity_source, String())),
+            else_=sessions.c.last_activity_source,
+        ),
+        "last_seen_at": case(
+            (
+                and_(
+                    seen.is_not(None),
+                    or_(sessions.c.last_seen_at.is_(None), sessions.c.last_seen_at < seen),
+                ),
+                seen,
+            ),
+            else_=sessions.c.last_seen_at,
+        ),
+    }
 
 
 #: Rows per activity-flush transaction.
@@ -167,16 +211,19 @@ class SqlStore(Store):
         fence: int | None = None,
     ) -> SessionRecord:
         new = record.replace(version=expected_version + 1)
-        values = new.to_row()
+        values: dict[str, Any] = new.to_row()
         del values["id"]
+        values.update(_activity_kept(new))
         guard = [sessions.c.id == record.id, sessions.c.version == expected_version]
         if fence is not None:
             guard.append(sessions.c.fence == fence)
         try:
             async with self.engine.begin() as conn:
-                result = await conn.execute(update(sessions).where(*guard).values(**values))
-                if result.rowcount != 1:
+                stmt = update(sessions).where(*guard).values(**values).returning(*sessions.c)
+                row = (await conn.execute(stmt)).first()
+                if row is None:
                     raise Conflict(f"session {record.id} changed concurrently; re-read and retry")
+                new = SessionRecord.from_row(row)
                 if events:
                     await conn.execute(
                         insert(session_events),
@@ -251,7 +298,9 @@ class SqlStore(Store):
                     ),
                     else_=sessions.c.last_seen_at,
                 ),
-                version=sessions.c.version + 1,
+                # No version bump: activity is merged by max() everywhere (update_session keeps
+                # the later of stored and written), so it never makes a write stale, and a
+                # Conflict always means a real second writer.
             )
         )
         params = [
