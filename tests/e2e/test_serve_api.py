@@ -67,7 +67,12 @@ def test_session_lifecycle(server: Server) -> None:
     # meaningful activity moves last_activity
     response = api.post(f"/v1/sessions/{sid}/activity", json={"kind": "command"})
     assert response.status_code == 202, response.text
-    assert response.json() == {"id": sid, "state": "running", "accepted": "activity"}
+    assert response.json() == {
+        "id": sid,
+        "state": "running",
+        "accepted": "activity",
+        "outcome": None,
+    }
     after_command = server.wait_until(
         lambda: (s := server.session(sid)) and s["last_activity"]["kind"] == "command" and s,
         what="last_activity.kind == command",
@@ -104,7 +109,7 @@ def test_session_lifecycle(server: Server) -> None:
     # wake: running again on the same port; the file survived
     response = api.post(f"/v1/sessions/{sid}/wake")
     assert response.status_code == 202, response.text
-    assert response.json() == {"id": sid, "state": "sleeping", "accepted": "wake"}
+    assert response.json() == {"id": sid, "state": "sleeping", "accepted": "wake", "outcome": None}
     woken = server.wait_state(sid, "running")
     assert woken["port"] == port
     served = server.wait_until(
@@ -132,7 +137,12 @@ def test_session_lifecycle(server: Server) -> None:
     # delete: 202, then 404, the process gone and the work dir removed
     response = api.delete(f"/v1/sessions/{sid}")
     assert response.status_code == 202, response.text
-    assert response.json() == {"id": sid, "state": "deleting", "accepted": "delete"}
+    assert response.json() == {
+        "id": sid,
+        "state": "deleting",
+        "accepted": "delete",
+        "outcome": None,
+    }
     server.wait_gone(sid)
     server.wait_until(lambda: not _session_pids(server, sid), what="the process to exit")
     server.wait_until(lambda: not work.parent.exists(), what="the session directory to go")
