@@ -266,6 +266,11 @@ class GuardedServer(socketio.AsyncServer):  # type: ignore[misc]
                 )
             return
         if pkt.packet_type == sio_packet.CONNECT:
-            await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+            # The client did its part: the wait for admission is the gateway's (sockets.py).
+            gateway.sockets.connect_arrived(eio_sid)
+            try:
+                await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+            finally:
+                gateway.sockets.connect_handled(eio_sid)
         elif pkt.packet_type == sio_packet.DISCONNECT:
             await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)

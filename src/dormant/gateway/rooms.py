@@ -154,12 +154,17 @@ class Membership:
         record = room.record
         if record is None:
             # The first of a room looks the session up; whoever arrives meanwhile waits for it,
-            # and later ones need no store at all: a reconnect storm costs one read.
+            # and later ones need no store at all: a reconnect storm costs one read. Store work
+            # waits its turn (``store_slots``), and is done only for a client still there: one
+            # that left while waiting hands the lookup to the next in line.
             async with room.lock:
                 record = room.record
                 if record is None:
                     try:
                         async with gateway.store_slots:
+                            if self._gone(conn):
+                                gateway.conns.pop(sid, None)
+                                return False
                             record = await gateway.engine.get(room.session_id)
                     except Exception as exc:
                         gateway.conns.pop(sid, None)
@@ -176,7 +181,7 @@ class Membership:
                     room.synced = record.connections_by_instance.get(
                         gateway.engine.settings.instance_id, 0
                     )
-        if conn.closed or (eio_sid is not None and eio_sid not in gateway.sockets.open):
+        if self._gone(conn):
             gateway.conns.pop(sid, None)  # the client went away while we were looking
             return False
         if record.tenant != claims.tenant or record.state in (State.DELETING, State.DELETED):
@@ -197,6 +202,12 @@ class Membership:
         # The CONNECT packet goes out when this handler returns; greet after it.
         gateway.spawn(gateway.pusher.greet(conn))
         return True
+
+    def _gone(self, conn: Connection) -> bool:
+        """Whether a joining connection's client went away (its socket closed)."""
+        return conn.closed or (
+            conn.eio_sid is not None and conn.eio_sid not in self.gateway.sockets.open
+        )
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         """The Socket.IO ``disconnect`` handler: leave the room, and owe a connect again."""

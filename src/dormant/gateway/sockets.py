@@ -1,7 +1,18 @@
 """Engine.IO sockets, authenticated or not: each counts against ``max_connections`` from its
 handshake on (beyond it the handshake is refused with ``server_full``), one without an accepted
 Socket.IO connect is closed after ``handshake_timeout``, and its malformed packets are counted
-and logged once. Also how a socket is hung up on, with or without a ``connect_error`` first."""
+and logged once. Also how a socket is hung up on, with or without a ``connect_error`` first.
+
+The handshake timeout counts the client's time, not the gateway's. In a reconnect storm (a
+replica died and its browsers all come back here) the process is busy for seconds: every socket
+waits its turn for each step of its handshake, and a client that sent its connect at once could
+have it read ten seconds later. So the handshake clock stops while the gateway falls behind (the
+ticker, due every ``tick``, comes late: the lateness is not counted), and a socket whose connect
+arrived gets a timeout of its own for its admission, from its arrival, on that clock too:
+admission's store work waits its turn (paced and coalesced, see
+:mod:`dormant.gateway.admission`), and a client that left meanwhile costs none. However far
+behind the gateway falls, a socket that has sent no connect is given at most
+``HANDSHAKE_STRETCH`` times ``handshake_timeout``."""
 
 from __future__ import annotations
 
@@ -9,7 +20,8 @@ import asyncio
 import contextlib
 import logging
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 from socketio import packet as sio_packet  # type: ignore[import-untyped]
 
@@ -22,6 +34,19 @@ log = logging.getLogger("dormant.gateway")
 
 #: A refused socket is closed once its client fetched the refusal, or after this (seconds).
 REFUSAL_DELIVERY = 2.0
+#: A wait for a connect never lasts longer than this many times ``handshake_timeout``, however
+#: long the gateway was busy elsewhere.
+HANDSHAKE_STRETCH = 3.0
+#: Lateness of the ticker up to this (or two ticks, if more) still counts as listening.
+STALL_GRACE = 0.25
+
+
+class Deadline(NamedTuple):
+    """When a socket that owes a connect is closed: once the handshake clock (which stops while
+    the gateway is behind) passes ``handshake``, or the monotonic clock passes ``latest``."""
+
+    handshake: float
+    latest: float
 
 
 class Sockets:
@@ -31,8 +56,18 @@ class Sockets:
         self.gateway = gateway
         #: Engine.IO sockets open now (eio sid -> when admitted, monotonic).
         self.open: dict[str, float] = {}
-        #: Those without an accepted connection -> when they are closed (in deadline order).
-        self.pending: dict[str, float] = {}
+        #: Those owing a connect -> when they are closed (in insertion order, which is the
+        #: order of both deadlines, to within one late tick of the handshake clock).
+        self.pending: dict[str, Deadline] = {}
+        #: Those whose connect is being admitted -> when, on the handshake clock, admission
+        #: must be done (in insertion order, likewise).
+        self.admitting: dict[str, float] = {}
+        #: Seconds the gateway was behind (its ticker late), not counted against handshakes.
+        self.stalled = 0.0
+        #: The event loop's clock: how late the ticker comes is the loop's lag, whatever
+        #: clock the gateway's deadlines are on.
+        self.loop_time: Callable[[], float] = lambda: asyncio.get_running_loop().time()
+        self._looked_at: float | None = None
         #: Sockets that logged a malformed packet already (one line per connection).
         self.noted: set[str] = set()
         self._refusals_logged_at = -math.inf
@@ -53,9 +88,26 @@ class Sockets:
             return code, message
         now = self.gateway.clock.monotonic()
         self.open[eio_sid] = now
-        self.pending[eio_sid] = now + settings.handshake_timeout
+        self.pending[eio_sid] = self._deadline(now)
         self.count()
         return None
+
+    def _deadline(self, now: float) -> Deadline:
+        timeout = self.gateway.settings.handshake_timeout
+        return Deadline(now - self.stalled + timeout, now + timeout * HANDSHAKE_STRETCH)
+
+    def _handshake_clock(self, now: float) -> float:
+        """``now`` less the time the gateway was behind."""
+        return now - self.stalled
+
+    def _note_stall(self) -> None:
+        """Add how late the ticker came (past a grace) to the time not counted: while the
+        gateway is behind, sockets wait for it, not it for them."""
+        looked_at = self.loop_time()
+        if self._looked_at is not None:
+            grace = max(STALL_GRACE, 2 * self.gateway.settings.tick)
+            self.stalled += max(0.0, looked_at - self._looked_at - grace)
+        self._looked_at = looked_at
 
     def _log_refused_handshake(self, code: str) -> None:
         """A flood of refused handshakes logs a line every few seconds, not one each."""
@@ -71,24 +123,46 @@ class Sockets:
     def forget(self, eio_sid: str) -> None:
         self.open.pop(eio_sid, None)
         self.pending.pop(eio_sid, None)
+        self.admitting.pop(eio_sid, None)
         self.noted.discard(eio_sid)
         self.count()
 
     def count(self) -> None:
         self.gateway.stats.sockets = len(self.open)
-        self.gateway.stats.unauthenticated = len(self.pending)
+        self.gateway.stats.unauthenticated = len(self.pending) + len(self.admitting)
 
     def await_connect(self, eio_sid: str | None) -> None:
         """The socket has no accepted connection (again): it must make one in time."""
         if eio_sid is not None and eio_sid in self.open:
             self.pending.pop(eio_sid, None)
+            self.admitting.pop(eio_sid, None)
+            self.pending[eio_sid] = self._deadline(self.gateway.clock.monotonic())
+            self.count()
+
+    def connect_arrived(self, eio_sid: str) -> None:
+        """The socket's connect is here: the client did its part, what is left is the gateway's.
+        Its admission gets ``handshake_timeout`` of its own, from now, on the handshake clock."""
+        if eio_sid in self.open and eio_sid not in self.admitting:
+            self.pending.pop(eio_sid, None)
+            now = self.gateway.clock.monotonic()
             timeout = self.gateway.settings.handshake_timeout
-            self.pending[eio_sid] = self.gateway.clock.monotonic() + timeout
+            self.admitting[eio_sid] = self._handshake_clock(now) + timeout
+            self.count()
+
+    def connect_handled(self, eio_sid: str) -> None:
+        """The connect was accepted, or refused (the socket is being closed), or went nowhere:
+        a socket still open without a connection owes one again, from now."""
+        if self.admitting.pop(eio_sid, None) is not None:
+            if eio_sid in self.open and not self.authenticated(eio_sid):
+                self.await_connect(eio_sid)
             self.count()
 
     def accepted(self, eio_sid: str | None) -> None:
         """The socket's connect was accepted: it owes none any more."""
-        if eio_sid is not None and self.pending.pop(eio_sid, None) is not None:
+        if eio_sid is None:
+            return
+        owed = self.pending.pop(eio_sid, None), self.admitting.pop(eio_sid, None)
+        if owed != (None, None):
             self.count()
 
     def authenticated(self, eio_sid: str) -> bool:
@@ -130,21 +204,31 @@ class Sockets:
         await sio._send_packet(eio_sid, packet)
 
     async def expire_handshakes(self, now: float) -> None:
+        """Close the sockets whose connect, or its admission, is overdue."""
+        self._note_stall()
+        clock = self._handshake_clock(now)
+        timeout = self.gateway.settings.handshake_timeout
         while self.pending:
             eio_sid, deadline = next(iter(self.pending.items()))
-            if deadline > now:
-                return
+            if deadline.handshake > clock and deadline.latest > now:
+                break
             del self.pending[eio_sid]
-            stats = self.gateway.stats
-            stats.handshake_timeouts += 1
-            stats.refused["handshake_timeout"] = stats.refused.get("handshake_timeout", 0) + 1
-            timeout = self.gateway.settings.handshake_timeout
-            await self.hang_up(
-                eio_sid,
-                "handshake_timeout",
-                f"no connect with a valid token within {timeout:g}s",
+            await self._expire(eio_sid, f"no connect with a valid token within {timeout:g}s")
+        while self.admitting:
+            eio_sid, due = next(iter(self.admitting.items()))
+            if due > clock:
+                break
+            del self.admitting[eio_sid]
+            await self._expire(
+                eio_sid, f"the connect could not be completed within {timeout:g}s; retry"
             )
         self.count()
+
+    async def _expire(self, eio_sid: str, message: str) -> None:
+        stats = self.gateway.stats
+        stats.handshake_timeouts += 1
+        stats.refused["handshake_timeout"] = stats.refused.get("handshake_timeout", 0) + 1
+        await self.hang_up(eio_sid, "handshake_timeout", message)
 
     def hang_up_after_delivery(self, eio_sid: str | None) -> None:
         if eio_sid is not None:
