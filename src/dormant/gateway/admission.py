@@ -1,7 +1,16 @@
 """Who may connect: a Socket.IO connect carries ``auth: {token}`` (never the query string);
 the token must verify, the API key it was minted with must stand, and the server and the
 session must have room for one more. A refused connect gets ``connect_error {message, data:
-{code, message}}`` and its socket is closed once the client has it."""
+{code, message}}`` and its socket is closed once the client has it.
+
+A reconnect storm (thousands of connects at once) costs the store little, and waits for it
+rather than being timed out: the key's state is looked up once per key id however many connect
+meanwhile (:mod:`~dormant.gateway.keys`), the session once per room for a burst of joins
+(:mod:`~dormant.gateway.rooms`, only for a client still there), and the counts are written by
+one worker per room (:mod:`~dormant.gateway.sync`); all of it within the gateway's store slots,
+of which count writes may hold only half. A connect waiting for that work has a timeout of its
+own, from its arrival, that does not run while the gateway is behind
+(:mod:`~dormant.gateway.sockets`)."""
 
 from __future__ import annotations
 
