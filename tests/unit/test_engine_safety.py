@@ -290,3 +290,15 @@ async def test_a_container_that_cannot_be_stopped_is_not_repaired_into_a_loop(ri
     assert (failed.error or "").startswith("stop failed: ")
     assert rig.runtime.running() == {record.container_name}
     assert await rig.engine.repair_failed(record.id) is False
+
+
+async def test_a_stalled_instance_never_drops_its_own_counts(rig: Rig) -> None:
+    record = await rig.engine.create_session(tenant="t", user_id="u")
+    await rig.settle()
+    await rig.engine.connect(record.id, count=2)
+    rig.clock.advance(31)
+    await rig.engine.heartbeat()  # healthy for a lease now
+    rig.clock.advance(40)  # the loop stalled: its own row looks 40 s old
+    assert await rig.engine.drop_dead_connections() == 0
+    after = await rig.store.get_session(record.id)
+    assert after is not None and after.connections == 2

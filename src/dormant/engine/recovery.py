@@ -72,6 +72,10 @@ class Recovery(Scheduler):
             ttl=ttl,
             me=self.settings.instance_id if include_self else None,
         )
+        if not include_self:
+            # This instance is alive by definition, however stale its own row looks after the
+            # event loop stalled (a reconnect storm): never drop its own counts.
+            dead.discard(self.settings.instance_id)
         known_ids = {i.id for i in known} - dead
         if not include_self and not dead:
             return 0  # nobody died: no need to look at sessions
