@@ -311,7 +311,9 @@ class SqlStore(Store):
                 "b_source": t.last_activity_source,
                 "b_seen": t.last_seen_at,
             }
-            for sid, t in batch.items()
+            # In session id order: two replicas flushing overlapping batches then lock the
+            # same rows in the same order (PostgreSQL found deadlocks otherwise).
+            for sid, t in sorted(batch.items())
         ]
         # Chunks, each its own short transaction, so one huge batch neither holds the write
         # lock nor the event loop for seconds; every row is an idempotent max(), so a chunk
