@@ -5,8 +5,6 @@ session's process may be removed, and no timeline may claim a crash that did not
 
 from __future__ import annotations
 
-import secrets
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+
+from .replicas import psql, throwaway_database
 
 if TYPE_CHECKING:
     from .conftest import Server
@@ -26,27 +26,11 @@ KILLS = 15
 OP_TIMEOUT = 120.0
 
 
-def psql(sql: str, database: str = "postgres") -> str:
-    result = subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-At", "-c", sql],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 @pytest.fixture
 def database() -> Iterator[str]:
-    subprocess.run(["bash", "scripts/postgres-up.sh"], check=True, timeout=600)
-    name = f"dormant_e2e_{secrets.token_hex(4)}"
-    psql(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """A throwaway database's name (created and dropped by tests/e2e/replicas.py)."""
+    with throwaway_database() as url:
+        yield url.rsplit("/", 1)[1]
 
 
 class Api:
