@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from dormant.errors import DormantError, RuntimeFailure, RuntimeUnavailable, TemporaryError
-from dormant.runtimes import ContainerInfo, ContainerSpec, ContainerStatus, Runtime
+from dormant.runtimes import ContainerInfo, ContainerSpec, ContainerStatus, Endpoint, Runtime
 
 
 class FakeClock:
@@ -59,6 +59,8 @@ class _Container:
     spec: ContainerSpec
     status: ContainerStatus = ContainerStatus.STOPPED
     starts: int = 0
+    #: The host port of the last start (``state["port"]``, else the spec's).
+    port: int | None = None
 
 
 @dataclass
@@ -69,9 +71,14 @@ class _Failure:
 
 @dataclass
 class FakeRuntime(Runtime):
-    """An in-memory runtime. ``calls`` records ``(method, name)`` in order."""
+    """An in-memory runtime. ``calls`` records ``(method, name)`` in order.
+
+    It serves nothing: the endpoint ``start`` reports is ``127.0.0.1`` and the host port it was
+    given (``state["port"]``, else the spec's), or ``NAME.fake.invalid`` and the container port
+    for a session without a host port. Like the process runtime, it takes its port at start."""
 
     name: ClassVar[str] = "fake"
+    ports_follow_start: ClassVar[bool] = True
     containers: dict[str, _Container] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     _failures: dict[str, deque[_Failure]] = field(default_factory=dict)
@@ -107,7 +114,14 @@ class FakeRuntime(Runtime):
             raise RuntimeFailure(f"{name} does not exist")
         container.status = ContainerStatus.RUNNING
         container.starts += 1
-        return {**state, "starts": container.starts}
+        port = state.get("port", container.spec.port)
+        container.port = port
+        endpoint = (
+            Endpoint("127.0.0.1", int(port))
+            if port is not None
+            else Endpoint(f"{name}.fake.invalid", container.spec.container_port or 8000)
+        )
+        return {**state, "starts": container.starts, "endpoint": endpoint.as_dict()}
 
     async def stop(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
         self._check("stop", name)

@@ -239,9 +239,70 @@ async def test_network_mode_none_starts_without_a_published_port(runtime: Docker
     await runtime.stop(s.name, state)
 
 
+def http_get_at(host: str, port: int) -> str | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=3) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None
+
+
+async def test_a_session_on_a_network_has_no_host_port_and_serves_at_its_address(
+    runtime: DockerRuntime,
+) -> None:
+    network = f"dormant-test-{RUN_ID}"
+    existed = podman.podman("network", "exists", network, check=False).returncode == 0
+    first, second = spec(sid(), port=None, network=network), spec(sid(), port=None, network=network)
+    try:
+        state = await runtime.create(first)  # the network is made on demand
+        assert podman.podman("network", "exists", network, check=False).returncode == 0
+        made = json.loads(podman.podman("network", "inspect", network).stdout)[0]
+        assert "dormant.managed" not in (made.get("labels") or {})  # shared: not dormant's
+        state = await runtime.start(first.name, state)
+        raw = inspect(first.name)
+        address = raw["NetworkSettings"]["Networks"][network]["IPAddress"]  # type: ignore[index]
+        assert address and address != "127.0.0.1"
+        assert state["endpoint"] == {"host": address, "port": CONTAINER_PORT}
+        bindings = raw["HostConfig"].get("PortBindings") or {}  # type: ignore[attr-defined]
+        assert not any(binds for binds in bindings.values()), bindings  # nothing published
+        assert http_get_at(address, CONTAINER_PORT) is not None  # reachable from the host
+        info = await runtime.inspect(first.name)
+        assert info is not None and info.detail["port"] is None
+
+        # slept and woken: served again at its address on the network (perhaps a new one)
+        state = await runtime.start(first.name, await runtime.stop(first.name, state))
+        woken = state["endpoint"]
+        assert woken["port"] == CONTAINER_PORT
+        assert http_get_at(woken["host"], woken["port"]) is not None
+
+        # a second session joins the existing network, with an address of its own
+        other = await runtime.start(second.name, await runtime.create(second))
+        assert other["endpoint"]["host"] != woken["host"]
+        assert http_get_at(other["endpoint"]["host"], CONTAINER_PORT) is not None
+        # and a restarted dormant (no cached state) finds the address by inspecting
+        fresh = DockerRuntime(runtime.host, scope=runtime.scope)
+        try:
+            again = await fresh.start(second.name, {"network": network})
+            assert again["endpoint"] == other["endpoint"]
+        finally:
+            await fresh.close()
+    finally:
+        await runtime.remove(first.name, {})
+        await runtime.remove(second.name, {})
+        if not existed:
+            podman.podman("network", "rm", "-f", network, check=False)
+    assert podman.podman("network", "exists", network, check=False).returncode != 0 or existed
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
+        ({"network": "dormant-x", "port": 8000}, "no host port"),
+        ({"network": "host", "port": None}, "network"),
+        ({"network": "bad name!", "port": None}, "network"),
+        ({"network": "dormant-x", "port": None, "network_mode": "none"}, "exclude"),
         ({"resources": Resources(memory="-512m")}, "memory"),
         ({"resources": Resources(memory="1k")}, "memory"),
         ({"resources": Resources(cpus=0)}, "cpus"),

@@ -8,6 +8,7 @@ Podman the ``containers`` fixture then checks that none of this run's remain."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from dormant.errors import DormantError, RuntimeFailure
-from dormant.runtimes import ContainerInfo, ContainerSpec, ContainerStatus, Runtime
+from dormant.runtimes import ContainerInfo, ContainerSpec, ContainerStatus, Endpoint, Runtime
 from dormant.runtimes.docker import DockerRuntime
 from dormant.runtimes.process import ProcessRuntime
 from dormant.testing import FakeRuntime
@@ -66,6 +67,18 @@ class Kit:
             return spec.name in self.runtime.running()
         assert spec.port is not None
         return await asyncio.to_thread(http_get, spec.port) is not None
+
+    async def accepts(self, endpoint: Endpoint) -> bool:
+        """A TCP connection to ``endpoint`` is accepted."""
+        try:
+            async with asyncio.timeout(3):
+                _, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
 
     async def listed(self, name: str) -> ContainerInfo | None:
         return next((i for i in await self.runtime.list_managed() if i.name == name), None)
@@ -200,3 +213,52 @@ async def test_failures_are_dormant_errors(kit: Kit) -> None:
         await rt.start(name, {})
     assert isinstance(raised.value, DormantError)
     assert await rt.inspect(name) is None
+
+
+async def test_start_reports_an_endpoint_that_accepts_connections(kit: Kit) -> None:
+    rt, s = kit.runtime, kit.spec()
+    assert s.port is not None
+    state = await rt.start(s.name, {**await rt.create(s), "port": s.port})
+    assert json_able(state)
+    endpoint = Endpoint.from_state(state)
+    assert endpoint is not None, state
+    assert state["endpoint"] == {"host": endpoint.host, "port": endpoint.port}
+    if isinstance(rt, FakeRuntime):  # serves nothing: it reports where it would
+        assert endpoint == Endpoint("127.0.0.1", s.port)
+    else:
+        assert await kit.accepts(endpoint)  # start returned once it served there
+        assert (endpoint.host, endpoint.port) == ("127.0.0.1", s.port)  # a published port
+    # stopped and started again (a wake): an endpoint again, serving
+    state = await rt.start(s.name, await rt.stop(s.name, state))
+    again = Endpoint.from_state(state)
+    assert again is not None
+    if not isinstance(rt, FakeRuntime):
+        assert await kit.accepts(again)
+
+
+async def test_a_runtime_whose_ports_follow_start_serves_on_the_port_given_to_start(
+    kit: Kit,
+) -> None:
+    rt, s = kit.runtime, kit.spec()
+    if not rt.ports_follow_start:
+        pytest.skip(f"{kit.kind} binds its host port at create (ports_follow_start is false)")
+    assert s.port is not None
+    first = await rt.start(s.name, {**await rt.create(s), "port": s.port})
+    assert Endpoint.from_state(first) == Endpoint("127.0.0.1", s.port)
+    stopped = await rt.stop(s.name, first)
+    other = free_port()  # the port was released while it slept; a wake brings another
+    moved = await rt.start(s.name, {**stopped, "port": other})
+    assert Endpoint.from_state(moved) == Endpoint("127.0.0.1", other)
+    if not isinstance(rt, FakeRuntime):
+        assert await kit.accepts(Endpoint("127.0.0.1", other))
+        assert not await kit.serves(s)  # nothing on the old one
+        info = await rt.inspect(s.name)
+        assert info is not None and info.detail["port"] == other
+    # found running on another port (a repair): started again on the one given
+    third = free_port()
+    moved = await rt.start(s.name, {**moved, "port": third})
+    assert Endpoint.from_state(moved) == Endpoint("127.0.0.1", third)
+    if not isinstance(rt, FakeRuntime):
+        assert await kit.accepts(Endpoint("127.0.0.1", third))
+        assert not await kit.accepts(Endpoint("127.0.0.1", other))
+    await rt.stop(s.name, moved)

@@ -9,6 +9,7 @@ from dormant.runtimes.base import (
     ContainerInfo,
     ContainerSpec,
     ContainerStatus,
+    Endpoint,
     Resources,
     Runtime,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "ContainerInfo",
     "ContainerSpec",
     "ContainerStatus",
+    "Endpoint",
     "Resources",
     "Runtime",
     "runtime_class",

@@ -15,6 +15,18 @@ Contract (every backend, every method):
 - **Ready means serving.** ``start`` returns only once the container's port accepts connections
   (or raises). A container that exits while starting raises :class:`RuntimeFailure` whose message
   carries the tail of its output.
+- **Start reports the endpoint.** The state ``start`` returns holds
+  ``"endpoint": {"host": str, "port": int}`` (:meth:`Endpoint.as_dict`): where dormant reaches the
+  serving session (a host port on 127.0.0.1, a container's address on a network, a pod IP). It
+  is meaningful while the session runs; nothing in dormant assumes ``127.0.0.1:{host port}``.
+- **Host ports.** dormant gives the host port it allocated (``ContainerSpec.port``, ``None``
+  when the template needs none) to ``create``, and the session's current one to ``start`` as
+  ``state["port"]``. A backend whose :attr:`Runtime.ports_follow_start` is true binds the port
+  at ``start``: dormant releases the port while the session sleeps or has failed, allocates a
+  free one at wake, and the backend must serve on ``state["port"]`` (a container still running
+  on another port is restarted on it). A backend that binds the port at ``create`` (the docker
+  runtime publishes it then; the Engine API cannot change a stopped container's bindings)
+  leaves it false, and the session keeps its port until it is deleted.
 - **Errors are translated.** Raise :class:`dormant.errors.TemporaryError` (or
   :class:`RuntimeUnavailable`) for conditions worth retrying and :class:`RuntimeFailure` for
   the rest, with ``raise ... from exc``. Never let a backend library's exception escape.
@@ -33,7 +45,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -46,6 +58,31 @@ INSTANCE_LABEL = "dormant.instance"
 #: lists, reconciles and removes only containers carrying its own.
 DEPLOYMENT_LABEL = "dormant.deployment"
 CREATED_LABEL = "dormant.created"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where dormant reaches a serving session: ``host`` (a name or an IP address) and ``port``."""
+
+    host: str
+    port: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.port}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any] | None) -> Endpoint | None:
+        """The ``"endpoint"`` a runtime's ``start`` put in its state, or ``None`` (absent or
+        malformed: a state written before runtimes reported endpoints)."""
+        raw = (state or {}).get("endpoint")
+        if not isinstance(raw, Mapping):
+            return None
+        host, port = raw.get("host"), raw.get("port")
+        if not isinstance(host, str) or not host or isinstance(port, bool):
+            return None
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            return None
+        return cls(host, port)
 
 
 class ContainerStatus(StrEnum):
@@ -79,6 +116,9 @@ class ContainerSpec:
     cap_drop: tuple[str, ...] = ()
     no_new_privileges: bool = False
     network_mode: str | None = None
+    #: A network the container joins (container runtimes): then no host port is published
+    #: (``port`` is ``None``) and the endpoint is the container's address on that network.
+    network: str | None = None
     #: Run as this host user (name or uid); the process runtime only.
     user: str | None = None
 
@@ -100,6 +140,10 @@ class Runtime(abc.ABC):
     """Base class of every backend; the module docstring is the contract."""
 
     name: ClassVar[str]
+    #: Whether the host port is bound at ``start`` (from ``state["port"]``), so that dormant may
+    #: release it while the session sleeps and hand it a new one at wake (see the contract).
+    #: False: the port is bound at ``create`` and stays the session's until it is deleted.
+    ports_follow_start: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def create(self, spec: ContainerSpec) -> dict[str, Any]:
@@ -107,7 +151,9 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     async def start(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
-        """Start it and wait until it serves. Returns the updated state."""
+        """Start it and wait until it serves. ``state`` is the kept state plus ``"port"``: the
+        session's host port now (``None`` if it has none). Returns the updated state, with
+        ``"endpoint"``."""
 
     @abc.abstractmethod
     async def stop(self, name: str, state: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,15 @@
 """The ``docker`` runtime: each session is a container on a Docker Engine API (Docker or Podman).
 
 Sleep stops the container (its filesystem stays), wake starts it again, delete removes it with
-its anonymous volumes. The host port dormant allocated is published on 127.0.0.1 only.
+its anonymous volumes. The host port dormant allocated is published on 127.0.0.1 only; it is
+bound when the container is made (the Engine API cannot change a stopped container's port
+bindings), so a session keeps it while it sleeps (``ports_follow_start`` is false).
+
+With a template's ``network`` no host port is used at all: the container joins that network
+(made on demand, as a plain bridge network without dormant's labels, and never removed: it is
+shared), and its endpoint is its address on that network and the template's port, which is also
+where readiness is probed. dormant must be able to reach that address (on the engine's host, or
+itself a container on that network).
 
 Why aiodocker (and not the ``docker`` SDK in a thread): dormant is asyncio throughout; aiodocker
 speaks the Engine API natively on the event loop, so a hundred concurrent operations cost no
@@ -48,6 +56,7 @@ from dormant.runtimes.base import (
     ContainerInfo,
     ContainerSpec,
     ContainerStatus,
+    Endpoint,
     Runtime,
 )
 
@@ -142,9 +151,18 @@ def validate_spec(spec: ContainerSpec) -> None:
         raise InvalidInput(f"invalid container name {spec.name!r}")
     if not spec.image or len(spec.image) > 300 or any(c.isspace() for c in spec.image):
         raise InvalidInput(f"the docker runtime needs an image; got {spec.image!r}")
-    if spec.port is None:
+    if spec.network is not None:
+        if not _NETWORK.match(spec.network) or spec.network in ("none", "host", "bridge"):
+            raise InvalidInput(
+                f"network {spec.network!r} is not the name of a user-defined network"
+            )
+        if spec.network_mode is not None:
+            raise InvalidInput("network and network_mode exclude each other; set one")
+        if spec.port is not None:
+            raise InvalidInput("a session on a network has no host port")
+    elif spec.port is None:
         raise InvalidInput("the docker runtime needs a host port for every session")
-    if not 1024 <= spec.port <= 65535:
+    elif not 1024 <= spec.port <= 65535:
         raise InvalidInput(f"host port {spec.port} is outside 1024-65535")
     if spec.container_port is None:
         raise InvalidInput("the docker runtime needs the template's port (inside the container)")
@@ -180,7 +198,7 @@ def validate_spec(spec: ContainerSpec) -> None:
 def container_config(spec: ContainerSpec) -> dict[str, Any]:
     """The Engine API body of ``POST /containers/create`` for ``spec`` (validated first)."""
     validate_spec(spec)
-    assert spec.container_port is not None and spec.port is not None
+    assert spec.container_port is not None
     inner = f"{spec.container_port}/tcp"
     values = {"port": str(spec.container_port), "session": spec.session_id, "workdir": "/"}
     env = {
@@ -193,7 +211,7 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
         "RestartPolicy": {"Name": "no"},
         "ReadonlyRootfs": spec.read_only,
     }
-    if spec.network_mode not in ("none", "host"):  # nothing to publish there
+    if spec.port is not None and spec.network_mode not in ("none", "host"):
         host["PortBindings"] = {inner: [{"HostIp": "127.0.0.1", "HostPort": str(spec.port)}]}
     res = spec.resources
     if res.cpus is not None:
@@ -211,6 +229,8 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
         host["SecurityOpt"] = ["no-new-privileges"]
     if spec.network_mode is not None:
         host["NetworkMode"] = spec.network_mode
+    if spec.network is not None:
+        host["NetworkMode"] = spec.network
     config: dict[str, Any] = {
         "Image": spec.image,
         "Env": [f"{k}={v}" for k, v in env.items()],
@@ -274,6 +294,8 @@ class DockerRuntime(Runtime):
     """
 
     name: ClassVar[str] = "docker"
+    #: Published ports are fixed when the container is made.
+    ports_follow_start: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -301,6 +323,8 @@ class DockerRuntime(Runtime):
                 raise InvalidInput(f"docker scope label {key}={value!r} is not valid")
         self._docker: aiodocker.Docker | None = None
         self._images: dict[str, float] = {}
+        #: Networks seen or made by this process (sessions on a network: see the module).
+        self._networks: set[str] = set()
         self._crash_dir = os.environ.get("DORMANT_TEST_CRASH_DIR") or None
         #: Containers this process made or adopted, by name: their session id.
         self._made: dict[str, str] = {}
@@ -399,13 +423,37 @@ class DockerRuntime(Runtime):
             ) from exc
         self._images[image] = loop.time()
 
+    async def _ensure_network(self, network: str) -> None:
+        """Make ``network`` (a plain bridge network, without dormant's labels: it is shared
+        and never removed by dormant) unless it exists."""
+        if network in self._networks:
+            return
+        try:
+            await self._call(f"network {network}", lambda d: d.networks.get(network))
+        except ContainerMissing:
+            try:
+                await self._call(
+                    f"create network {network}",
+                    lambda d: d.networks.create({"Name": network, "Driver": "bridge"}),
+                )
+                log.info("network %s created", network)
+            except RuntimeFailure:
+                # Made by someone else meanwhile? Then it is there now; else the error stands.
+                try:
+                    await self._call(f"network {network}", lambda d: d.networks.get(network))
+                except ContainerMissing:
+                    raise RuntimeFailure(f"network {network} cannot be made") from None
+        self._networks.add(network)
+
     async def create(self, spec: ContainerSpec) -> dict[str, Any]:
         self._crash_point("after-intent")
         config = container_config(spec)
         config["Labels"].update(self.scope)
         assert spec.image is not None
         await self._ensure_image(spec.image)
-        state = {
+        if spec.network is not None:
+            await self._ensure_network(spec.network)
+        state: dict[str, Any] = {
             "host_port": spec.port,
             # where readiness is probed: the published port; with the host's network the
             # container's own port; with no network nothing (running is all one can see)
@@ -415,6 +463,10 @@ class DockerRuntime(Runtime):
             "start_timeout": spec.start_timeout,
             "stop_timeout": spec.stop_timeout,
         }
+        if spec.network is not None:
+            # the address is known once it runs: start looks it up
+            state = {**state, "network": spec.network, "container_port": spec.container_port}
+            del state["probe_port"]
         if self._made.get(spec.name) == spec.session_id:
             # Made by this process (a wake): one look instead of a create that conflicts.
             existing = await self._inspect_raw(spec.name)
@@ -466,27 +518,40 @@ class DockerRuntime(Runtime):
             # The engine could not run it (bad command, bad mount): say so with its output.
             raise RuntimeFailure(f"{exc}; last output: {await self._log_tail(name)}") from exc
         self._crash_point("after-start")
-        if "probe_port" in state:  # known since create: no look-up on the way to serving
+        endpoint: Endpoint | None
+        if "probe_port" in state and "network" not in state:
+            # known since create: no look-up on the way to serving
             port = state["probe_port"]
-        else:
+            endpoint = None if port is None else Endpoint(self.probe_host, int(port))
+        else:  # on a network (its address is new at every start), or an older state
             info = await self._inspect_raw(name)
             if info is None:
                 raise RuntimeFailure(f"{name} vanished while starting")
-            port = _probe_port(info)
-            state = {**state, "id": info["Id"], "probe_port": port}
+            endpoint = _endpoint(info, self.probe_host)
+            state = {**state, "id": info["Id"]}
+            if "network" not in state:
+                state["probe_port"] = None if endpoint is None else endpoint.port
+            elif endpoint is None:
+                raise RuntimeFailure(
+                    f"{name} has no address on network {state['network']} "
+                    f"(last output: {await self._log_tail(name)})"
+                )
         timeout = float(state.get("start_timeout", 30.0))
-        await self._wait_ready(name, None if port is None else int(port), timeout)
+        await self._wait_ready(name, endpoint, timeout)
         self._crash_point("before-state-update")
-        return state
+        if endpoint is None:
+            return {k: v for k, v in state.items() if k != "endpoint"}
+        return {**state, "endpoint": endpoint.as_dict()}
 
-    async def _wait_ready(self, name: str, port: int | None, timeout: float) -> None:
-        """Until the published port accepts a connection; fail fast if the container exits."""
+    async def _wait_ready(self, name: str, endpoint: Endpoint | None, timeout: float) -> None:
+        """Until the endpoint accepts a connection; fail fast if the container exits."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         next_inspect = loop.time()
         delay = 0.005
+        port = None if endpoint is None else endpoint.port
         while True:
-            if port is not None and await self._probe(port):
+            if endpoint is not None and await self._probe(endpoint.host, endpoint.port):
                 return
             now = loop.time()
             if now >= next_inspect or port is None:
@@ -514,10 +579,10 @@ class DockerRuntime(Runtime):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    async def _probe(self, port: int) -> bool:
+    async def _probe(self, host: str, port: int) -> bool:
         try:
             async with asyncio.timeout(1.0):
-                reader, writer = await asyncio.open_connection(self.probe_host, port)
+                reader, writer = await asyncio.open_connection(host, port)
         except (OSError, TimeoutError):
             return False
         # Reset rather than close: no TIME_WAIT left on an ephemeral port that a session's
@@ -657,17 +722,33 @@ class DockerRuntime(Runtime):
                 await docker.close()
 
 
-def _probe_port(info: dict[str, Any]) -> int | None:
-    """Where readiness is probed on 127.0.0.1: the published port; with the host's network the
-    container's own port; with no network nothing (running is all that can be seen)."""
+def _exposed_port(info: dict[str, Any]) -> int | None:
+    for key in (info.get("Config") or {}).get("ExposedPorts") or {}:
+        return int(str(key).split("/")[0])
+    return None
+
+
+def _endpoint(info: dict[str, Any], probe_host: str) -> Endpoint | None:
+    """Where a running container serves (and readiness is probed): the published port on
+    ``probe_host``; with the host's network the container's own port there; on a network
+    without a published port the container's address on it; with no network nothing
+    (running is all that can be seen)."""
     mode = (info.get("HostConfig") or {}).get("NetworkMode")
     if mode == "none":
         return None
     if mode == "host":
-        for key in (info.get("Config") or {}).get("ExposedPorts") or {}:
-            return int(str(key).split("/")[0])
-        return None
-    return _published_port(info)
+        port = _exposed_port(info)
+        return None if port is None else Endpoint(probe_host, port)
+    if (published := _published_port(info)) is not None:
+        return Endpoint(probe_host, published)
+    networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
+    port = _exposed_port(info)
+    ordered = [networks[mode]] if mode in networks else []
+    for net in [*ordered, *networks.values()]:
+        address = (net or {}).get("IPAddress")
+        if address and port is not None:
+            return Endpoint(str(address), port)
+    return None
 
 
 def _published_port(info: dict[str, Any]) -> int | None:

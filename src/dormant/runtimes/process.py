@@ -1,7 +1,8 @@
 """The ``process`` runtime: each session is a local process group.
 
-Sleep stops the group, wake starts the command again in the same work directory, delete removes
-the group and the directory. Every process carries ``DORMANT_RUNTIME_ROOT``, ``DORMANT_CONTAINER``
+Sleep stops the group, wake starts the command again in the same work directory (on the host
+port dormant gives ``start``, which may differ from the last one), delete removes the group and
+the directory. Every process carries ``DORMANT_RUNTIME_ROOT``, ``DORMANT_CONTAINER``
 and ``DORMANT_SESSION`` in its environment and its pid and start time are recorded on disk, so a
 restarted dormant finds its processes, also ones whose directory is gone (orphans).
 
@@ -36,6 +37,7 @@ from dormant.runtimes.base import (
     ContainerInfo,
     ContainerSpec,
     ContainerStatus,
+    Endpoint,
     Runtime,
 )
 
@@ -143,6 +145,8 @@ def _as_user(user: pwd.struct_passwd) -> dict[str, Any]:
 
 class ProcessRuntime(Runtime):
     name: ClassVar[str] = "process"
+    #: The port is only the command's argument: a start may use another one.
+    ports_follow_start: ClassVar[bool] = True
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
@@ -235,27 +239,42 @@ class ProcessRuntime(Runtime):
             work.chmod(0o700)
         data = asdict(spec)
         data["created_at"] = spec.labels.get("dormant.created", "")
+        self._write_spec(directory, data)
+        return {"dir": str(directory)}
+
+    def _write_spec(self, directory: Path, data: dict[str, Any]) -> None:
         tmp = directory / "spec.json.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the env
         with open(fd, "w") as out:
             out.write(json.dumps(data))
         tmp.replace(directory / "spec.json")
-        return {"dir": str(directory)}
 
     async def start(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
         directory = self._dir(name)
         spec = self._read_json(directory / "spec.json")
         if spec is None:
             raise RuntimeFailure(f"{name} does not exist (create it first)")
+        wanted = state.get("port")
+        if wanted is not None and wanted != spec["port"]:
+            # A new host port (dormant released the old one while the session slept).
+            spec = {**spec, "port": int(wanted)}
+            self._write_spec(directory, spec)
+        if spec["port"] is None:
+            raise RuntimeFailure(f"{name} has no port to serve on")
         port = int(spec["port"])
         timeout = float(spec["start_timeout"])
+        endpoint = Endpoint("127.0.0.1", port).as_dict()
+        pid = self._running_pid(name)
+        if pid is not None and self._port_of(name, pid) not in (None, port):
+            await self.stop(name, {})  # running on another port: restarted on this one
+            pid = None
         # Already running (also when dormant crashed before it could record the pid): adopt it,
         # but still only call it started once it serves.
-        if (pid := self._running_pid(name)) is not None:
+        if pid is not None:
             await self._wait_ready(
                 name, lambda: None if self._running_pid(name) else -1, port, timeout
             )
-            return {**state, "pid": pid}
+            return {**state, "pid": pid, "endpoint": endpoint}
         workdir = directory / "work"
         values = {"port": str(port), "workdir": str(workdir), "session": spec["session_id"]}
         command = [part.format(**values) for part in (spec["command"] or DEFAULT_COMMAND)]
@@ -295,10 +314,18 @@ class ProcessRuntime(Runtime):
         finally:
             log.close()
         self._children[name] = proc
-        record = {"pid": proc.pid, "start_time": _proc_start_time(proc.pid)}
+        record = {"pid": proc.pid, "start_time": _proc_start_time(proc.pid), "port": port}
         (directory / "pid.json").write_text(json.dumps(record))
         await self._wait_ready(name, lambda: proc.returncode, port, timeout)
-        return {**state, "pid": proc.pid}
+        return {**state, "pid": proc.pid, "endpoint": endpoint}
+
+    def _port_of(self, name: str, pid: int) -> int | None:
+        """The port the running process ``pid`` was started on (``None``: unknown)."""
+        record = self._read_json(self._dir(name) / "pid.json") or {}
+        if record.get("pid") == pid and isinstance(record.get("port"), int):
+            return int(record["port"])
+        value = _proc_environ(pid).get("PORT", "")
+        return int(value) if value.isdigit() else None
 
     def _running_pid(self, name: str) -> int | None:
         """The recorded pid if alive, else any live process carrying this container's marks."""
