@@ -82,6 +82,10 @@ class TemplateConfig(BaseModel):
     cap_drop: list[str] = Field(default_factory=list, max_length=64)
     no_new_privileges: bool = False
     network_mode: str | None = Field(default=None, max_length=128)
+    #: Docker runtime: a network the sessions' containers join (made if missing) instead of
+    #: publishing a host port; dormant reaches them at their address on it, and allocates no
+    #: host port for them.
+    network: str | None = Field(default=None, min_length=1, max_length=128)
     #: Variables a create request may set (names or ``fnmatch`` patterns like ``GIT_*``); none
     #: by default. ``env`` above is the operator's and is not checked.
     env_allow: list[str] = Field(default_factory=list, max_length=256)
@@ -121,6 +125,8 @@ class TemplateConfig(BaseModel):
     def _user_runtime(self) -> TemplateConfig:
         if self.user is not None and self.runtime != "process":
             raise ValueError("user is for the process runtime (a container image sets its own)")
+        if self.network is not None and self.runtime != "docker":
+            raise ValueError("network is for the docker runtime (a process serves on a host port)")
         return self
 
     @model_validator(mode="after")
@@ -136,7 +142,7 @@ class TemplateConfig(BaseModel):
                 name="dormant-template-check",
                 session_id="check",
                 labels={},
-                port=1024,
+                port=None if self.network is not None else 1024,
                 command=self.command,
                 image=self.image,
                 env=self.env,
@@ -149,6 +155,7 @@ class TemplateConfig(BaseModel):
                 cap_drop=tuple(self.cap_drop),
                 no_new_privileges=self.no_new_privileges,
                 network_mode=self.network_mode,
+                network=self.network,
             )
             try:
                 validate_spec(probe)
@@ -309,6 +316,7 @@ class Settings(BaseModel):
                 cap_drop=tuple(cfg.cap_drop),
                 no_new_privileges=cfg.no_new_privileges,
                 network_mode=cfg.network_mode,
+                network=cfg.network,
                 env_allow=tuple(cfg.env_allow),
                 user=cfg.user,
             )

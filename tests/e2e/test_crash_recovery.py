@@ -118,7 +118,9 @@ def disagreements(server: Server) -> dict[str, list[str]]:
             sid for sid in running if sid in owners and not port_answers(server, sessions[sid])
         ],
         "ports held twice": [
-            str(port) for port, n in Counter(s["port"] for s in sessions.values()).items() if n > 1
+            str(port)
+            for port, n in Counter(s["port"] for s in sessions.values()).items()
+            if n > 1 and port is not None  # sleeping sessions hold none
         ],
         "directories without a session": sorted(
             p.name

@@ -133,7 +133,11 @@ def test_sessions_created_through_nginx_spread_and_live_on_any_replica(cluster: 
         202,
     )
     woken = cluster.wait_all(http, ids, lambda s: s["state"] == "running", "all running again")
-    assert {sid: s["port"] for sid, s in woken.items()} == ports
+    # Ports were released while they slept: each woke on a port of the block of the replica
+    # that woke it, never one another session holds.
+    ports = {sid: s["port"] for sid, s in woken.items()}
+    assert len(set(ports.values())) == SESSIONS, Counter(ports.values()).most_common(3)
+    assert all(cluster.replica_of_port(p) for p in ports.values())
     assert all(serves(p) for p in ports.values()), [p for p in ports.values() if not serves(p)]
     # Each step happened once, whichever replica was asked.
     lives = {sid: transitions(http, sid) for sid in ids}
@@ -186,7 +190,10 @@ def test_each_replica_drives_sessions_another_replica_created(cluster: Cluster) 
             woken = wait_session(
                 http, sid, lambda s: s is not None and s["state"] == "running", "awake"
             )
-            assert woken is not None and woken["port"] == port and serves(port)
+            # on a port the waking replica took (released while it slept)
+            assert woken is not None and cluster.replica_of_port(woken["port"]) is actor
+            port = woken["port"]
+            assert serves(port)
             assert transitions(http, sid) == LIFE
 
             answer = http.delete(f"/v1/sessions/{sid}")

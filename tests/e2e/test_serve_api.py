@@ -102,16 +102,18 @@ def test_session_lifecycle(server: Server) -> None:
     assert response.json()["accepted"] == "sleep"
     sleeping = server.wait_state(sid, "sleeping")
     assert sleeping["url"] is None
+    assert sleeping["port"] is None  # released while it sleeps
     server.wait_until(lambda: server.port_closed(port), what="the port to close on sleep")
     server.wait_until(lambda: not _session_pids(server, sid), what="the process to exit")
     assert work.is_dir(), "sleep must keep the work dir"
 
-    # wake: running again on the same port; the file survived
+    # wake: running again on a free port of the range; the file survived
     response = api.post(f"/v1/sessions/{sid}/wake")
     assert response.status_code == 202, response.text
     assert response.json() == {"id": sid, "state": "sleeping", "accepted": "wake", "outcome": None}
     woken = server.wait_state(sid, "running")
-    assert woken["port"] == port
+    port = woken["port"]
+    assert port in server.session_ports
     served = server.wait_until(
         lambda: server.port_answers(port, "/kept.txt"), what="the woken session's port"
     )
@@ -158,7 +160,7 @@ def test_activity_wakes_a_sleeping_session(server: Server) -> None:
     sid = server.create("carol")["id"]
     server.wait_state(sid, "running")
     assert server.client().post(f"/v1/sessions/{sid}/sleep").status_code == 202
-    port = server.wait_state(sid, "sleeping")["port"]
+    server.wait_state(sid, "sleeping")
 
     # presence does not wake it
     response = server.client().post(f"/v1/sessions/{sid}/activity", json={"kind": "visibility"})
@@ -169,7 +171,7 @@ def test_activity_wakes_a_sleeping_session(server: Server) -> None:
     # meaningful activity does (wake_on_activity is on by default)
     response = server.client().post(f"/v1/sessions/{sid}/activity", json={"kind": "chat"})
     assert response.status_code == 202, response.text
-    server.wait_state(sid, "running")
+    port = server.wait_state(sid, "running")["port"]
     server.wait_until(lambda: server.port_answers(port), what="the woken session's port")
     reasons = [e["reason"] for e in _transitions(server, sid)]
     assert "woken by chat activity" in reasons

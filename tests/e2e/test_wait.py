@@ -29,7 +29,8 @@ def test_api_wait_answers_with_the_outcome(server: Server) -> None:
 
     woken = api.post(f"/v1/sessions/{sid}/wake", params={"wait": 30})
     assert woken.json()["outcome"] == {"state": "running", "ok": True, "error": None}
-    assert server.port_answers(session["port"]) is not None
+    current = server.session(sid)  # on a port taken at wake (released while it slept)
+    assert current is not None and server.port_answers(current["port"]) is not None
 
     plain = api.post(f"/v1/sessions/{sid}/sleep")
     assert plain.json()["outcome"] is None  # no wait: answered at once, as before

@@ -1,5 +1,6 @@
 """Lifecycle engine: events -> transitions -> operations, with durable deadlines."""
 
+from dormant.engine.endpoints import endpoint_of
 from dormant.engine.lifecycle import Engine, EngineSettings
 from dormant.engine.notify import EngineEvent
 from dormant.engine.ports import PortAllocator, parse_port_range
@@ -13,5 +14,6 @@ __all__ = [
     "PortAllocator",
     "Template",
     "default_catalog",
+    "endpoint_of",
     "parse_port_range",
 ]

@@ -21,6 +21,7 @@ from dormant.engine.core import EngineSettings, instance_ttl
 from dormant.engine.ids import container_name, new_session_id
 from dormant.engine.notify import Transitioned
 from dormant.engine.outcome import OperationKind, Outcome, ends_wait
+from dormant.engine.ports import PORT_ATTEMPTS, PortTaken
 from dormant.engine.reads import ReadSide
 from dormant.engine.templates import Template
 from dormant.engine.writer import with_count
@@ -39,14 +40,6 @@ from dormant.policy.adaptive import GapModel
 from dormant.runtimes import Runtime
 from dormant.runtimes.base import DEPLOYMENT_LABEL
 from dormant.store.records import InstanceRecord, NewEvent, SessionRecord
-
-#: Creates racing other instances for the same port try this many ports.
-PORT_ATTEMPTS = 5
-
-
-class PortTaken(Conflict):
-    """The port picked was taken by another instance's session meanwhile."""
-
 
 log = logging.getLogger("dormant.engine")
 
@@ -153,7 +146,7 @@ class Engine(ReadSide):
         now = self.clock.now()
         sid = new_session_id(now)
         name = container_name(sid)
-        port = await self.ports.allocate()
+        port = await self.ports.allocate() if tpl.needs_host_port else None
         try:
             record = SessionRecord(
                 id=sid,
@@ -184,11 +177,12 @@ class Engine(ReadSide):
                     record, event, (OperationKind.CREATE, self.settings.instance_id)
                 )
             except Conflict as exc:
-                if port in await self.store.used_ports():
+                if port is not None and port in await self.store.used_ports():
                     raise PortTaken(str(exc)) from exc
                 raise
         finally:
-            self.ports.settle(port)
+            if port is not None:
+                self.ports.settle(port)
         self._state[sid] = State.CREATING
         self._log_transition(record, None, State.CREATING, "create", "created")
         self._emit(Transitioned(record, None, State.CREATING, "create", "created"))
@@ -363,4 +357,4 @@ class Engine(ReadSide):
         )
 
 
-__all__ = ["Engine", "EngineSettings"]
+__all__ = ["PORT_ATTEMPTS", "Engine", "EngineSettings", "PortTaken"]

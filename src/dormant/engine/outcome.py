@@ -81,6 +81,13 @@ class Waiters:
                 if not future.done():
                     future.set_result(Outcome(session_id, wanted, reached, error))
 
+    def refuse(self, session_id: str, wanted: State, state: State, error: str) -> None:
+        """The operation the waiters for ``wanted`` wait on will not happen (the session
+        stays ``state``): they get an outcome that is not ok, with ``error``."""
+        future = self.futures.pop((session_id, wanted), None)
+        if future is not None and not future.done():
+            future.set_result(Outcome(session_id, wanted, state, error))
+
     def forget(self, session_id: str, wanted: State, future: asyncio.Future[Outcome]) -> None:
         """Drop a future nobody waits on any more (its waiters timed out)."""
         if self.futures.get((session_id, wanted)) is future and not future.done():

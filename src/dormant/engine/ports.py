@@ -1,4 +1,6 @@
-"""Host ports from ``DORMANT_PORT_RANGE``: never handed out twice, released on delete."""
+"""Host ports from ``DORMANT_PORT_RANGE``: never handed out twice, released on delete and, for
+runtimes that bind the port at start (``Runtime.ports_follow_start``), while a session sleeps or
+has failed; a wake takes a free one again."""
 
 from __future__ import annotations
 
@@ -8,7 +10,14 @@ import random
 import socket
 from collections.abc import Awaitable, Callable
 
-from dormant.errors import CapacityExhausted, InvalidInput
+from dormant.errors import CapacityExhausted, Conflict, InvalidInput
+
+#: Writes racing other instances for the same port try this many ports.
+PORT_ATTEMPTS = 5
+
+
+class PortTaken(Conflict):
+    """The port picked was taken by another instance's session meanwhile."""
 
 
 def parse_port_range(text: str) -> range:

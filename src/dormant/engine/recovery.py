@@ -18,6 +18,7 @@ from dormant.engine.outcome import OperationKind
 from dormant.engine.runner import STOP_FAILED
 from dormant.engine.scheduler import Scheduler
 from dormant.errors import (
+    CapacityExhausted,
     DormantError,
     NotFound,
 )
@@ -210,6 +211,7 @@ class Recovery(Scheduler):
                 f"container {status} unexpectedly; marked sleeping",
                 state_since=self.clock.now(),
                 action=Action.SLEEP.value,
+                **self._stopped(record),
             )
             return True
 
@@ -243,21 +245,43 @@ class Recovery(Scheduler):
             info = await runtime.inspect(record.container_name)
             if info is None or info.status is not ContainerStatus.RUNNING:
                 return False
+            failed = record
             try:
-                started = await runtime.start(record.container_name, dict(record.runtime_state))
+                # Its port was released when it failed: it runs again on one it holds now (a
+                # runtime restarts a container found on another port).
+                record = await self._claim_port(
+                    failed,
+                    lambda changes: self._save(
+                        failed.replace(**changes), [], from_state=State.FAILED
+                    ),
+                )
+            except CapacityExhausted as exc:
+                log.warning("failed session %s runs, no port to repair it on: %s", sid, exc)
+                await self._retry(
+                    lambda: runtime.stop(failed.container_name, dict(failed.runtime_state)),
+                    self.settings.backoff,
+                )
+                return True
+            claimed = record
+            try:
+                started = await runtime.start(
+                    claimed.container_name, {**claimed.runtime_state, "port": claimed.port}
+                )
             except DormantError as exc:
                 log.warning("failed session %s runs but does not serve; stopping: %s", sid, exc)
                 await self._retry(
-                    lambda: runtime.stop(record.container_name, dict(record.runtime_state)),
+                    lambda: runtime.stop(claimed.container_name, dict(claimed.runtime_state)),
                     self.settings.backoff,
                 )
+                if claimed.port != failed.port:  # taken for the repair: released again
+                    await self._save(claimed.replace(port=None), [], from_state=State.FAILED)
                 return True
             await self._transition(
                 record,
                 State.RUNNING,
                 "reconcile",
                 "container found running and serving; state repaired",
-                runtime_state=started,
+                runtime_state={k: v for k, v in started.items() if k != "port"},
                 state_since=self.clock.now(),
                 warned_at=None,
                 error=None,

@@ -7,11 +7,16 @@ waited out (patient store calls) and never turned into ``failed``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from dormant.engine.outcome import OperationKind, OperationStatus
+from dormant.engine.ports import PORT_ATTEMPTS
 from dormant.engine.templates import Template
 from dormant.engine.writer import SessionWriter, merge_pending
 from dormant.errors import (
+    CapacityExhausted,
+    Conflict,
     DormantError,
     TemporaryError,
 )
@@ -22,7 +27,7 @@ from dormant.policy import (
     decide,
 )
 from dormant.runtimes import ContainerSpec
-from dormant.store.records import SessionRecord
+from dormant.store.records import NewEvent, SessionRecord
 
 log = logging.getLogger("dormant.engine")
 
@@ -30,9 +35,69 @@ log = logging.getLogger("dormant.engine")
 STOP_FAILED = "stop failed: "
 
 
+#: Keys of a runtime state that describe one start only: the host port dormant passed to
+#: ``start`` (the record's ``port`` is the truth) and the endpoint it reported.
+_PER_START = ("port", "endpoint")
+
+
+def _kept(state: dict[str, Any], *drop: str) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if k not in drop}
+
+
 class OperationRunner(SessionWriter):
+    def _template(self, record: SessionRecord) -> Template:
+        return self.catalog.templates.get(record.template) or Template(name=record.template)
+
+    def _releases_port(self, record: SessionRecord) -> bool:
+        """Whether the session's host port goes back to the pool while it sleeps or has failed:
+        it has one and its runtime binds the port at start (``Runtime.ports_follow_start``)."""
+        runtime = self.runtimes.get(record.runtime)
+        return record.port is not None and runtime is not None and runtime.ports_follow_start
+
+    def _stopped(self, record: SessionRecord) -> dict[str, Any]:
+        """Field changes of a transition to ``sleeping`` or ``failed`` (nothing runs): no
+        endpoint, and the port released when the runtime takes a new one at every start."""
+        changes: dict[str, Any] = {"runtime_state": _kept(record.runtime_state, *_PER_START)}
+        if self._releases_port(record):
+            changes["port"] = None
+        return changes
+
+    async def _claim_port(
+        self,
+        record: SessionRecord,
+        write: Callable[[dict[str, Any]], Awaitable[SessionRecord]],
+    ) -> SessionRecord:
+        """``write(changes)``, with ``{"port": p}`` in ``changes`` (a free host port) when the
+        session needs a host port and has none (it was released while it slept). A port that
+        another instance's session took meanwhile (the unique index refuses the write) is
+        given up for another one. Raises ``CapacityExhausted`` when no port is free."""
+        if record.port is not None or not self._template(record).needs_host_port:
+            return await write({})
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            port = await self.ports.allocate()
+            try:
+                return await write({"port": port})
+            except Conflict:
+                if port not in await self._patiently(self.store.used_ports):
+                    raise
+                log.info("port %d was taken by another instance meanwhile; another one", port)
+                if attempt == PORT_ATTEMPTS:
+                    raise Conflict("no port could be taken for the session; try again") from None
+            finally:
+                self.ports.settle(port)
+        raise AssertionError("unreachable")
+
+    async def _refuse_wake(self, record: SessionRecord, op_id: int, exc: DormantError) -> None:
+        """No host port is free: the session stays as it is (asleep, intact), the operation
+        fails with the reason, and so does every wait for it to run."""
+        message = f"cannot wake: {exc}"
+        log.warning("session %s: %s", record.id, message)
+        await self._save(record, [NewEvent("decision", message, "no_port", action="wake")])
+        await self._finish_op(op_id, OperationStatus.FAILED, 0, message)
+        self._waiters.refuse(record.id, State.RUNNING, record.state, message)
+
     def _spec(self, record: SessionRecord) -> ContainerSpec:
-        tpl = self.catalog.templates.get(record.template) or Template(name=record.template)
+        tpl = self._template(record)
         return ContainerSpec(
             name=record.container_name,
             session_id=record.id,
@@ -50,6 +115,7 @@ class OperationRunner(SessionWriter):
             cap_drop=tuple(tpl.cap_drop),
             no_new_privileges=tpl.no_new_privileges,
             network_mode=tpl.network_mode,
+            network=tpl.network,
             user=tpl.user,
         )
 
@@ -71,6 +137,16 @@ class OperationRunner(SessionWriter):
                 if op_id is not None:
                     await self._finish_op(op_id, OperationStatus.SUPERSEDED, 0, None)
                 return
+            if record.port is None and self._template(record).needs_host_port:
+                # Its port was released (it slept or failed) and no wake took one: take one now.
+                current = record
+                try:
+                    record = await self._claim_port(
+                        current, lambda changes: self._save(current.replace(**changes), [])
+                    )
+                except CapacityExhausted as exc:
+                    await self._fail(record, exc, op_id, 0, started=False)
+                    return
             runtime = self.runtime_of(record)
             spec = self._spec(record)
             attempts = 0
@@ -95,7 +171,8 @@ class OperationRunner(SessionWriter):
                 async with self._slots:
                     started, n = await self._retry(
                         lambda: runtime.start(
-                            ready.container_name, {**ready.runtime_state, **state}
+                            ready.container_name,
+                            {**ready.runtime_state, **state, "port": ready.port},
                         ),
                         self.settings.backoff,
                     )
@@ -108,7 +185,7 @@ class OperationRunner(SessionWriter):
                 State.RUNNING,
                 code,
                 reason,
-                runtime_state=started,
+                runtime_state=_kept(started, "port"),
                 state_since=self.clock.now(),
                 warned_at=None,
                 error=None,
@@ -128,9 +205,23 @@ class OperationRunner(SessionWriter):
             else:
                 if op_id is None:
                     op_id = await self._intent(record, OperationKind.START)
-                await self._transition(
-                    record, State.STARTING, code, reason, action="wake", error=None
-                )
+                asleep = record
+                try:  # a released port is taken again with the transition
+                    await self._claim_port(
+                        asleep,
+                        lambda changes: self._transition(
+                            asleep,
+                            State.STARTING,
+                            code,
+                            reason,
+                            action="wake",
+                            error=None,
+                            **changes,
+                        ),
+                    )
+                except CapacityExhausted as exc:
+                    await self._refuse_wake(asleep, op_id, exc)
+                    return
         await self._run_start(sid, op_id, creating=False, code=code, reason=reason)
 
     async def _wake_on_activity(self, sid: str, kind: ActivityKind) -> None:
@@ -174,7 +265,7 @@ class OperationRunner(SessionWriter):
                 State.SLEEPING,
                 code,
                 reason,
-                runtime_state=state,
+                **{**self._stopped(record), "runtime_state": _kept(state, *_PER_START)},
                 state_since=self.clock.now(),
                 warned_at=None,
             )
@@ -252,15 +343,19 @@ class OperationRunner(SessionWriter):
         if isinstance(exc, TemporaryError):
             message = f"gave up after retries: {message}"
         message = what + message
+        stopped = not started
         if started:
             runtime = self.runtime_of(record)
             try:
                 await runtime.stop(record.container_name, dict(record.runtime_state))
+                stopped = True
             except DormantError as stop_exc:
                 log.warning("could not stop %s after a failure: %s", record.id, stop_exc)
         fresh = await self.store.get_session(record.id) or record
         if fresh.state.live and fresh.state is not State.DELETING:
-            await self._transition(fresh, State.FAILED, "error", message, error=message)
+            # Its port is released unless its container may still hold it.
+            changes = self._stopped(fresh) if stopped else {}
+            await self._transition(fresh, State.FAILED, "error", message, error=message, **changes)
         log.warning("session %s failed: %s", record.id, message)
         if op_id is not None:
             await self._finish_op(op_id, OperationStatus.FAILED, attempts, message)

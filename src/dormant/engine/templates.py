@@ -30,11 +30,20 @@ class Template:
     cap_drop: tuple[str, ...] = ()
     no_new_privileges: bool = False
     network_mode: str | None = None
+    #: A network the container joins (docker runtime): no host port is allocated, and the
+    #: session's endpoint is the container's address on that network.
+    network: str | None = None
     #: Names (or ``fnmatch`` patterns such as ``GIT_*``) of variables a request may set; none by
     #: default. Loader and interpreter variables are refused whatever this says.
     env_allow: tuple[str, ...] = ()
     #: Run the session as this host user (process runtime, when dormant is root).
     user: str | None = None
+
+    @property
+    def needs_host_port(self) -> bool:
+        """Whether a session of this template is given a host port (from DORMANT_PORT_RANGE):
+        all but those on a ``network``."""
+        return self.network is None
 
     def check_request_env(self, env: Mapping[str, str]) -> None:
         """Refuse (``InvalidInput``, naming the variable) what a request may not set."""
