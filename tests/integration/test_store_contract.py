@@ -589,3 +589,19 @@ async def test_concurrent_claimers_never_share_a_session(store: Store) -> None:
     claimed = [c.session_id for batch in batches for c in batch]
     assert len(claimed) == len(set(claimed)) == 40
     assert sorted(claimed) == ids
+
+
+async def test_an_access_link_is_consumed_once_before_it_expires(store: Store) -> None:
+    await store.insert_link("a" * 64, "s1", T0 + timedelta(minutes=5))
+    await store.insert_link("b" * 64, "s2", T0 + timedelta(minutes=1))
+    with pytest.raises(Conflict):
+        await store.insert_link("a" * 64, "s3", T0 + timedelta(minutes=5))
+    assert await store.consume_link("c" * 64, T0) is None  # unknown
+    assert await store.consume_link("b" * 64, T0 + timedelta(minutes=2)) is None  # expired
+    # Racing exchanges of one token: exactly one gets the session.
+    results = await asyncio.gather(*(store.consume_link("a" * 64, T0) for _ in range(8)))
+    assert results.count("s1") == 1 and results.count(None) == 7
+    assert await store.consume_link("a" * 64, T0) is None  # used
+    assert await store.purge_links(T0 + timedelta(minutes=3)) == 1  # b expired; a not yet
+    assert await store.purge_links(T0 + timedelta(minutes=6)) == 1
+    assert await store.purge_links(T0 + timedelta(minutes=6)) == 0

@@ -153,6 +153,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def revoke_key(self, key_id: str, now: datetime) -> bool: ...
 
+    # access links (one-time tokens of the session proxy)
+    @abc.abstractmethod
+    async def insert_link(self, token_hash: str, session_id: str, expires_at: datetime) -> None:
+        """Keep a link's token hash until it is used or expires."""
+
+    @abc.abstractmethod
+    async def consume_link(self, token_hash: str, now: datetime) -> str | None:
+        """Mark the link used and return its session id, atomically: of concurrent calls for
+        one token at most one gets the id; a used, expired or unknown token gives None."""
+
+    @abc.abstractmethod
+    async def purge_links(self, before: datetime) -> int:
+        """Remove links that expired before ``before``; returns how many."""
+
     @abc.abstractmethod
     async def sessions_with_connections(self) -> list[SessionRecord]:
         """Live sessions whose connection count is not zero (to drop a dead instance's)."""

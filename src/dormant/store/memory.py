@@ -159,6 +159,8 @@ class MemoryStore(Store):
         self._deployment: str | None = None
         #: session id -> (instance, lease until): claims of due work (``claim_due``)
         self._claims: dict[str, tuple[str | None, datetime | None]] = {}
+        #: token hash -> (session id, expires at, used)
+        self._links: dict[str, tuple[str, datetime, bool]] = {}
 
     async def close(self) -> None:
         return None
@@ -508,6 +510,29 @@ class MemoryStore(Store):
             return False
         self._keys[key_id] = dataclasses.replace(key, revoked_at=now)
         return True
+
+    # access links ---------------------------------------------------------------------------
+
+    async def insert_link(self, token_hash: str, session_id: str, expires_at: datetime) -> None:
+        expires_at = _utc(expires_at, f"link of {session_id}: expires_at")
+        if token_hash in self._links:
+            raise Conflict("this link exists already")
+        self._links[token_hash] = (session_id, expires_at, False)
+
+    async def consume_link(self, token_hash: str, now: datetime) -> str | None:
+        now = _utc(now, "link: now")
+        link = self._links.get(token_hash)
+        if link is None or link[2] or link[1] <= now:
+            return None
+        self._links[token_hash] = (link[0], link[1], True)
+        return link[0]
+
+    async def purge_links(self, before: datetime) -> int:
+        before = _utc(before, "links: before")
+        gone = [h for h, (_, expires, _) in self._links.items() if expires < before]
+        for token_hash in gone:
+            del self._links[token_hash]
+        return len(gone)
 
     # instances ------------------------------------------------------------------------------
 

@@ -143,6 +143,18 @@ api_keys = Table(
     Column("revoked_at", UTCDateTime()),
 )
 
+#: One-time access links to a session through the proxy (``POST /v1/sessions/{id}/links``): only
+#: the token's SHA-256 is kept; ``used_at`` is set by the one exchange that may succeed.
+access_links = Table(
+    "access_links",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("session_id", String(40), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("used_at", UTCDateTime()),
+    Index("ix_access_links_expires", "expires_at"),
+)
+
 instances = Table(
     "instances",
     metadata,

@@ -41,6 +41,7 @@ from dormant.store.records import (
 )
 from dormant.store.schema import (
     UTCDateTime,
+    access_links,
     adaptive_models,
     api_keys,
     deployment,
@@ -561,6 +562,43 @@ class SqlStore(Store):
                 .values(revoked_at=now)
             )
         return bool(result.rowcount)
+
+    # access links ---------------------------------------------------------------------------
+
+    async def insert_link(self, token_hash: str, session_id: str, expires_at: datetime) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    insert(access_links).values(
+                        token_hash=token_hash, session_id=session_id, expires_at=expires_at
+                    )
+                )
+        except IntegrityError as exc:
+            raise Conflict("this link exists already") from exc
+
+    async def consume_link(self, token_hash: str, now: datetime) -> str | None:
+        # One UPDATE ... WHERE used_at IS NULL: of racing exchanges exactly one changes the row.
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    update(access_links)
+                    .where(
+                        access_links.c.token_hash == token_hash,
+                        access_links.c.used_at.is_(None),
+                        access_links.c.expires_at > now,
+                    )
+                    .values(used_at=now)
+                    .returning(access_links.c.session_id)
+                )
+            ).first()
+        return str(row.session_id) if row is not None else None
+
+    async def purge_links(self, before: datetime) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                access_links.delete().where(access_links.c.expires_at < before)
+            )
+        return int(result.rowcount or 0)
 
     # instances ------------------------------------------------------------------------------
 
