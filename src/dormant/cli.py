@@ -103,19 +103,24 @@ def serve(
         settings = settings.model_copy(update={"port": port})
     setup_logging(settings.log_level, settings.log_format)
     limits = _http_limits(settings)
-    try:  # the port first: nothing (database, containers) is touched if it is taken
+    proxy_sock = None
+    try:  # the ports first: nothing (database, containers) is touched if one is taken
         sock = bind_listener(settings.host, settings.port)
+        if settings.proxy_port:
+            proxy_sock = bind_listener(settings.proxy_host or settings.host, settings.proxy_port)
     except DormantError as exc:
         _die(str(exc))
     peer = _run(live_sqlite_peer(settings))
     if peer is not None:
         sock.close()
+        if proxy_sock is not None:
+            proxy_sock.close()
         _die(
             f"another dormant serve is live on this SQLite database: instance {peer.id} "
             f"(pid {peer.pid} on {peer.host.split('#')[0]}); stop it first, or run several "
             "replicas on PostgreSQL (DORMANT_DATABASE_URL)"
         )
-    application = create_app(settings)
+    application = create_app(settings, proxy_socket=proxy_sock)
     serve_http(application, settings.host, settings.port, limits, sock)
 
 

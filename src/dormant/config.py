@@ -64,6 +64,30 @@ class ResourcesConfig(BaseModel):
         return value.strip().lower()
 
 
+class ProxyActivityConfig(BaseModel):
+    """``[templates.NAME.proxy_activity]``: ``ignore`` lists requests that are only polling or
+    health checks (``"GET /api/status"``, ``"/metrics"``, ``*`` wildcards); ``streaming``
+    (``"background"``, the default, or ``"ignore"``) says whether a long response to an open
+    client keeps the session busy (up to the policy's ``max_busy``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ignore: list[str] = Field(default_factory=list, max_length=200)
+    streaming: str = Field(default="background", pattern="^(background|ignore)$")
+
+    @field_validator("ignore")
+    @classmethod
+    def _ignore(cls, rules: list[str]) -> list[str]:
+        for rule in rules:
+            method, sep, path = rule.strip().partition(" ")
+            pattern = path.strip() if sep else method
+            if not pattern.startswith(("/", "*")) or (sep and not method.isalpha()):
+                raise ValueError(
+                    f"proxy_activity.ignore entry {rule!r} must look like '/path' or "
+                    "'GET /path' (with * wildcards)"
+                )
+        return rules
+
+
 class TemplateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     runtime: str = "process"
@@ -92,6 +116,13 @@ class TemplateConfig(BaseModel):
     #: Process runtime: run the sessions as this host user (name or uid); needs dormant to run
     #: as root unless it is dormant's own user.
     user: str | None = Field(default=None, min_length=1, max_length=64)
+    #: The session proxy: seconds a request waits for a wake (then 503 + Retry-After); no
+    #: access cookie needed (``public``); where browsers without one go (``login_url``, given
+    #: ``?next=``); and ``proxy_activity``: what traffic counts as activity.
+    wake_timeout: float = Field(default=60.0, gt=0, le=3600)
+    public: bool = False
+    login_url: str | None = Field(default=None, max_length=2000, pattern=r"^(https?://|/)\S*$")
+    proxy_activity: ProxyActivityConfig = Field(default_factory=lambda: ProxyActivityConfig())
 
     @field_validator("runtime")
     @classmethod
@@ -232,6 +263,19 @@ class Settings(BaseModel):
     #: Without a URL the gateway is one process and needs no Redis.
     redis_url: str | None = None
     redis_channel: str = Field(default="dormant", min_length=1, max_length=200)
+    #: The session proxy (wake on request): its port (0: off), address (default ``host``),
+    #: the domain that routes ``{session}.{domain}`` by host, the address clients use to reach
+    #: it (links and the API's ``url``; default ``http://proxy_host:proxy_port``), upstream
+    #: connect and read timeouts (seconds), and how long an access cookie lasts.
+    proxy_port: int = Field(default=8081, ge=0, le=65535)
+    proxy_host: str | None = Field(default=None, max_length=200)
+    proxy_domain: str | None = Field(
+        default=None, max_length=200, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$"
+    )
+    proxy_public_url: str | None = Field(default=None, max_length=500, pattern=r"^https?://\S+$")
+    proxy_connect_timeout: float = Field(default=5.0, gt=0, le=600)
+    proxy_read_timeout: float = Field(default=300.0, gt=0, le=86400)
+    proxy_cookie_ttl: float = Field(default=86400.0, ge=60, le=30 * 86400)
 
     @field_validator("retention", "store_outage_patience", "reconcile_settle", mode="before")
     @classmethod
@@ -319,6 +363,11 @@ class Settings(BaseModel):
                 network=cfg.network,
                 env_allow=tuple(cfg.env_allow),
                 user=cfg.user,
+                wake_timeout=cfg.wake_timeout,
+                public=cfg.public,
+                login_url=cfg.login_url,
+                proxy_ignore=tuple(cfg.proxy_activity.ignore),
+                proxy_streaming=cfg.proxy_activity.streaming == "background",
             )
         if self.default_template not in templates:
             raise InvalidInput(f"default_template {self.default_template!r} is not defined")

@@ -32,6 +32,7 @@ from dormant.gateway import (
     new_secret,
 )
 from dormant.metrics import Metrics
+from dormant.proxy import CookieSigner, Links, ProxySettings, SessionProxy, forward_auth_route
 from dormant.reconciler import Reconciler
 from dormant.runtimes import Runtime
 from dormant.runtimes.process import ProcessRuntime
@@ -200,19 +201,54 @@ async def shutdown(services: Services) -> None:
     await services.close()
 
 
-def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
+def proxy_settings(settings: Settings) -> ProxySettings:
+    return ProxySettings(
+        host=settings.proxy_host or settings.host,
+        port=settings.proxy_port,
+        domain=settings.proxy_domain,
+        public_url=settings.proxy_public_url,
+        connect_timeout=settings.proxy_connect_timeout,
+        read_timeout=settings.proxy_read_timeout,
+        cookie_ttl=settings.proxy_cookie_ttl,
+    )
+
+
+def build_proxy(settings: Settings, engine: Engine) -> SessionProxy | None:
+    """The session proxy (``DORMANT_PROXY_PORT``; 0: none)."""
+    if not settings.proxy_port:
+        return None
+    signer = CookieSigner.from_secret(gateway_secret(settings))
+    return SessionProxy(engine, signer, proxy_settings(settings))
+
+
+def create_app(settings: Settings, clock: Clock | None = None, proxy_socket: Any = None) -> FastAPI:
+    """The API app; with a proxy port, the session proxy starts and stops with it (on
+    ``proxy_socket`` when the caller bound it already)."""
     services = build_services(settings, clock)
     metrics = Metrics(services.engine, services.reconciler)
     gateway = build_gateway(settings, services.engine)
     metrics.add_gateway(gateway.stats.as_dict)
+    proxy = build_proxy(settings, services.engine)
+    links = None
+    if proxy is not None:
+        links = Links(
+            services.store,
+            services.engine.clock,
+            proxy.settings.base_url,
+            settings.proxy_domain,
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await startup(services)
         await gateway.start()
+        if proxy is not None:
+            await proxy.start(proxy_socket)
         try:
             yield
         finally:
+            if proxy is not None:
+                await proxy.stop()
             await gateway.stop()
             await shutdown(services)
 
@@ -241,7 +277,12 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         auth_failure_window=settings.auth_failure_window,
         ready=ready,
         lifespan=lifespan,
+        session_url=links.session_url if links is not None else None,
     )
+    if proxy is not None:
+        app.add_api_route(
+            "/v1/forward-auth", forward_auth_route(proxy), methods=["GET"], include_in_schema=False
+        )
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
@@ -258,6 +299,8 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
     app.add_middleware(SocketIORoute, gateway_app=gateway.asgi_app)
     app.state.services = services
     app.state.realtime = gateway
+    app.state.links = links
+    app.state.proxy = proxy
     return app
 
 

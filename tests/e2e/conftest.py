@@ -177,8 +177,11 @@ class Server:
     def __init__(self, home: Path, ports: int = 20, env: dict[str, str] | None = None) -> None:
         self.home = home
         self.home.mkdir(parents=True, exist_ok=True)
-        block = claim_ports(ports + 1)
+        block = claim_ports(ports + 2)
         self.port = block[0]
+        #: dormant's session proxy (DORMANT_PROXY_PORT)
+        self.proxy_port = block[-1]
+        block = block[:-1]
         self.session_ports = block[1:]
         self.data_dir = home / "data"
         self.runtime_root = (self.data_dir / "processes").resolve()
@@ -186,6 +189,7 @@ class Server:
         self.env.update(
             DORMANT_PORT=str(self.port),
             DORMANT_PORT_RANGE=f"{block[1]}-{block[-1]}",
+            DORMANT_PROXY_PORT=str(self.proxy_port),
             DORMANT_DATA_DIR=str(self.data_dir),
             DORMANT_LOG_FORMAT="json",
             DORMANT_URL=f"http://127.0.0.1:{self.port}",
@@ -193,6 +197,7 @@ class Server:
         )
         self.env.update(env or {})
         self.url = f"http://127.0.0.1:{self.port}"
+        self.proxy_url = f"http://127.0.0.1:{self.proxy_port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.key = ""

@@ -369,6 +369,7 @@ async def _serve(tmp: Path) -> AsyncIterator[tuple[str, Gateway, str]]:
         data_dir=str(tmp / "data"),
         port_range=f"{ports[0]}-{ports[-1]}",
         reconcile_interval=3600,
+        proxy_port=0,
     )
     app = create_app(settings)
     gateway: Gateway = app.state.realtime

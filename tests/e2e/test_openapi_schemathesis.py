@@ -56,6 +56,7 @@ OPERATIONS = [
     ("POST", "/v1/sessions/{session_id}/busy", [POSITIVE, NEGATIVE]),
     ("GET", "/v1/sessions/{session_id}/events", [POSITIVE]),
     ("POST", "/v1/sessions/{session_id}/tokens", [POSITIVE, NEGATIVE]),
+    ("POST", "/v1/sessions/{session_id}/links", [POSITIVE, NEGATIVE]),
     ("POST", "/v1/sessions/{session_id}/broadcast", [POSITIVE, NEGATIVE]),
     ("POST", "/v1/users/{user_id}/logout", [POSITIVE]),
     ("GET", "/v1/stats", [POSITIVE]),

@@ -57,7 +57,7 @@ def test_session_lifecycle(server: Server) -> None:
     assert response.headers["location"] == f"/v1/sessions/{sid}"
 
     running = server.wait_state(sid, "running")
-    assert running["url"] == f"http://127.0.0.1:{port}/"
+    assert running["url"] == f"{server.proxy_url}/s/{sid}/"  # through the session proxy
     assert running["port"] == port
     assert running["error"] is None
     root = server.wait_until(lambda: server.port_answers(port), what="the session's port")
@@ -101,7 +101,7 @@ def test_session_lifecycle(server: Server) -> None:
     assert response.status_code == 202, response.text
     assert response.json()["accepted"] == "sleep"
     sleeping = server.wait_state(sid, "sleeping")
-    assert sleeping["url"] is None
+    assert sleeping["url"] == running["url"]  # the proxy's address stays while it sleeps
     assert sleeping["port"] is None  # released while it sleeps
     server.wait_until(lambda: server.port_closed(port), what="the port to close on sleep")
     server.wait_until(lambda: not _session_pids(server, sid), what="the process to exit")

@@ -22,7 +22,7 @@ def second_serve(server: Server, port: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [dormant_executable(), "serve"],
         cwd=server.home,
-        env={**server.env, "DORMANT_PORT": str(port)},
+        env={**server.env, "DORMANT_PORT": str(port), "DORMANT_PROXY_PORT": "0"},
         capture_output=True,
         text=True,
         timeout=60,

@@ -43,6 +43,7 @@ async def test_serve_with_the_adaptive_policy_learns_and_persists(tmp_path: Path
         policy="adaptive",  # DORMANT_POLICY=adaptive: the default template learns
         policy_overrides={"trust": "0.9", "break_even": "10m"},
         reconcile_interval=3600,
+        proxy_port=0,
     )
     clock = FakeClock(T0)
     app = create_app(settings, clock)

@@ -159,6 +159,11 @@ def _statuses(openapi: dict[str, Any], path: str, method: str) -> set[str]:
             "post",
             {"201", "401", "404", "408", "409", "413", "422", "429", "503"},
         ),
+        (
+            "/v1/sessions/{session_id}/links",
+            "post",
+            {"201", "401", "404", "408", "409", "413", "422", "429", "503"},
+        ),
         ("/v1/stats", "get", {"200", "401", "429", "503"}),
         ("/healthz", "get", {"200", "503"}),
         ("/readyz", "get", {"200", "503"}),
@@ -177,7 +182,7 @@ def test_openapi_lists_the_statuses_answered(
 
 async def test_every_operation_documents_the_errors(openapi: dict[str, Any]) -> None:
     operations = [(p, m, op) for p, item in openapi["paths"].items() for m, op in item.items()]
-    assert len(operations) == 17  # with GET /v1/instances
+    assert len(operations) == 18  # with GET /v1/instances and POST /v1/sessions/{id}/links
     for path, method, operation in operations:
         responses = operation["responses"]
         assert "503" in responses, (path, method)

@@ -155,6 +155,7 @@ def create_api(
     auth_failure_window: float = 60.0,
     ready: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     lifespan: Any = None,
+    session_url: Callable[[str], str] | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="dormant",
@@ -163,7 +164,11 @@ def create_api(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.include_router(build_router(engine, reconciler, RateLimiter(rate_limit, rate_burst)))
+    app.include_router(
+        build_router(
+            engine, reconciler, RateLimiter(rate_limit, rate_burst), session_url=session_url
+        )
+    )
     fastapi_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """REST routes under ``/v1`` (see DESIGN.md, Interfaces)."""
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Protocol, TypeVar
 
@@ -17,6 +18,8 @@ from dormant.api.schemas import (
     InstanceList,
     InstanceOut,
     LastActivity,
+    LinkIn,
+    LinkOut,
     LogoutOut,
     NextAction,
     OutcomeOut,
@@ -54,6 +57,14 @@ class Realtime(Protocol):
     def connection_quality(self, session_id: str) -> str | None: ...
 
 
+class LinkMaker(Protocol):
+    """The session proxy's links as the API sees them (``app.state.links``)."""
+
+    def session_url(self, session_id: str) -> str: ...
+
+    async def create(self, session_id: str, ttl: float | None) -> tuple[str, datetime]: ...
+
+
 def _realtime(request: Request) -> Realtime:
     gateway: Realtime | None = getattr(request.app.state, "realtime", None)
     if gateway is None:
@@ -61,9 +72,20 @@ def _realtime(request: Request) -> Realtime:
     return gateway
 
 
-def session_out(engine: Engine, record: SessionRecord, public_host: str) -> SessionOut:
+def session_out(
+    engine: Engine,
+    record: SessionRecord,
+    public_host: str,
+    session_url: Callable[[str], str] | None = None,
+) -> SessionOut:
+    """``url``: through the proxy (the same across sleeps) when it runs, else the session's
+    own endpoint while it runs."""
     lvl, decision = engine.describe(record)
     running = record.state is State.RUNNING and record.port is not None
+    if session_url is not None:
+        url: str | None = session_url(record.id) if record.state.live else None
+    else:
+        url = f"http://{public_host}:{record.port}/" if running else None
     return SessionOut(
         id=record.id,
         tenant=record.tenant,
@@ -72,7 +94,7 @@ def session_out(engine: Engine, record: SessionRecord, public_host: str) -> Sess
         policy=record.policy_name,
         state=record.state.value,
         level=lvl.value,
-        url=f"http://{public_host}:{record.port}/" if running else None,
+        url=url,
         port=record.port,
         connections=record.connections,
         created_at=record.created_at,
@@ -94,7 +116,11 @@ def session_out(engine: Engine, record: SessionRecord, public_host: str) -> Sess
 
 
 def build_router(
-    engine: Engine, reconciler: Reconciler, limiter: RateLimiter, public_host: str = "127.0.0.1"
+    engine: Engine,
+    reconciler: Reconciler,
+    limiter: RateLimiter,
+    public_host: str = "127.0.0.1",
+    session_url: Callable[[str], str] | None = None,
 ) -> APIRouter:
     async def principal(
         x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
@@ -107,7 +133,7 @@ def build_router(
     router = APIRouter(prefix="/v1")
 
     def out(record: SessionRecord) -> SessionOut:
-        return session_out(engine, record, public_host)
+        return session_out(engine, record, public_host, session_url)
 
     async def settled(sid: str, wanted: State, wait: float | None) -> OutcomeOut | None:
         """With ``?wait=N``: wait up to N seconds for the operation's outcome."""
@@ -236,6 +262,18 @@ def build_router(
                 for e in rows
             ],
         )
+
+    @router.post("/sessions/{session_id}/links", status_code=201, response_model=LinkOut)
+    async def link(
+        session_id: str, who: Who, request: Request, body: LinkIn | None = None
+    ) -> LinkOut:
+        """A one-time link that opens the session in a browser through dormant's proxy."""
+        await engine.get(session_id, who.scope)
+        links: LinkMaker | None = getattr(request.app.state, "links", None)
+        if links is None:
+            raise TemporaryError("the session proxy is off in this server (DORMANT_PROXY_PORT=0)")
+        url, expires_at = await links.create(session_id, body.ttl if body else None)
+        return LinkOut(url=url, expires_at=expires_at, session_id=session_id)
 
     @router.post("/sessions/{session_id}/tokens", status_code=201, response_model=TokenOut)
     async def token(

@@ -92,6 +92,20 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
+class LinkIn(Strict):
+    """A one-time link to the session through dormant's proxy."""
+
+    #: Seconds the link may wait for its one use (default 300), a JSON number from 1 to 86400.
+    ttl: float | None = Field(default=None, ge=1, le=86400, strict=True, allow_inf_nan=False)
+
+
+class LinkOut(BaseModel):
+    #: Opens the session once: the proxy swaps it for a cookie valid for this session only.
+    url: str
+    expires_at: datetime
+    session_id: str
+
+
 class TokenOut(BaseModel):
     token: str
     expires_at: datetime

@@ -38,6 +38,15 @@ class Template:
     env_allow: tuple[str, ...] = ()
     #: Run the session as this host user (process runtime, when dormant is root).
     user: str | None = None
+    # The session proxy (dormant.proxy): how long a request waits for a wake; whether sessions
+    # are open to anyone (no access cookie); where a browser without a cookie is sent; which
+    # requests are only polling (``"GET /api/status"``, ``"/metrics"``: not activity); whether
+    # a long response to an open client (a video, a stream) counts as background work.
+    wake_timeout: float = 60.0
+    public: bool = False
+    login_url: str | None = None
+    proxy_ignore: tuple[str, ...] = ()
+    proxy_streaming: bool = True
 
     @property
     def needs_host_port(self) -> bool:

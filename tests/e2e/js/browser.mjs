@@ -58,8 +58,23 @@ const commands = {
   },
   eval: (c) => page.evaluate(c.expr),
   screenshot: (c) => page.screenshot({ path: c.path, fullPage: false }).then(() => c.path),
+  // The response's status of a navigation (goto answers null).
+  open: (c) => page.goto(c.url, { waitUntil: "load" }).then((r) => (r ? r.status() : null)),
+  // Requests to any other origin than c.origin are aborted and remembered (see `blocked`).
+  onlyOrigin: (c) =>
+    context.route("**/*", (route) => {
+      const url = route.request().url();
+      if (new URL(url).origin === c.origin) return route.continue();
+      blocked.push(url);
+      return route.abort();
+    }).then(() => null),
+  blocked: () => blocked,
+  // Waits for an element (also across navigations and reloads).
+  waitFor: (c) =>
+    page.locator(c.selector).first().waitFor({ timeout: c.timeout || 20000 }).then(() => page.url()),
   close: () => close(),
 };
+const blocked = [];
 
 // Commands run one after another, in the order they arrive.
 let chain = Promise.resolve();
