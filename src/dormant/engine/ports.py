@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import socket
 from collections.abc import Awaitable, Callable
 
 from dormant.errors import CapacityExhausted, Conflict, InvalidInput
+
+log = logging.getLogger("dormant.engine")
 
 #: Writes racing other instances for the same port try this many ports.
 PORT_ATTEMPTS = 5
@@ -63,10 +66,12 @@ class PortAllocator:
                     self._next = (self._next + i + 1) % n
                     self._reserved.add(port)
                     return port
-        raise CapacityExhausted(
+        message = (
             f"no free port in {self.ports.start}-{self.ports.stop - 1}: "
             f"{len(taken)} held by sessions; delete sessions or widen DORMANT_PORT_RANGE"
         )
+        log.warning("refused: %s", message)  # the caller answers 503: say why, here, once
+        raise CapacityExhausted(message)
 
     def settle(self, port: int) -> None:
         self._reserved.discard(port)

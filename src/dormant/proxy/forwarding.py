@@ -25,6 +25,9 @@ from dormant.proxy.traffic import FrameWatcher
 from dormant.proxy.upstream import Upstream, UpstreamError, UpstreamPool
 from dormant.runtimes import Endpoint
 
+#: Not passed to the session: hop-by-hop fields, and Expect (the proxy answers it itself).
+_NOT_PASSED = HOP_BY_HOP | {"expect"}
+
 
 @dataclass(frozen=True, slots=True)
 class Forwarded:
@@ -58,7 +61,12 @@ def upstream_head(request: Request, target: str, fwd: Forwarded) -> bytes:
     headers: list[tuple[str, str]] = []
     prior_for: str | None = None
     for name, value in request.head.headers:
-        if name in HOP_BY_HOP or name in named or name.startswith("x-forwarded-"):
+        if (
+            name in HOP_BY_HOP
+            or name in named
+            or name.startswith("x-forwarded-")
+            or name == "expect"
+        ):
             if name == "x-forwarded-for":
                 prior_for = value
             continue
@@ -148,8 +156,17 @@ class Exchange:
         """Send the head and body; read the answer's head (after any 1xx)."""
         conn.writer.write(head)
         if request.has_body:
+            if (request.head.get("expect") or "").lower() == "100-continue":
+                # The proxy takes the body itself (the session never sees Expect): a client
+                # waiting for the go-ahead gets it now rather than after its own timeout.
+                await self._write_client(b"HTTP/1.1 100 Continue\r\n\r\n")
             try:  # a malformed body from the client (BadMessage) is the client's error
-                await copy_body(self.reader, self._write_upstream(conn), request.head)
+                await copy_body(
+                    self.reader,
+                    self._write_upstream(conn),
+                    request.head,
+                    timeout=self.read_timeout,
+                )
             except (ConnectionError, OSError) as exc:
                 raise UpstreamError(f"the connection to the session broke: {exc}") from None
         try:
