@@ -11,7 +11,15 @@ import pytest
 
 from dormant.errors import Conflict, DormantError
 from dormant.policy import ActivityTimes, State
-from dormant.store import NewEvent, SessionRecord, Store
+from dormant.store import (
+    IdempotencyKey,
+    IdempotencyRecord,
+    KeyTaken,
+    NameTaken,
+    NewEvent,
+    SessionRecord,
+    Store,
+)
 from dormant.store.records import ApiKeyRecord, InstanceRecord
 
 pytestmark = pytest.mark.integration
@@ -605,3 +613,161 @@ async def test_an_access_link_is_consumed_once_before_it_expires(store: Store) -
     assert await store.purge_links(T0 + timedelta(minutes=3)) == 1  # b expired; a not yet
     assert await store.purge_links(T0 + timedelta(minutes=6)) == 1
     assert await store.purge_links(T0 + timedelta(minutes=6)) == 0
+
+
+# --- session names and idempotency keys -------------------------------------------------------
+
+
+def named(sid: str, name: str | None, **changes: Any) -> SessionRecord:
+    return record(sid).replace(name=name, **changes)
+
+
+async def _delete(store: Store, sid: str) -> None:
+    got = await store.get_session(sid)
+    assert got is not None
+    await store.update_session(
+        got.replace(state=State.DELETED, deleted_at=T0), got.version, [NewEvent("t", "gone")]
+    )
+
+
+async def test_a_name_is_held_by_one_live_session_per_user_and_template(store: Store) -> None:
+    await store.insert_session(named("n1", "dev"), CREATED, ("create", "i1"))
+    with pytest.raises(NameTaken) as refused:
+        await store.insert_session(named("n2", "dev"), CREATED, ("create", "i1"))
+    assert "n1" in str(refused.value)
+    assert isinstance(refused.value, Conflict)
+    # nothing of the refused insert was written
+    assert await store.get_session("n2") is None
+    assert await store.list_events("n2") == []
+    assert [o.session_id for o in await store.pending_operations()] == ["n1"]
+    # the same name elsewhere, and unnamed sessions, are free
+    await store.insert_session(named("n3", "dev", user_id="u2"), CREATED, None)
+    await store.insert_session(named("n4", "dev", template="other"), CREATED, None)
+    await store.insert_session(named("n5", "dev", tenant="t2"), CREATED, None)
+    await store.insert_session(named("n6", None), CREATED, None)
+    await store.insert_session(named("n7", None), CREATED, None)
+    await store.insert_session(named("n8", "dev2"), CREATED, None)
+    got = await store.get_session("n1")
+    assert got is not None and got.name == "dev"
+    assert [r.id for r in await store.list_sessions(name="dev")] == ["n1", "n3", "n4", "n5"]
+    assert [r.id for r in await store.list_sessions(tenant="t1", user_id="u1", name="dev")] == [
+        "n1",
+        "n4",
+    ]
+
+
+async def test_a_deleted_session_frees_its_name(store: Store) -> None:
+    await store.insert_session(named("n1", "dev"), CREATED, None)
+    sleeping = await store.get_session("n1")
+    assert sleeping is not None
+    await store.update_session(sleeping.replace(state=State.SLEEPING), sleeping.version)
+    with pytest.raises(NameTaken):  # a sleeping session keeps its name
+        await store.insert_session(named("n2", "dev"), CREATED, None)
+    await _delete(store, "n1")
+    await store.insert_session(named("n2", "dev"), CREATED, None)
+    assert [r.id for r in await store.list_sessions(name="dev")] == ["n2"]
+    assert [r.id for r in await store.list_sessions(name="dev", include_deleted=True)] == [
+        "n1",
+        "n2",
+    ]
+    # a deleted session cannot come back to life holding a name that is taken again
+    gone = await store.get_session("n1")
+    assert gone is not None
+    with pytest.raises(Conflict):
+        await store.update_session(gone.replace(state=State.RUNNING), gone.version)
+    # purged, it is no obstacle either
+    assert await store.purge_deleted(T0 + timedelta(days=1), 10) == 1
+    await _delete(store, "n2")
+    await store.insert_session(named("n3", "dev"), CREATED, None)
+
+
+async def test_concurrent_inserts_of_one_name_make_one_session(store: Store) -> None:
+    results = await asyncio.gather(
+        *(store.insert_session(named(f"c{i:02}", "dev"), CREATED, None) for i in range(12)),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 11 and all(isinstance(r, NameTaken) for r in refused), refused
+    assert len(await store.list_sessions(name="dev")) == 1
+
+
+async def test_list_filters_by_template_and_labels(store: Store) -> None:
+    await store.insert_session(
+        record("l1").replace(labels={"team": "ml", "dormant.user": "u1"}), CREATED, None
+    )
+    await store.insert_session(
+        record("l2").replace(labels={"team": "ml", "tier": "gpu"}, template="big"), CREATED, None
+    )
+    await store.insert_session(record("l3").replace(labels={"team": "web"}), CREATED, None)
+    await store.insert_session(record("l4"), CREATED, None)
+
+    async def ids(**filters: Any) -> list[str]:
+        return [r.id for r in await store.list_sessions(**filters)]
+
+    assert await ids(labels={"team": "ml"}) == ["l1", "l2"]
+    assert await ids(labels={"team": "ml", "tier": "gpu"}) == ["l2"]
+    assert await ids(labels={"team": "ml", "tier": "cpu"}) == []
+    assert await ids(labels={"dormant.user": "u1"}) == ["l1"]
+    assert await ids(labels={"nothere": "x"}) == []
+    assert await ids(template="big") == ["l2"]
+    assert await ids(template="default", labels={"team": "ml"}) == ["l1"]
+    assert await ids(labels={"team": "ml"}, limit=1, after_id="l1") == ["l2"]
+
+
+async def test_an_idempotency_key_is_kept_with_its_session(store: Store) -> None:
+    cutoff = T0 - timedelta(hours=24)
+    key = IdempotencyKey("retry-1", "h" * 64, cutoff)
+    await store.insert_session(record("k1"), CREATED, ("create", "i1"), key)
+    held = await store.get_idempotency("t1", "retry-1", cutoff)
+    assert held == IdempotencyRecord("t1", "retry-1", "h" * 64, "k1", T0)
+    assert await store.get_idempotency("t2", "retry-1", cutoff) is None  # per tenant
+    assert await store.get_idempotency("t1", "retry-1", T0 + timedelta(seconds=1)) is None
+    # the same key again: refused, and nothing of that session written
+    with pytest.raises(KeyTaken):
+        await store.insert_session(record("k2"), CREATED, ("create", "i1"), key)
+    assert await store.get_session("k2") is None
+    assert [o.session_id for o in await store.pending_operations()] == ["k1"]
+    # another tenant may use the same key
+    await store.insert_session(record("k3").replace(tenant="t2"), CREATED, None, key)
+    # a refused session (its name taken) leaves no key behind
+    await store.insert_session(named("k4", "dev"), CREATED, None)
+    with pytest.raises(NameTaken):
+        await store.insert_session(
+            named("k5", "dev"), CREATED, None, IdempotencyKey("retry-2", "h" * 64, cutoff)
+        )
+    assert await store.get_idempotency("t1", "retry-2", cutoff) is None
+
+
+async def test_concurrent_inserts_with_one_key_make_one_session(store: Store) -> None:
+    key = IdempotencyKey("once", "h" * 64, T0 - timedelta(hours=24))
+    results = await asyncio.gather(
+        *(store.insert_session(record(f"c{i:02}"), CREATED, None, key) for i in range(10)),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 9 and all(isinstance(r, KeyTaken) for r in refused), refused
+    assert len(await store.list_sessions()) == 1
+    held = await store.get_idempotency("t1", "once", T0 - timedelta(hours=24))
+    assert held is not None and [r.id for r in await store.list_sessions()] == [held.session_id]
+
+
+async def test_an_expired_idempotency_key_is_replaced_and_purged(store: Store) -> None:
+    day = timedelta(hours=24)
+    await store.insert_session(record("e1"), CREATED, None, IdempotencyKey("k", "a" * 64, T0 - day))
+    await store.insert_session(
+        record("e2"), CREATED, None, IdempotencyKey("other", "a" * 64, T0 - day)
+    )
+    later = T0 + day + timedelta(seconds=1)
+    # a day later the key counts no more: a new session takes it over
+    await store.insert_session(
+        record("e3").replace(created_at=later, state_since=later),
+        CREATED,
+        None,
+        IdempotencyKey("k", "b" * 64, later - day),
+    )
+    held = await store.get_idempotency("t1", "k", later - day)
+    assert held is not None and (held.session_id, held.body_hash) == ("e3", "b" * 64)
+    assert await store.purge_idempotency(later - day) == 1  # "other"
+    assert await store.get_idempotency("t1", "other", T0 - day) is None
+    assert await store.purge_idempotency(later - day) == 0
+    assert await store.get_idempotency("t1", "k", later - day) is not None

@@ -4,9 +4,19 @@ Three implementations of one contract (:class:`Store`): :class:`SqlStore` on SQL
 default) and on PostgreSQL, and :class:`MemoryStore` (nothing survives the process: the
 simulator and tests)."""
 
-from dormant.store.base import Store
+from dormant.store.base import KeyTaken, NameTaken, Store
 from dormant.store.memory import MemoryStore
-from dormant.store.records import NewEvent, SessionRecord
+from dormant.store.records import IdempotencyKey, IdempotencyRecord, NewEvent, SessionRecord
 from dormant.store.sql import SqlStore
 
-__all__ = ["MemoryStore", "NewEvent", "SessionRecord", "SqlStore", "Store"]
+__all__ = [
+    "IdempotencyKey",
+    "IdempotencyRecord",
+    "KeyTaken",
+    "MemoryStore",
+    "NameTaken",
+    "NewEvent",
+    "SessionRecord",
+    "SqlStore",
+    "Store",
+]

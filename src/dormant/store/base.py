@@ -7,16 +7,27 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from dormant.errors import Conflict
 from dormant.policy import ActivityTimes, State
 from dormant.store.records import (
     ApiKeyRecord,
     Claim,
     EventRecord,
+    IdempotencyKey,
+    IdempotencyRecord,
     InstanceRecord,
     NewEvent,
     OperationRecord,
     SessionRecord,
 )
+
+
+class NameTaken(Conflict):
+    """A live session of the same tenant, user and template already has this name."""
+
+
+class KeyTaken(Conflict):
+    """The tenant's idempotency key is already held (by a row not older than its cutoff)."""
 
 
 class Store(abc.ABC):
@@ -27,6 +38,9 @@ class Store(abc.ABC):
     - A session change and its timeline entries are written in one transaction.
     - ``flush_activity`` is commutative (``last_activity_at = max(old, new)``), so it needs no
       version check and may interleave with any other write.
+    - A session's ``name`` (when not ``None``) is unique per ``(tenant, user_id, template)``
+      among sessions that are not ``deleted``: of concurrent inserts of one name exactly one
+      wins, the others get :class:`NameTaken`; a deleted session frees its name.
     """
 
     @abc.abstractmethod
@@ -35,10 +49,18 @@ class Store(abc.ABC):
     # sessions
     @abc.abstractmethod
     async def insert_session(
-        self, record: SessionRecord, event: NewEvent, intent: tuple[str, str] | None
+        self,
+        record: SessionRecord,
+        event: NewEvent,
+        intent: tuple[str, str] | None,
+        idempotency: IdempotencyKey | None = None,
     ) -> int | None:
-        """Insert a session, its first timeline entry and (optionally) an operation intent
-        ``(kind, instance_id)`` atomically; returns the operation id."""
+        """Insert a session, its first timeline entry, (optionally) an operation intent
+        ``(kind, instance_id)`` and (optionally) its idempotency key (a row of the record's
+        tenant, at its ``created_at``) atomically; returns the operation id. Nothing is written
+        if any part is refused: :class:`NameTaken` (a live session has the name),
+        :class:`KeyTaken` (the key is held by a row made at or after ``expired_before``; an
+        older one is replaced), :class:`~dormant.errors.Conflict` (id or port taken)."""
 
     @abc.abstractmethod
     async def get_session(self, session_id: str) -> SessionRecord | None: ...
@@ -92,7 +114,13 @@ class Store(abc.ABC):
         after_id: str | None = None,
         limit: int = 100,
         include_deleted: bool = False,
-    ) -> list[SessionRecord]: ...
+        name: str | None = None,
+        template: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> list[SessionRecord]:
+        """Sessions in id order after ``after_id``, each filter applied when given (``labels``:
+        every pair must be among the session's labels); deleted ones only with
+        ``include_deleted`` or ``state=DELETED``."""
 
     @abc.abstractmethod
     async def live_schedule(self) -> list[tuple[str, str, datetime | None]]:
@@ -152,6 +180,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def revoke_key(self, key_id: str, now: datetime) -> bool: ...
+
+    # idempotency keys (POST /v1/sessions with Idempotency-Key; written by insert_session)
+    @abc.abstractmethod
+    async def get_idempotency(
+        self, tenant: str, key: str, since: datetime
+    ) -> IdempotencyRecord | None:
+        """The tenant's row of ``key`` if it was made at or after ``since``."""
+
+    @abc.abstractmethod
+    async def purge_idempotency(self, before: datetime) -> int:
+        """Remove idempotency rows made before ``before``; returns how many."""
 
     # access links (one-time tokens of the session proxy)
     @abc.abstractmethod

@@ -8,7 +8,9 @@ store contract suite (``tests/integration/test_store_contract.py``) runs on all 
 
 - ``update_session`` is optimistic (:class:`~dormant.errors.Conflict` on a stale version) and a
   session's port is unique among all its sessions, deleted ones included (like the unique index
-  ``ux_sessions_port``) until they are purged;
+  ``ux_sessions_port``) until they are purged; a session's name is unique per tenant, user and
+  template among sessions not deleted (like the partial unique index ``ux_sessions_name``);
+- an idempotency key is written with its session or not at all (one transaction);
 - ``flush_activity`` takes the max, skips deleted and unknown sessions, and counts as a change
   (``version + 1``), like the SQL ``UPDATE``;
 - what goes in is copied, what comes out is a copy: a caller that changes a record's ``labels``
@@ -36,11 +38,13 @@ from typing import Any
 
 from dormant.errors import Conflict, InvalidInput
 from dormant.policy import ActivityTimes, State
-from dormant.store.base import Store
+from dormant.store.base import KeyTaken, NameTaken, Store
 from dormant.store.records import (
     ApiKeyRecord,
     Claim,
     EventRecord,
+    IdempotencyKey,
+    IdempotencyRecord,
     InstanceRecord,
     NewEvent,
     OperationRecord,
@@ -139,6 +143,16 @@ def _stored(record: SessionRecord, **changes: Any) -> SessionRecord:
     return _new(record, values)
 
 
+_NameKey = tuple[str, str, str, str]
+
+
+def _name_key(record: SessionRecord) -> _NameKey | None:
+    """The key of ``ux_sessions_name`` if the record falls under it (named, not deleted)."""
+    if record.name is None or record.state is State.DELETED:
+        return None
+    return (record.tenant, record.user_id, record.template, record.name)
+
+
 def _handed_out(record: SessionRecord) -> SessionRecord:
     """A copy of a stored record with its own JSON values (readers never get the stored one)."""
     return _new(record, {name: _copy(getattr(record, name)) for name in _JSON_FIELDS})
@@ -149,6 +163,10 @@ class MemoryStore(Store):
         self.keep_events = keep_events
         self._sessions: dict[str, SessionRecord] = {}
         self._ports: dict[int, str] = {}
+        #: (tenant, user, template, name) -> session id, of live named sessions
+        self._names: dict[_NameKey, str] = {}
+        #: (tenant, key) -> idempotency row
+        self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
         self._operations: dict[int, OperationRecord] = {}
         self._events: dict[str, list[EventRecord]] = {}
         self._keys: dict[str, ApiKeyRecord] = {}
@@ -177,13 +195,26 @@ class MemoryStore(Store):
         holder = self._ports.get(record.port)
         return holder is not None and holder != record.id
 
+    def _name_taken(self, record: SessionRecord) -> bool:
+        key = _name_key(record)
+        if key is None:
+            return False
+        holder = self._names.get(key)
+        return holder is not None and holder != record.id
+
     def _keep(self, record: SessionRecord) -> None:
-        """Store ``record`` (already checked) and move its port claim along."""
+        """Store ``record`` (already checked) and move its port and name claims along."""
         old = self._sessions.get(record.id)
         if old is not None and old.port is not None and old.port != record.port:
             del self._ports[old.port]
         if record.port is not None:
             self._ports[record.port] = record.id
+        if old is not None and old.name is not None:
+            old_key, new_key = _name_key(old), _name_key(record)
+            if old_key is not None and old_key != new_key:
+                self._names.pop(old_key, None)
+        if (new_key := _name_key(record)) is not None:
+            self._names[new_key] = record.id
         self._sessions[record.id] = record
 
     def _add_events(self, session_id: str, events: Sequence[NewEvent], now: datetime) -> None:
@@ -207,12 +238,36 @@ class MemoryStore(Store):
             )
 
     async def insert_session(
-        self, record: SessionRecord, event: NewEvent, intent: tuple[str, str] | None
+        self,
+        record: SessionRecord,
+        event: NewEvent,
+        intent: tuple[str, str] | None,
+        idempotency: IdempotencyKey | None = None,
     ) -> int | None:
         stored = _stored(record)  # refuses what a database refuses, before anything is written
+        if idempotency is not None:
+            cutoff = _utc(idempotency.expired_before, "idempotency expired_before")
+            held = self._idempotency.get((stored.tenant, idempotency.key))
+            if held is not None and held.created_at >= cutoff:
+                raise KeyTaken(f"idempotency key {idempotency.key!r} is held already")
+        if self._name_taken(stored):
+            key = _name_key(stored)
+            assert key is not None
+            raise NameTaken(
+                f"session {self._names[key]} of user {record.user_id!r} and template "
+                f"{record.template!r} is named {record.name!r} already"
+            )
         if record.id in self._sessions or self._port_taken(stored):
             raise Conflict(f"session {record.id} or port {record.port} already taken")
         self._keep(stored)
+        if idempotency is not None:
+            self._idempotency[(stored.tenant, idempotency.key)] = IdempotencyRecord(
+                stored.tenant,
+                idempotency.key,
+                idempotency.body_hash,
+                stored.id,
+                stored.created_at,
+            )
         self._add_events(stored.id, [event], stored.created_at)
         if intent is None:
             return None
@@ -254,6 +309,8 @@ class MemoryStore(Store):
             _set(new, "last_seen_at", current.last_seen_at)
         if self._port_taken(new):
             raise Conflict(f"session {record.id}: port {record.port} is taken")
+        if self._name_taken(new):
+            raise Conflict(f"session {record.id}: name {record.name!r} is taken")
         self._keep(new)
         self._add_events(record.id, events, at)
         return _handed_out(new)
@@ -267,10 +324,14 @@ class MemoryStore(Store):
         after_id: str | None = None,
         limit: int = 100,
         include_deleted: bool = False,
+        name: str | None = None,
+        template: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[SessionRecord]:
         out: list[SessionRecord] = []
         if limit <= 0:
             return out
+        wanted = dict(labels or {})
         for sid in sorted(self._sessions):
             if after_id is not None and sid <= after_id:
                 continue
@@ -278,6 +339,12 @@ class MemoryStore(Store):
             if tenant is not None and r.tenant != tenant:
                 continue
             if user_id is not None and r.user_id != user_id:
+                continue
+            if name is not None and r.name != name:
+                continue
+            if template is not None and r.template != template:
+                continue
+            if any(r.labels.get(k) != v for k, v in wanted.items()):
                 continue
             if state is not None:
                 if r.state is not state:
@@ -510,6 +577,22 @@ class MemoryStore(Store):
             return False
         self._keys[key_id] = dataclasses.replace(key, revoked_at=now)
         return True
+
+    # idempotency keys -----------------------------------------------------------------------
+
+    async def get_idempotency(
+        self, tenant: str, key: str, since: datetime
+    ) -> IdempotencyRecord | None:
+        since = _utc(since, "idempotency since")
+        held = self._idempotency.get((tenant, key))
+        return held if held is not None and held.created_at >= since else None
+
+    async def purge_idempotency(self, before: datetime) -> int:
+        before = _utc(before, "idempotency before")
+        gone = [k for k, row in self._idempotency.items() if row.created_at < before]
+        for k in gone:
+            del self._idempotency[k]
+        return len(gone)
 
     # access links ---------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ class SessionRecord:
     state_since: datetime
     created_at: datetime
     container_name: str
+    #: Unique per tenant, user and template among live sessions; ``None``: unnamed.
+    name: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     error: str | None = None
@@ -132,6 +134,26 @@ class NewEvent:
     from_state: str | None = None
     to_state: str | None = None
     action: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """An ``Idempotency-Key`` to keep with a new session (in its transaction): ``body_hash``
+    tells a retry from a different request; a stored row of the same key made before
+    ``expired_before`` no longer counts and is replaced."""
+
+    key: str
+    body_hash: str
+    expired_before: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    tenant: str
+    key: str
+    body_hash: str
+    session_id: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,12 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 
 
@@ -45,6 +47,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 metadata = MetaData()
 
+#: The predicate of the partial unique index on session names.
+LIVE = "state != 'deleted'"
+
 sessions = Table(
     "sessions",
     metadata,
@@ -52,6 +57,8 @@ sessions = Table(
     Column("tenant", String(100), nullable=False),
     Column("user_id", String(200), nullable=False),
     Column("template", String(100), nullable=False),
+    #: Optional; unique per tenant, user and template among live sessions (``ux_sessions_name``).
+    Column("name", String(63)),
     Column("runtime", String(50), nullable=False),
     Column("policy_name", String(100), nullable=False),
     Column("policy", JSON, nullable=False),
@@ -94,6 +101,18 @@ sessions = Table(
     Index("ix_sessions_state", "state"),
     Index("ux_sessions_port", "port", unique=True),
     Index("ix_sessions_deleted_at", "deleted_at"),
+    #: A name is held by one live session of a tenant's user and template; a deleted session
+    #: frees it. Unnamed sessions (NULL) are not constrained.
+    Index(
+        "ux_sessions_name",
+        "tenant",
+        "user_id",
+        "template",
+        "name",
+        unique=True,
+        sqlite_where=text(LIVE),
+        postgresql_where=text(LIVE),
+    ),
 )
 
 operations = Table(
@@ -153,6 +172,20 @@ access_links = Table(
     Column("expires_at", UTCDateTime(), nullable=False),
     Column("used_at", UTCDateTime()),
     Index("ix_access_links_expires", "expires_at"),
+)
+
+#: ``POST /v1/sessions`` with an ``Idempotency-Key``: the key (per tenant), a hash of the body it
+#: came with, and the session it made, written in the session's own transaction; kept 24 h.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("tenant", String(100), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("body_hash", String(64), nullable=False),
+    Column("session_id", String(40), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("tenant", "key"),
+    Index("ix_idempotency_keys_created", "created_at"),
 )
 
 instances = Table(

@@ -29,11 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from dormant.errors import Conflict, DormantError, InvalidInput, TemporaryError
 from dormant.policy import ActivityTimes, State
-from dormant.store.base import Store
+from dormant.store.base import KeyTaken, NameTaken, Store
 from dormant.store.records import (
     ApiKeyRecord,
     Claim,
     EventRecord,
+    IdempotencyKey,
+    IdempotencyRecord,
     InstanceRecord,
     NewEvent,
     OperationRecord,
@@ -45,6 +47,7 @@ from dormant.store.schema import (
     adaptive_models,
     api_keys,
     deployment,
+    idempotency_keys,
     instances,
     operations,
     session_events,
@@ -166,11 +169,33 @@ class SqlStore(Store):
     # sessions -------------------------------------------------------------------------------
 
     async def insert_session(
-        self, record: SessionRecord, event: NewEvent, intent: tuple[str, str] | None
+        self,
+        record: SessionRecord,
+        event: NewEvent,
+        intent: tuple[str, str] | None,
+        idempotency: IdempotencyKey | None = None,
     ) -> int | None:
         op_id: int | None = None
         try:
             async with self.engine.begin() as conn:
+                if idempotency is not None:
+                    # An expired row of this key no longer counts: the new one replaces it.
+                    await conn.execute(
+                        idempotency_keys.delete().where(
+                            idempotency_keys.c.tenant == record.tenant,
+                            idempotency_keys.c.key == idempotency.key,
+                            idempotency_keys.c.created_at < idempotency.expired_before,
+                        )
+                    )
+                    await conn.execute(
+                        insert(idempotency_keys).values(
+                            tenant=record.tenant,
+                            key=idempotency.key,
+                            body_hash=idempotency.body_hash,
+                            session_id=record.id,
+                            created_at=record.created_at,
+                        )
+                    )
                 await conn.execute(insert(sessions).values(**record.to_row()))
                 await conn.execute(
                     insert(session_events), _event_rows(record.id, [event], record.created_at)
@@ -193,10 +218,35 @@ class SqlStore(Store):
                     pk = result.inserted_primary_key
                     op_id = int(pk[0]) if pk is not None else None
         except IntegrityError as exc:
-            raise Conflict(f"session {record.id} or port {record.port} already taken") from exc
+            raise await self._refusal(record, idempotency) from exc
         except OperationalError as exc:
             raise TemporaryError(f"store unavailable: {exc.orig}") from exc
         return op_id
+
+    async def _refusal(self, record: SessionRecord, idempotency: IdempotencyKey | None) -> Conflict:
+        """Which unique rule refused an insert (read again after the rollback)."""
+        if idempotency is not None:
+            held = await self.get_idempotency(
+                record.tenant, idempotency.key, idempotency.expired_before
+            )
+            if held is not None:
+                return KeyTaken(f"idempotency key {idempotency.key!r} is held already")
+        if record.name is not None:
+            query = select(sessions.c.id).where(
+                sessions.c.tenant == record.tenant,
+                sessions.c.user_id == record.user_id,
+                sessions.c.template == record.template,
+                sessions.c.name == record.name,
+                sessions.c.state != State.DELETED.value,
+            )
+            async with self.engine.connect() as conn:
+                holder = (await conn.execute(query)).first()
+            if holder is not None:
+                return NameTaken(
+                    f"session {holder.id} of user {record.user_id!r} and template "
+                    f"{record.template!r} is named {record.name!r} already"
+                )
+        return Conflict(f"session {record.id} or port {record.port} already taken")
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         async with self.engine.connect() as conn:
@@ -245,12 +295,21 @@ class SqlStore(Store):
         after_id: str | None = None,
         limit: int = 100,
         include_deleted: bool = False,
+        name: str | None = None,
+        template: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[SessionRecord]:
         query = select(sessions).order_by(sessions.c.id).limit(limit)
         if tenant is not None:
             query = query.where(sessions.c.tenant == tenant)
         if user_id is not None:
             query = query.where(sessions.c.user_id == user_id)
+        if name is not None:
+            query = query.where(sessions.c.name == name)
+        if template is not None:
+            query = query.where(sessions.c.template == template)
+        for key, value in (labels or {}).items():
+            query = query.where(sessions.c.labels[key].as_string() == value)
         if state is not None:
             query = query.where(sessions.c.state == state.value)
         elif not include_deleted:
@@ -562,6 +621,27 @@ class SqlStore(Store):
                 .values(revoked_at=now)
             )
         return bool(result.rowcount)
+
+    # idempotency keys -----------------------------------------------------------------------
+
+    async def get_idempotency(
+        self, tenant: str, key: str, since: datetime
+    ) -> IdempotencyRecord | None:
+        query = select(idempotency_keys).where(
+            idempotency_keys.c.tenant == tenant,
+            idempotency_keys.c.key == key,
+            idempotency_keys.c.created_at >= since,
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return IdempotencyRecord(**dict(row._mapping)) if row is not None else None
+
+    async def purge_idempotency(self, before: datetime) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                idempotency_keys.delete().where(idempotency_keys.c.created_at < before)
+            )
+        return int(result.rowcount or 0)
 
     # access links ---------------------------------------------------------------------------
 
