@@ -24,6 +24,7 @@ from pydantic import (
 
 from dormant.engine import Catalog, Template
 from dormant.engine.ports import parse_port_range
+from dormant.engine.probes import Probe, ProbeKind
 from dormant.errors import InvalidInput
 from dormant.policy import (
     ADAPTIVE_PRESET,
@@ -88,6 +89,34 @@ class ProxyActivityConfig(BaseModel):
         return rules
 
 
+class ReadyConfig(BaseModel):
+    """``ready = {http = "/healthz"}`` (2xx/3xx passes), ``{tcp = true}`` (the default: the port
+    accepts a connection) or ``{exec = ["cmd", "arg"]}`` (docker: exit status 0 passes), with
+    a ``timeout`` per probe (seconds)."""
+
+    model_config = ConfigDict(extra="forbid")
+    http: str | None = Field(default=None, max_length=2000, pattern=r"^/[^\s]*$")
+    tcp: bool | None = None
+    exec: list[str] | None = Field(default=None, min_length=1, max_length=64)
+    timeout: float = Field(default=2.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _one(self) -> ReadyConfig:
+        kinds = [k for k in (self.http, self.tcp, self.exec) if k is not None]
+        if len(kinds) > 1:
+            raise ValueError("ready takes one of http, tcp or exec")
+        if self.tcp is False:
+            raise ValueError("ready.tcp can only be true (leave it out for the default)")
+        return self
+
+    def probe(self) -> Probe:
+        if self.http is not None:
+            return Probe(ProbeKind.HTTP, path=self.http, timeout=self.timeout)
+        if self.exec is not None:
+            return Probe(ProbeKind.EXEC, command=tuple(self.exec), timeout=self.timeout)
+        return Probe(ProbeKind.TCP, timeout=self.timeout)
+
+
 class TemplateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     runtime: str = "process"
@@ -123,6 +152,13 @@ class TemplateConfig(BaseModel):
     public: bool = False
     login_url: str | None = Field(default=None, max_length=2000, pattern=r"^(https?://|/)\S*$")
     proxy_activity: ProxyActivityConfig = Field(default_factory=lambda: ProxyActivityConfig())
+    #: Health: how serving is judged (``ready``), how often it is checked while running
+    #: (seconds; 0: never), after how many misses in a row it is restarted, and how many
+    #: restarts within an hour before it is failed.
+    ready: ReadyConfig = Field(default_factory=lambda: ReadyConfig())
+    health_interval: float = Field(default=120.0, ge=0, le=86400)
+    health_failures: int = Field(default=3, ge=1, le=100)
+    restart: int = Field(default=3, ge=0, le=100)
 
     @field_validator("runtime")
     @classmethod
@@ -154,6 +190,8 @@ class TemplateConfig(BaseModel):
 
     @model_validator(mode="after")
     def _user_runtime(self) -> TemplateConfig:
+        if self.ready.exec is not None and self.runtime != "docker":
+            raise ValueError("ready.exec runs in a container: it needs the docker runtime")
         if self.user is not None and self.runtime != "process":
             raise ValueError("user is for the process runtime (a container image sets its own)")
         if self.network is not None and self.runtime != "docker":
@@ -368,6 +406,10 @@ class Settings(BaseModel):
                 login_url=cfg.login_url,
                 proxy_ignore=tuple(cfg.proxy_activity.ignore),
                 proxy_streaming=cfg.proxy_activity.streaming == "background",
+                ready=cfg.ready.probe(),
+                health_interval=cfg.health_interval,
+                health_failures=cfg.health_failures,
+                restart=cfg.restart,
             )
         if self.default_template not in templates:
             raise InvalidInput(f"default_template {self.default_template!r} is not defined")

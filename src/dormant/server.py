@@ -22,6 +22,7 @@ from dormant.clock import Clock, SystemClock
 from dormant.config import Settings
 from dormant.engine import Engine, EngineSettings, PortAllocator, parse_port_range
 from dormant.engine.connections import dead_instances
+from dormant.engine.health import HealthMonitor
 from dormant.errors import DormantError
 from dormant.gateway import (
     Gateway,
@@ -50,6 +51,7 @@ class Services:
     engine: Engine
     reconciler: Reconciler
     runtimes: dict[str, Runtime]
+    health: HealthMonitor
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -114,7 +116,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         store, runtimes, settings.catalog(), clock or SystemClock(), ports, engine_settings
     )
     reconciler = Reconciler(engine, settle=timedelta(seconds=settings.reconcile_settle))
-    return Services(settings, store, engine, reconciler, runtimes)
+    return Services(settings, store, engine, reconciler, runtimes, HealthMonitor(engine))
 
 
 async def ensure_admin_key(services: Services) -> str | None:
@@ -187,12 +189,14 @@ async def startup(services: Services) -> None:
     steps = await services.reconciler.run()
     log.info("started: %d live sessions, %d reconcile steps", loaded, len(steps))
     await engine.start()
+    services.health.start()
     services.tasks.append(
         asyncio.create_task(services.reconciler.loop(services.settings.reconcile_interval))
     )
 
 
 async def shutdown(services: Services) -> None:
+    await services.health.stop()
     for task in services.tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -21,6 +21,7 @@ from dormant.errors import (
     CapacityExhausted,
     DormantError,
     NotFound,
+    RuntimeFailure,
 )
 from dormant.policy import (
     Action,
@@ -227,6 +228,25 @@ class Recovery(Scheduler):
                 self.settings.backoff,
             )
             return True
+
+    async def restart(self, sid: str, reason: str) -> None:
+        """Stop a running session and start it again (health checks that keep failing); the
+        timeline says why. Each half is an operation with its intent row, like any other."""
+        record = await self.store.get_session(sid)
+        if record is None or record.state is not State.RUNNING:
+            return
+        op_id = await self._intent(record, OperationKind.STOP)
+        await self._run_stop(sid, "health", reason, op_id)
+        await self._begin_wake(sid, "health", "restarted after failed health checks")
+
+    async def fail_running(self, sid: str, message: str) -> None:
+        """Fail a running session for good (health checks failed through every restart):
+        its container is stopped first; the error is ``message``."""
+        async with self._session_lock(sid):
+            record = await self.store.get_session(sid)
+            if record is None or record.state is not State.RUNNING:
+                return
+            await self._fail(record, RuntimeFailure(message), None, 0, started=True)
 
     async def repair_failed(self, sid: str) -> bool:
         """A ``failed`` session whose container runs (a store error once hid a start that

@@ -12,12 +12,14 @@ from typing import Any
 
 from dormant.engine.outcome import OperationKind, OperationStatus
 from dormant.engine.ports import PORT_ATTEMPTS
+from dormant.engine.probes import ProbeKind, wait_ready
 from dormant.engine.templates import Template
 from dormant.engine.writer import SessionWriter, merge_pending
 from dormant.errors import (
     CapacityExhausted,
     Conflict,
     DormantError,
+    RuntimeFailure,
     TemporaryError,
 )
 from dormant.policy import (
@@ -26,7 +28,7 @@ from dormant.policy import (
     State,
     decide,
 )
-from dormant.runtimes import ContainerSpec
+from dormant.runtimes import ContainerSpec, Endpoint
 from dormant.store.records import NewEvent, SessionRecord
 
 log = logging.getLogger("dormant.engine")
@@ -180,6 +182,20 @@ class OperationRunner(SessionWriter):
                 await self._fail(record, exc, op_id, attempts, started=True)
                 return
             attempts += n
+            tpl = self.catalog.templates.get(record.template)
+            if tpl is not None and tpl.ready.kind is not ProbeKind.TCP:
+                # Listening is not serving: ``running`` once the template's probe passes.
+                result = await wait_ready(
+                    tpl.ready,
+                    Endpoint.from_state(started),
+                    runtime,
+                    record.container_name,
+                    tpl.start_timeout,
+                )
+                if not result.ok:
+                    message = f"not ready within {tpl.start_timeout:g}s: {result.detail}"
+                    await self._fail(record, RuntimeFailure(message), op_id, attempts, started=True)
+                    return
             record = await self._transition(
                 record,
                 State.RUNNING,
@@ -241,7 +257,9 @@ class OperationRunner(SessionWriter):
                 return
             if record.state is State.RUNNING:
                 # Re-decide from fresh state: activity may have arrived since this was scheduled.
-                if code not in ("manual", "reconcile") and not self._still_due(record, code):
+                if code not in ("manual", "reconcile", "health") and not self._still_due(
+                    record, code
+                ):
                     return
                 if op_id is None:
                     op_id = await self._intent(record, OperationKind.STOP)

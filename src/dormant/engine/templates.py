@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from dormant.engine.probes import Probe
 from dormant.errors import InvalidInput
 from dormant.policy import DEFAULT_PRESET, PRESETS, PolicySettings
 from dormant.runtimes import Resources
@@ -47,6 +48,13 @@ class Template:
     login_url: str | None = None
     proxy_ignore: tuple[str, ...] = ()
     proxy_streaming: bool = True
+    #: Serving means this probe passes (after a start, and every ``health_interval`` seconds
+    #: while it runs; 0: no health checks); ``health_failures`` misses in a row restart it, at
+    #: most ``restart`` times within an hour, then it is failed with the probe's output.
+    ready: Probe = field(default_factory=Probe)
+    health_interval: float = 120.0
+    health_failures: int = 3
+    restart: int = 3
 
     @property
     def needs_host_port(self) -> bool:

@@ -51,6 +51,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from dormant.errors import RuntimeFailure
+
 MANAGED_LABEL = "dormant.managed"
 SESSION_LABEL = "dormant.session"
 INSTANCE_LABEL = "dormant.instance"
@@ -177,6 +179,11 @@ class Runtime(abc.ABC):
     async def check(self, spec: ContainerSpec) -> None:
         """Raise :class:`dormant.errors.InvalidInput` if ``spec`` cannot work on this backend
         (an invalid value, an unknown image), before anything is made. Default: accepts all."""
+
+    async def exec(self, name: str, command: list[str], timeout: float) -> tuple[int, str]:
+        """Run ``command`` in the running container: ``(exit status, output)``, for ``exec``
+        health probes. Default: this backend cannot (:class:`RuntimeFailure`)."""
+        raise RuntimeFailure(f"the {self.name} runtime cannot run commands in a session")
 
     async def watch(self, notify: Callable[[str], None]) -> None:
         """Follow the backend's change events for managed containers, calling ``notify`` with a

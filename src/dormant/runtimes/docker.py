@@ -606,6 +606,20 @@ class DockerRuntime(Runtime):
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
+    async def exec(self, name: str, command: list[str], timeout: float) -> tuple[int, str]:
+        async def run(docker: aiodocker.Docker) -> tuple[int, str]:
+            container = docker.containers.container(name)
+            process = await container.exec(cmd=command, stdout=True, stderr=True)
+            chunks: list[bytes] = []
+            async with process.start(detach=False) as stream:
+                while (message := await stream.read_out()) is not None:
+                    chunks.append(message.data)
+            info = await process.inspect()
+            output = b"".join(chunks).decode(errors="replace")
+            return int(info.get("ExitCode") or 0), output
+
+        return await self._call(f"exec in {name}", run, timeout=timeout)
+
     async def _log_tail(self, name: str) -> str:
         try:
             lines = await self._call(

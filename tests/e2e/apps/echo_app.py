@@ -14,10 +14,17 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import sys
+import time
 
 PORT = int(sys.argv[1])
 SESSION = sys.argv[2] if len(sys.argv) > 2 else "?"
+#: ``/healthz`` answers 503 until this many seconds after the start (``READY_AFTER``), and
+#: after ``/sick-once`` (until the process restarts) or ``/sick`` (a file in the work
+#: directory: for good).
+READY_AT = time.monotonic() + float(os.environ.get("READY_AFTER", "0"))
+SICK = {"once": False}
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -93,6 +100,17 @@ async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             body = await read_body(reader, headers)
             if path == "/echo":
                 writer.write(answer("200 OK", body, "application/octet-stream"))
+            elif path == "/healthz":
+                sick = SICK["once"] or os.path.exists("sick") or time.monotonic() < READY_AT
+                status = "503 Service Unavailable" if sick else "200 OK"
+                writer.write(answer(status, b"sick\n" if sick else b"ok\n"))
+            elif path == "/sick-once":
+                SICK["once"] = True
+                writer.write(answer("200 OK", b"sick until restarted\n"))
+            elif path == "/sick":
+                with open("sick", "w") as mark:
+                    mark.write("sick\n")
+                writer.write(answer("200 OK", b"sick for good\n"))
             elif path == "/headers":
                 seen = {"path": path, "query": query, "headers": headers, "session": SESSION}
                 writer.write(answer("200 OK", json.dumps(seen).encode(), "application/json"))
