@@ -164,6 +164,11 @@ def _statuses(openapi: dict[str, Any], path: str, method: str) -> set[str]:
             "post",
             {"201", "401", "404", "408", "409", "413", "422", "429", "503"},
         ),
+        (
+            "/v1/users/{user_id}/sessions/{name}",
+            "put",
+            {"200", "201", "401", "408", "409", "413", "422", "429", "503"},
+        ),
         ("/v1/stats", "get", {"200", "401", "429", "503"}),
         ("/healthz", "get", {"200", "503"}),
         ("/readyz", "get", {"200", "503"}),
@@ -182,7 +187,8 @@ def test_openapi_lists_the_statuses_answered(
 
 async def test_every_operation_documents_the_errors(openapi: dict[str, Any]) -> None:
     operations = [(p, m, op) for p, item in openapi["paths"].items() for m, op in item.items()]
-    assert len(operations) == 18  # with GET /v1/instances and POST /v1/sessions/{id}/links
+    # with GET /v1/instances, POST /v1/sessions/{id}/links and PUT /v1/users/{id}/sessions/{name}
+    assert len(operations) == 19
     for path, method, operation in operations:
         responses = operation["responses"]
         assert "503" in responses, (path, method)

@@ -80,10 +80,11 @@ _ERRORS = {
     "403": "`forbidden`: this needs an admin key.",
     "404": "`not_found`: no such session (or it belongs to another tenant).",
     "408": "`request_timeout`: the request body did not arrive in time.",
-    "409": "`conflict`: the session's state does not allow this now.",
+    "409": "`conflict`: the session's state does not allow this now (or, for a named session, "
+    "the one of that name is being deleted).",
     "413": "`payload_too_large`: the request body is over the size limit.",
-    "422": "`invalid_request`, `unknown_field`, `malformed_json` or `invalid`: the request is "
-    "not acceptable; the message says why.",
+    "422": "`invalid_request`, `unknown_field`, `malformed_json`, `invalid` or "
+    "`idempotency_key_reused`: the request is not acceptable; the message says why.",
     "429": "`rate_limited`: too many requests for this key, or too many failed keys from this "
     "address; see Retry-After.",
     "503": "`capacity_exhausted`, `temporarily_unavailable`, `runtime_unavailable` or "

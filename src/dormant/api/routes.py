@@ -4,10 +4,14 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Protocol, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from dormant.api.auth import Forbidden, Principal, RateLimiter, authenticate
+from dormant.api.errors import ApiError
 from dormant.api.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
+    NAME_PATTERN,
+    USER_ID_PATTERN,
     Accepted,
     ActivityIn,
     BroadcastIn,
@@ -25,12 +29,15 @@ from dormant.api.schemas import (
     OutcomeOut,
     SessionList,
     SessionOut,
+    SessionSpec,
     Stats,
     TokenIn,
     TokenOut,
     UntilIn,
+    check_label_key,
 )
 from dormant.engine import Engine
+from dormant.engine.lifecycle import Idempotency
 from dormant.errors import InvalidInput, TemporaryError
 from dormant.policy import Level, State, parse_kind
 from dormant.reconciler import Reconciler
@@ -43,6 +50,59 @@ Wait = Annotated[
     float | None,
     Query(ge=0, le=120, description="Seconds to wait for the outcome (0-120); none: answer now"),
 ]
+SessionName = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=63,
+        pattern=NAME_PATTERN,
+        description="1-63 of a-z 0-9 . _ -, starting with a letter or digit",
+    ),
+]
+UserId = Annotated[str, Path(min_length=1, max_length=200, pattern=USER_ID_PATTERN)]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Retries with the same key (and the same body) within 24 h answer the "
+        "session the first request made; the same key with another body is refused (422).",
+    ),
+]
+#: The query parameters ``GET /v1/sessions`` knows; any other is refused (422).
+LIST_QUERY = frozenset(
+    {"user_id", "state", "level", "name", "template", "label", "cursor", "limit"}
+)
+
+
+def _only_known(request: Request, known: frozenset[str]) -> None:
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise ApiError(
+            422,
+            "unknown_field",
+            f"unknown query parameter(s): {', '.join(repr(u[:64]) for u in unknown[:5])}; "
+            f"known: {', '.join(sorted(known))}",
+        )
+
+
+def _label_filter(labels: list[str] | None) -> dict[str, str]:
+    """``label=KEY=VALUE`` (repeatable: all must match) as a mapping."""
+    wanted: dict[str, str] = {}
+    for item in labels or []:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError(f"label {item[:80]!r} must be KEY=VALUE")
+            check_label_key(key)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        if wanted.get(key, value) != value:
+            raise InvalidInput(f"label {key!r} is asked with two values; none can match both")
+        wanted[key] = value
+    return wanted
 
 
 class Realtime(Protocol):
@@ -91,6 +151,7 @@ def session_out(
         tenant=record.tenant,
         user_id=record.user_id,
         template=record.template,
+        name=record.name,
         policy=record.policy_name,
         state=record.state.value,
         level=lvl.value,
@@ -146,8 +207,17 @@ def build_router(
 
     @router.post("/sessions", status_code=201, response_model=SessionOut)
     async def create_session(
-        body: CreateSession, who: Who, response: Response, wait: Wait = None
+        body: CreateSession,
+        who: Who,
+        response: Response,
+        wait: Wait = None,
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> SessionOut:
+        once = (
+            None
+            if idempotency_key is None
+            else Idempotency(idempotency_key, Idempotency.hash_of(body.model_dump(mode="json")))
+        )
         record = await engine.create_session(
             tenant=who.tenant,
             user_id=body.user_id,
@@ -155,6 +225,7 @@ def build_router(
             policy=body.policy,
             labels=body.labels,
             env=body.env,
+            idempotency=once,
         )
         response.headers["Location"] = f"/v1/sessions/{record.id}"
         if await settled(record.id, State.RUNNING, wait) is not None:
@@ -162,17 +233,64 @@ def build_router(
             record = fresh or record
         return out(record)
 
+    @router.put(
+        "/users/{user_id}/sessions/{name}",
+        response_model=SessionOut,
+        responses={201: {"model": SessionOut, "description": "Created"}},
+    )
+    async def ensure_session(
+        user_id: UserId,
+        name: SessionName,
+        who: Who,
+        request: Request,
+        response: Response,
+        body: SessionSpec | None = None,
+        wake: bool = Query(default=False, description="Wake the session if it sleeps"),
+        wait: Wait = None,
+    ) -> SessionOut:
+        """Get or create the user's live session of this name (per template): 200 with the
+        existing one (the body is then not applied), 201 with a new one. Concurrent calls make
+        one session."""
+        _only_known(request, frozenset({"wake", "wait"}))
+        spec = body or SessionSpec()
+        record, created = await engine.ensure_session(
+            tenant=who.tenant,
+            user_id=user_id,
+            name=name,
+            template=spec.template,
+            policy=spec.policy,
+            labels=spec.labels,
+            env=spec.env,
+            wake=wake,
+        )
+        response.status_code = 201 if created else 200
+        response.headers["Location"] = f"/v1/sessions/{record.id}"
+        if (created or wake) and await settled(record.id, State.RUNNING, wait) is not None:
+            fresh = await engine.session_row(record.id)
+            record = fresh or record
+        return out(record)
+
     @router.get("/sessions", response_model=SessionList)
     async def list_sessions(
         who: Who,
+        request: Request,
         user_id: str | None = None,
         state: str | None = None,
         level: str | None = None,
+        name: str | None = Query(default=None, max_length=63),
+        template: str | None = Query(default=None, max_length=100),
+        label: list[str] | None = Query(
+            default=None,
+            max_length=32,
+            description="KEY=VALUE; repeat it and every label must match",
+        ),
         cursor: str | None = Query(default=None, max_length=64),
         limit: int = Query(default=100, ge=1, le=500),
     ) -> SessionList:
+        _only_known(request, LIST_QUERY)
         want_state = _enum(State, state, "state")
         want_level = _enum(Level, level, "level")
+        want_labels = _label_filter(label)
         items: list[SessionOut] = []
         after = cursor
         more = False
@@ -183,6 +301,9 @@ def build_router(
                 state=want_state,
                 after_id=after,
                 limit=limit,
+                name=name,
+                template=template,
+                labels=want_labels,
             )
             for record in page:
                 after = record.id

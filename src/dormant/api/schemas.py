@@ -12,14 +12,26 @@ from dormant.policy import ActivityKind
 
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+#: A user id, in a body or a path.
+USER_ID_PATTERN = r"^[A-Za-z0-9._@:+-]+$"
+#: A session name (``dormant.engine.lifecycle.SESSION_NAME``).
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+#: An ``Idempotency-Key``: 1-200 printable ASCII characters, no space at either end.
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~](?:[ -~]*[!-~])?$"
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CreateSession(Strict):
-    user_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._@:+-]+$")
+def check_label_key(key: str) -> None:
+    if not _LABEL_KEY.match(key):
+        raise ValueError(f"label key {key!r} must be 1-63 of A-Z a-z 0-9 . _ / -")
+
+
+class SessionSpec(Strict):
+    """What a new session is made of (``PUT /v1/users/{user_id}/sessions/{name}``)."""
+
     template: str | None = Field(default=None, min_length=1, max_length=100)
     policy: dict[str, Any] | None = None
     labels: dict[str, str] = Field(default_factory=dict, max_length=32)
@@ -29,8 +41,7 @@ class CreateSession(Strict):
     @classmethod
     def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
         for key, value in labels.items():
-            if not _LABEL_KEY.match(key):
-                raise ValueError(f"label key {key!r} must be 1-63 of A-Z a-z 0-9 . _ / -")
+            check_label_key(key)
             if key.startswith("dormant."):
                 raise ValueError(f"label key {key!r}: the dormant. prefix is reserved")
             if len(value) > 256:
@@ -48,6 +59,10 @@ class CreateSession(Strict):
             if len(value) > 4096 or "\0" in value:
                 raise ValueError(f"env {key!r}: value too long or contains NUL")
         return env
+
+
+class CreateSession(SessionSpec):
+    user_id: str = Field(min_length=1, max_length=200, pattern=USER_ID_PATTERN)
 
 
 class ActivityIn(Strict):
@@ -140,6 +155,8 @@ class SessionOut(BaseModel):
     tenant: str
     user_id: str
     template: str
+    #: Unique per user and template among live sessions; null for an unnamed session.
+    name: str | None = None
     policy: str
     state: str
     level: str

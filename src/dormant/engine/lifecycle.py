@@ -12,8 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
+import json
 import logging
+import re
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,6 +33,7 @@ from dormant.errors import (
     Conflict,
     DormantError,
     InvalidInput,
+    NotFound,
     TemporaryError,
 )
 from dormant.policy import (
@@ -39,9 +44,46 @@ from dormant.policy import (
 from dormant.policy.adaptive import GapModel
 from dormant.runtimes import Runtime
 from dormant.runtimes.base import DEPLOYMENT_LABEL
+from dormant.store import IdempotencyKey, KeyTaken, NameTaken
 from dormant.store.records import InstanceRecord, NewEvent, SessionRecord
 
 log = logging.getLogger("dormant.engine")
+
+#: A session name: 1-63 of a-z 0-9 . _ -, starting with a letter or digit.
+SESSION_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+#: How long an ``Idempotency-Key`` answers with the session it made.
+IDEMPOTENCY_TTL = timedelta(hours=24)
+#: Rounds of "read the named session, else create it" before a get-or-create gives up.
+ENSURE_ATTEMPTS = 5
+
+
+class IdempotencyKeyReused(InvalidInput):
+    """An ``Idempotency-Key`` sent again with a different request."""
+
+    code = "idempotency_key_reused"
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """A create's ``Idempotency-Key`` and the hash of what was asked with it."""
+
+    key: str
+    body_hash: str
+
+    @staticmethod
+    def hash_of(request: dict[str, Any]) -> str:
+        """A stable hash of a request body (keys sorted, no insignificant whitespace)."""
+        canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_name(name: str) -> str:
+    if not SESSION_NAME.match(name):
+        raise InvalidInput(
+            f"session name {name[:80]!r} must be 1-63 of a-z 0-9 . _ -, "
+            "starting with a letter or digit"
+        )
+    return name
 
 
 class Engine(ReadSide):
@@ -76,6 +118,7 @@ class Engine(ReadSide):
             asyncio.create_task(self._flush_loop(), name="dormant-flusher"),
             asyncio.create_task(self._heartbeat_loop(), name="dormant-heartbeat"),
             asyncio.create_task(self._purge_loop(), name="dormant-purge"),
+            asyncio.create_task(self._idempotency_loop(), name="dormant-idempotency-purge"),
         ]
 
     async def stop(self) -> None:
@@ -91,6 +134,21 @@ class Engine(ReadSide):
         await self.flush()
         with contextlib.suppress(DormantError, OSError):
             await self.store.remove_instance(self.settings.instance_id)
+
+    async def purge_idempotency(self) -> int:
+        """Forget idempotency keys older than :data:`IDEMPOTENCY_TTL`; returns how many."""
+        return await self.store.purge_idempotency(self.clock.now() - IDEMPOTENCY_TTL)
+
+    async def _idempotency_loop(self) -> None:
+        while True:
+            try:
+                if n := await self.purge_idempotency():
+                    log.info("purged %d idempotency key(s) older than 24 h", n)
+            except DormantError as exc:
+                log.warning("purge of idempotency keys failed: %s", exc)
+            except Exception:
+                log.exception("purge of idempotency keys failed")
+            await asyncio.sleep(self.settings.purge_interval)
 
     def live_count(self) -> int:
         return len(self._state)
@@ -112,7 +170,19 @@ class Engine(ReadSide):
         policy: dict[str, Any] | None = None,
         labels: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
+        name: str | None = None,
+        idempotency: Idempotency | None = None,
     ) -> SessionRecord:
+        """Create a session (named: :class:`~dormant.store.NameTaken` if a live session of
+        the user and template has the name). With ``idempotency``, a key already used by this
+        tenant within 24 h gives the session it made (the same request) or
+        :class:`IdempotencyKeyReused` (another request); concurrent uses make one session."""
+        if idempotency is not None:
+            made = await self._made_with(tenant, idempotency)
+            if made is not None:
+                return made
+        if name is not None:
+            check_name(name)
         tpl = self.catalog.template(template)
         tpl.check_request_env(env or {})  # nothing from a request reaches the host unasked
         settings = self.catalog.policy(tpl.policy)
@@ -122,16 +192,100 @@ class Engine(ReadSide):
         if runtime is None:
             raise InvalidInput(f"template {tpl.name!r} needs runtime {tpl.runtime!r}, not enabled")
         await self.ensure_deployment()
+        key = (
+            None
+            if idempotency is None
+            else IdempotencyKey(
+                idempotency.key, idempotency.body_hash, self.clock.now() - IDEMPOTENCY_TTL
+            )
+        )
         for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
                 return await self._insert_session(
-                    tpl, runtime, settings, tenant, user_id, labels, env
+                    tpl, runtime, settings, tenant, user_id, labels, env, name, key
                 )
+            except KeyTaken:
+                # A concurrent request with the same key made its session first: answer that.
+                assert idempotency is not None
+                made = await self._made_with(tenant, idempotency)
+                if made is not None:
+                    return made
+                if attempt == PORT_ATTEMPTS:
+                    raise
             except PortTaken:
                 # Another instance handed out the same port at the same moment: take another.
                 if attempt == PORT_ATTEMPTS:
                     raise Conflict("no port could be taken for the session; try again") from None
         raise AssertionError("unreachable")
+
+    async def _made_with(self, tenant: str, idempotency: Idempotency) -> SessionRecord | None:
+        """The session this tenant's key made within 24 h (the same request), if any."""
+        held = await self.store.get_idempotency(
+            tenant, idempotency.key, self.clock.now() - IDEMPOTENCY_TTL
+        )
+        if held is None:
+            return None
+        if held.body_hash != idempotency.body_hash:
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {idempotency.key[:80]!r} was used for another request "
+                f"(session {held.session_id}); use a new key for a different request"
+            )
+        made = await self.store.get_session(held.session_id)
+        if made is None:
+            raise NotFound(f"session {held.session_id} made with this Idempotency-Key is gone")
+        self._state.setdefault(made.id, made.state)
+        return made
+
+    async def ensure_session(
+        self,
+        *,
+        tenant: str,
+        user_id: str,
+        name: str,
+        template: str | None = None,
+        policy: dict[str, Any] | None = None,
+        labels: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        wake: bool = False,
+    ) -> tuple[SessionRecord, bool]:
+        """Get or create the user's live session of this name and template: ``(session,
+        created)``. The store's unique name decides between concurrent calls; the losers read
+        and answer the winner. An existing session is returned as it is (the rest of the
+        request only shapes a new one); with ``wake``, a sleeping or failed one is woken."""
+        check_name(name)
+        tpl = self.catalog.template(template)
+        for _ in range(ENSURE_ATTEMPTS):
+            found = await self.store.list_sessions(
+                tenant=tenant, user_id=user_id, template=tpl.name, name=name, limit=1
+            )
+            if found:
+                held = found[0]
+                if held.state is State.DELETING or held.id in self._delete_requested:
+                    raise Conflict(
+                        f"session {held.id} named {name!r} is being deleted; "
+                        "ask again once it is gone"
+                    )
+                try:
+                    record = await self.get(held.id, tenant)
+                except NotFound:
+                    continue  # deleted meanwhile: the name is free again
+                if wake and record.state in (State.SLEEPING, State.FAILED):
+                    record = await self.wake(record.id, tenant, reason="woken by get-or-create")
+                return record, False
+            try:
+                record = await self.create_session(
+                    tenant=tenant,
+                    user_id=user_id,
+                    template=tpl.name,
+                    policy=policy,
+                    labels=labels,
+                    env=env,
+                    name=name,
+                )
+            except NameTaken:
+                continue  # another request made it first: read it
+            return record, True
+        raise Conflict(f"session {name!r} of user {user_id!r} changes too fast; try again")
 
     async def _insert_session(
         self,
@@ -142,6 +296,8 @@ class Engine(ReadSide):
         user_id: str,
         labels: dict[str, str] | None,
         env: dict[str, str] | None,
+        session_name: str | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> SessionRecord:
         now = self.clock.now()
         sid = new_session_id(now)
@@ -160,6 +316,7 @@ class Engine(ReadSide):
                 state_since=now,
                 created_at=now,
                 container_name=name,
+                name=session_name,
                 labels={**(labels or {}), **self._system_labels(sid, user_id, tenant, tpl, now)},
                 env=dict(env or {}),
                 port=port,
@@ -174,8 +331,10 @@ class Engine(ReadSide):
             )
             try:
                 op_id = await self.store.insert_session(
-                    record, event, (OperationKind.CREATE, self.settings.instance_id)
+                    record, event, (OperationKind.CREATE, self.settings.instance_id), idempotency
                 )
+            except (NameTaken, KeyTaken):
+                raise
             except Conflict as exc:
                 if port is not None and port in await self.store.used_ports():
                     raise PortTaken(str(exc)) from exc
@@ -357,4 +516,11 @@ class Engine(ReadSide):
         )
 
 
-__all__ = ["PORT_ATTEMPTS", "Engine", "EngineSettings", "PortTaken"]
+__all__ = [
+    "PORT_ATTEMPTS",
+    "Engine",
+    "EngineSettings",
+    "Idempotency",
+    "IdempotencyKeyReused",
+    "PortTaken",
+]

@@ -4,6 +4,7 @@ engine reaches into the store."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from dormant.engine.outcome import OperationStatus
@@ -27,10 +28,21 @@ class ReadSide(Recovery):
         state: State | None = None,
         after_id: str | None = None,
         limit: int = 100,
+        name: str | None = None,
+        template: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[SessionRecord]:
-        """A page of sessions in id order (deleted ones only when ``state`` asks for them)."""
+        """A page of sessions in id order (deleted ones only when ``state`` asks for them),
+        filtered by each of ``name``, ``template`` and ``labels`` (all pairs) when given."""
         return await self.store.list_sessions(
-            tenant=tenant, user_id=user_id, state=state, after_id=after_id, limit=limit
+            tenant=tenant,
+            user_id=user_id,
+            state=state,
+            after_id=after_id,
+            limit=limit,
+            name=name,
+            template=template,
+            labels=labels,
         )
 
     async def session_row(self, session_id: str) -> SessionRecord | None:
