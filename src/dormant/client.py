@@ -6,6 +6,8 @@
 
     async with AsyncClient("http://127.0.0.1:8080", api_key) as dormant:
         session = await dormant.create_session("alice", policy={"sleep_after": "30m"})
+        work = await dormant.ensure_session("alice", "notebook", wake=True)  # get or create
+        mine = await dormant.list_sessions(user_id="alice", labels={"team": "ml"})
         await dormant.activity(session["id"], "build")
         token = await dormant.token(session["id"], name="Alice")     # for the browser
         await dormant.broadcast(session["id"], "build", {"status": "ok"})
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import httpx
 import socketio  # type: ignore[import-untyped]
@@ -69,7 +72,8 @@ class _Call:
     method: str
     path: str
     json: Any = None
-    params: dict[str, str] | None = None
+    params: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
 
 
 def _until(value: datetime) -> str:
@@ -92,13 +96,36 @@ class _Api:
         policy: JSON | None,
         labels: dict[str, str] | None,
         env: dict[str, str] | None,
+        idempotency_key: str | None = None,
     ) -> _Call:
         body = _drop_none(
             {"user_id": user_id, "template": template, "policy": policy, "labels": labels}
         )
         if env is not None:
             body["env"] = env
-        return _Call("POST", "/v1/sessions", body)
+        headers = None if idempotency_key is None else {"Idempotency-Key": idempotency_key}
+        return _Call("POST", "/v1/sessions", body, headers=headers)
+
+    @staticmethod
+    def ensure_session(
+        user_id: str,
+        name: str,
+        template: str | None,
+        policy: JSON | None,
+        labels: dict[str, str] | None,
+        env: dict[str, str] | None,
+        wake: bool,
+        wait: float | None,
+    ) -> _Call:
+        body = _drop_none({"template": template, "policy": policy, "labels": labels, "env": env})
+        params = _drop_none({"wake": "true" if wake else None, "wait": wait})
+        path = f"/v1/users/{quote(user_id, safe='')}/sessions/{quote(name, safe='')}"
+        return _Call("PUT", path, body, params=params or None)
+
+    @staticmethod
+    def list_sessions(filters: dict[str, Any], cursor: str | None) -> _Call:
+        params = {**filters, **({"cursor": cursor} if cursor else {})}
+        return _Call("GET", "/v1/sessions", params=params)
 
     @staticmethod
     def session(session_id: str, action: str = "", body: Any = None) -> _Call:
@@ -115,6 +142,25 @@ def _check(response: httpx.Response) -> Any:
             code, message = "http_error", response.text[:500]
         raise ApiError(response.status_code, code, message)
     return response.json() if response.content else None
+
+
+def _filters(
+    user_id: str | None,
+    state: str | None,
+    level: str | None,
+    name: str | None,
+    template: str | None,
+    labels: dict[str, str] | None,
+    page_size: int,
+) -> dict[str, Any]:
+    """The query of ``GET /v1/sessions``: ``labels`` as repeated ``label=KEY=VALUE``."""
+    query: dict[str, Any] = _drop_none(
+        {"user_id": user_id, "state": state, "level": level, "name": name, "template": template}
+    )
+    if labels:
+        query["label"] = [f"{key}={value}" for key, value in labels.items()]
+    query["limit"] = page_size
+    return query
 
 
 def _token(data: JSON) -> Token:
@@ -134,7 +180,9 @@ class Client:
 
     def _send(self, call: _Call) -> Any:
         return _check(
-            self._http.request(call.method, call.path, json=call.json, params=call.params)
+            self._http.request(
+                call.method, call.path, json=call.json, params=call.params, headers=call.headers
+            )
         )
 
     def create_session(
@@ -145,8 +193,58 @@ class Client:
         policy: JSON | None = None,
         labels: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
     ) -> JSON:
-        result: JSON = self._send(_Api.create_session(user_id, template, policy, labels, env))
+        """A new session. With ``idempotency_key``, retries of this call (within 24 h) answer
+        the session the first one made, even if its answer was lost."""
+        result: JSON = self._send(
+            _Api.create_session(user_id, template, policy, labels, env, idempotency_key)
+        )
+        return result
+
+    def ensure_session(
+        self,
+        user_id: str,
+        name: str = "default",
+        *,
+        template: str | None = None,
+        policy: JSON | None = None,
+        labels: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        wake: bool = False,
+        wait: float | None = None,
+    ) -> JSON:
+        """The user's live session of this name (and template), created if there is none;
+        ``wake`` wakes it if it sleeps; ``wait`` (seconds) answers once it runs."""
+        call = _Api.ensure_session(user_id, name, template, policy, labels, env, wake, wait)
+        result: JSON = self._send(call)
+        return result
+
+    def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        state: str | None = None,
+        level: str | None = None,
+        name: str | None = None,
+        template: str | None = None,
+        labels: dict[str, str] | None = None,
+        page_size: int = 500,
+    ) -> list[JSON]:
+        """Every session matching the filters (``labels``: all must match), page after page."""
+        filters = _filters(user_id, state, level, name, template, labels, page_size)
+        items: list[JSON] = []
+        cursor: str | None = None
+        while True:
+            page: JSON = self._send(_Api.list_sessions(filters, cursor))
+            items += page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return items
+
+    def stats(self) -> JSON:
+        """Counts by state and level, transitions by reason, orphans removed."""
+        result: JSON = self._send(_Call("GET", "/v1/stats"))
         return result
 
     def get_session(self, session_id: str) -> JSON:
@@ -226,7 +324,7 @@ class AsyncClient:
 
     async def _send(self, call: _Call) -> Any:
         response = await self._http.request(
-            call.method, call.path, json=call.json, params=call.params
+            call.method, call.path, json=call.json, params=call.params, headers=call.headers
         )
         return _check(response)
 
@@ -238,8 +336,58 @@ class AsyncClient:
         policy: JSON | None = None,
         labels: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
     ) -> JSON:
-        result: JSON = await self._send(_Api.create_session(user_id, template, policy, labels, env))
+        """A new session. With ``idempotency_key``, retries of this call (within 24 h) answer
+        the session the first one made, even if its answer was lost."""
+        result: JSON = await self._send(
+            _Api.create_session(user_id, template, policy, labels, env, idempotency_key)
+        )
+        return result
+
+    async def ensure_session(
+        self,
+        user_id: str,
+        name: str = "default",
+        *,
+        template: str | None = None,
+        policy: JSON | None = None,
+        labels: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        wake: bool = False,
+        wait: float | None = None,
+    ) -> JSON:
+        """The user's live session of this name (and template), created if there is none;
+        ``wake`` wakes it if it sleeps; ``wait`` (seconds) answers once it runs."""
+        call = _Api.ensure_session(user_id, name, template, policy, labels, env, wake, wait)
+        result: JSON = await self._send(call)
+        return result
+
+    async def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        state: str | None = None,
+        level: str | None = None,
+        name: str | None = None,
+        template: str | None = None,
+        labels: dict[str, str] | None = None,
+        page_size: int = 500,
+    ) -> list[JSON]:
+        """Every session matching the filters (``labels``: all must match), page after page."""
+        filters = _filters(user_id, state, level, name, template, labels, page_size)
+        items: list[JSON] = []
+        cursor: str | None = None
+        while True:
+            page: JSON = await self._send(_Api.list_sessions(filters, cursor))
+            items += page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return items
+
+    async def stats(self) -> JSON:
+        """Counts by state and level, transitions by reason, orphans removed."""
+        result: JSON = await self._send(_Call("GET", "/v1/stats"))
         return result
 
     async def get_session(self, session_id: str) -> JSON:
