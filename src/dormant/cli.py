@@ -30,8 +30,13 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (works on the database).")
 sessions_app = typer.Typer(no_args_is_help=True, help="Manage sessions (talks to the server).")
+volumes_app = typer.Typer(
+    no_args_is_help=True,
+    help="Volumes and process homes kept for sessions (works on the database and runtimes).",
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(sessions_app, name="sessions")
+app.add_typer(volumes_app, name="volumes")
 app.add_typer(simulate_app, name="simulate")  # dormant simulate TRACE | generate
 
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="dormant.toml path")]
@@ -182,6 +187,67 @@ def reconcile(
     for line in lines:
         typer.echo(f"  {line}")
     typer.echo(summary)
+
+
+# volumes ------------------------------------------------------------------------------------
+
+
+def _volume_statuses(config: str | None, *, prune: bool, dry_run: bool = False) -> list[Any]:
+    from dormant.server import build_services, volume_keeper
+    from dormant.store.migrate import upgrade_async
+
+    settings = _settings(config)
+    _existing_database(settings)
+
+    async def main() -> list[Any]:
+        await upgrade_async(settings.database_url)
+        services = build_services(settings)
+        try:
+            keeper = volume_keeper(services)
+            if prune:
+                return await keeper.prune(dry_run=dry_run)
+            return await keeper.survey()
+        finally:
+            await services.close()
+
+    return _run(main())
+
+
+def _when(value: Any) -> str:
+    return "-" if value is None else str(value.isoformat(timespec="seconds"))
+
+
+@volumes_app.command("ls")
+def volumes_ls(config: ConfigOpt = None) -> None:
+    """Every volume (and process home) of this deployment: owner, retain rule, the live
+    sessions that keep it, and when it expires."""
+    rows = _volume_statuses(config, prune=False)
+    typer.echo(f"{'NAME':40} {'RUNTIME':8} {'OWNER':24} {'RETAIN':8} {'IN USE BY':28} EXPIRES AT")
+    for row in rows:
+        in_use = ",".join(row.in_use_by) or "-"
+        expires = _when(row.expires_at) + (" (expired)" if row.expired else "")
+        typer.echo(
+            f"{row.name:40} {row.runtime:8} {row.owner:24} {row.retain:8} {in_use:28} {expires}"
+        )
+    typer.echo(f"{len(rows)} volume(s)")
+
+
+@volumes_app.command("prune")
+def volumes_prune(
+    config: ConfigOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go")] = False,
+) -> None:
+    """Remove the volumes whose retain rule has run out: user volumes whose owner's last
+    session ended longer than DORMANT_VOLUME_RETENTION ago (and session volumes a crash left
+    after their session was deleted); nothing else."""
+    rows = _volume_statuses(config, prune=True, dry_run=dry_run)
+    for row in rows:
+        typer.echo(f"{row.outcome}: {row.name} ({row.runtime}, {row.owner}, {row.reason})")
+    removed = sum(1 for row in rows if row.outcome == "removed")
+    if dry_run:
+        typer.echo(f"would remove {len(rows)} volume(s)")
+    else:
+        typer.echo(f"removed {removed} volume(s)")
 
 
 # keys ---------------------------------------------------------------------------------------

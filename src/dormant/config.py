@@ -25,6 +25,7 @@ from pydantic import (
 from dormant.engine import Catalog, Template
 from dormant.engine.ports import parse_port_range
 from dormant.engine.probes import Probe, ProbeKind
+from dormant.engine.volumes import VolumeTemplate, check_pattern, pattern_fields, render_name
 from dormant.errors import InvalidInput
 from dormant.policy import (
     ADAPTIVE_PRESET,
@@ -36,7 +37,8 @@ from dormant.policy import (
     build_policy,
 )
 from dormant.policy.durations import parse_duration
-from dormant.runtimes import ContainerSpec, Resources
+from dormant.runtimes import BindMount, ContainerSpec, Resources, VolumeMount
+from dormant.runtimes.base import RETAIN_SESSION, RETAIN_USER
 from dormant.runtimes.process import resolve_user
 
 KNOWN_RUNTIMES = ("process", "docker")
@@ -117,6 +119,31 @@ class ReadyConfig(BaseModel):
         return Probe(ProbeKind.TCP, timeout=self.timeout)
 
 
+class VolumeConfig(BaseModel):
+    """``volumes = { "home-{tenant}-{user}" = { target = "/home/dev", retain = "user" } }``;
+    the short form ``"home-{tenant}-{user}" = "/home/dev"`` takes the defaults. ``retain``
+    defaults to ``"session"`` when the name holds ``{session}``, else ``"user"``."""
+
+    model_config = ConfigDict(extra="forbid")
+    target: str = Field(min_length=2, max_length=1024)
+    retain: str | None = Field(default=None, pattern="^(user|session)$")
+    read_only: bool = False
+
+
+class BindConfig(BaseModel):
+    """``binds = { "/srv/shared" = { target = "/shared", read_only = false } }``; the short
+    form ``"/srv/shared" = "/shared"`` is read-only. The host path must be inside the
+    operator's ``bind_allow``."""
+
+    model_config = ConfigDict(extra="forbid")
+    target: str = Field(min_length=2, max_length=1024)
+    read_only: bool = True
+
+
+#: Placeholder values used to check volume names and mounts at load.
+_SAMPLE_VALUES = {"tenant": "t", "user": "u", "session": "s", "template": "p"}
+
+
 class TemplateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     runtime: str = "process"
@@ -143,8 +170,19 @@ class TemplateConfig(BaseModel):
     #: by default. ``env`` above is the operator's and is not checked.
     env_allow: list[str] = Field(default_factory=list, max_length=256)
     #: Process runtime: run the sessions as this host user (name or uid); needs dormant to run
-    #: as root unless it is dormant's own user.
-    user: str | None = Field(default=None, min_length=1, max_length=64)
+    #: as root unless it is dormant's own user. Docker runtime: the container's user (name,
+    #: uid or uid:gid).
+    user: str | None = Field(default=None, min_length=1, max_length=129)
+    #: Docker runtime: named volumes (``{tenant}``, ``{user}``, ``{session}``, ``{template}``
+    #: in the name) with a retain rule, host paths from ``bind_allow``, the working directory
+    #: and the size of /dev/shm.
+    volumes: dict[str, str | VolumeConfig] = Field(default_factory=dict, max_length=32)
+    binds: dict[str, str | BindConfig] = Field(default_factory=dict, max_length=32)
+    workdir: str | None = Field(default=None, min_length=1, max_length=1024)
+    shm_size: str | None = Field(default=None, min_length=1, max_length=32)
+    #: Process runtime: a home directory (``HOME``, ``{home}``) kept per ``"user"`` (across
+    #: that user's sessions, like a ``retain = "user"`` volume) or per ``"session"``.
+    home: str | None = Field(default=None, pattern="^(user|session)$")
     #: The session proxy: seconds a request waits for a wake (then 503 + Retry-After); no
     #: access cookie needed (``public``); where browsers without one go (``login_url``, given
     #: ``?next=``); and ``proxy_activity``: what traffic counts as activity.
@@ -178,31 +216,64 @@ class TemplateConfig(BaseModel):
                 )
         return patterns
 
-    @field_validator("user")
-    @classmethod
-    def _user(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                resolve_user(value)
-            except InvalidInput as exc:
-                raise ValueError(str(exc)) from None
-        return value
-
     @model_validator(mode="after")
     def _user_runtime(self) -> TemplateConfig:
         if self.ready.exec is not None and self.runtime != "docker":
             raise ValueError("ready.exec runs in a container: it needs the docker runtime")
-        if self.user is not None and self.runtime != "process":
-            raise ValueError("user is for the process runtime (a container image sets its own)")
+        if self.user is not None and self.runtime == "process":
+            try:
+                resolve_user(self.user)
+            except InvalidInput as exc:
+                raise ValueError(f"user: {exc}") from None
         if self.network is not None and self.runtime != "docker":
             raise ValueError("network is for the docker runtime (a process serves on a host port)")
+        if self.runtime != "docker":
+            for name in ("volumes", "binds", "workdir", "shm_size"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"{name} is for the docker runtime (a process template has home = "
+                        '"user" or "session" for a kept directory)'
+                    )
+        elif self.home is not None:
+            raise ValueError("home is for the process runtime (a docker template has volumes)")
         return self
+
+    def volume_templates(self) -> tuple[VolumeTemplate, ...]:
+        """``volumes`` as the engine takes them (checked: names, placeholders, rules)."""
+        found = []
+        for pattern, raw in self.volumes.items():
+            volume = VolumeConfig(target=raw) if isinstance(raw, str) else raw
+            retain = volume.retain or (
+                RETAIN_SESSION if "session" in pattern_fields(pattern) else RETAIN_USER
+            )
+            check_pattern(pattern, retain)
+            found.append(VolumeTemplate(pattern, volume.target, retain, volume.read_only))
+        return tuple(found)
+
+    def bind_mounts(self) -> tuple[BindMount, ...]:
+        """``binds`` with their host paths resolved (symbolic links, ``..``); the allow-list
+        is checked by ``Settings.catalog``."""
+        mounts = []
+        for source, raw in self.binds.items():
+            bind = BindConfig(target=raw) if isinstance(raw, str) else raw
+            real = os.path.realpath(source) if source.startswith("/") else source
+            mounts.append(BindMount(real, bind.target, bind.read_only))
+        return tuple(mounts)
 
     @model_validator(mode="after")
     def _docker(self) -> TemplateConfig:
         if self.runtime == "docker":
             from dormant.runtimes.docker import validate_spec
 
+            try:
+                volumes = tuple(
+                    VolumeMount(
+                        render_name(v.pattern, _SAMPLE_VALUES), v.target, v.retain, {}, v.read_only
+                    )
+                    for v in self.volume_templates()
+                )
+            except InvalidInput as exc:
+                raise ValueError(f"volumes: {exc}") from None
             if not self.image:
                 raise ValueError("the docker runtime needs an image")
             if self.port is None:
@@ -225,6 +296,11 @@ class TemplateConfig(BaseModel):
                 no_new_privileges=self.no_new_privileges,
                 network_mode=self.network_mode,
                 network=self.network,
+                user=self.user,
+                volumes=volumes,
+                binds=self.bind_mounts(),
+                workdir=self.workdir,
+                shm_size=self.shm_size,
             )
             try:
                 validate_spec(probe)
@@ -314,11 +390,67 @@ class Settings(BaseModel):
     proxy_connect_timeout: float = Field(default=5.0, gt=0, le=600)
     proxy_read_timeout: float = Field(default=300.0, gt=0, le=86400)
     proxy_cookie_ttl: float = Field(default=86400.0, ge=60, le=30 * 86400)
+    #: Host paths (and what is below them) that templates may bind-mount into containers
+    #: (``DORMANT_BIND_ALLOW``: comma-separated); none by default.
+    bind_allow: list[str] = Field(default_factory=list, max_length=64)
+    #: A ``retain = "user"`` volume (or process home) is removed this long after its owner's
+    #: last session ended (at most ``retention``: the store forgets ended sessions then), by
+    #: a job that runs every ``volume_prune_interval`` seconds.
+    volume_retention: float = Field(default=30 * 86400.0, ge=0, le=3660 * 86400)
+    volume_prune_interval: float = Field(default=600.0, gt=0, le=86400)
 
-    @field_validator("retention", "store_outage_patience", "reconcile_settle", mode="before")
+    @field_validator(
+        "retention",
+        "store_outage_patience",
+        "reconcile_settle",
+        "volume_retention",
+        "volume_prune_interval",
+        mode="before",
+    )
     @classmethod
     def _duration(cls, value: object) -> float:
         return parse_duration(value, name="duration")
+
+    @field_validator("bind_allow", mode="before")
+    @classmethod
+    def _bind_allow(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            resolved = []
+            for path in value:
+                if not isinstance(path, str) or not path.startswith("/"):
+                    raise ValueError(f"entry {path!r} must be an absolute host path")
+                real = os.path.realpath(path)
+                if real == "/":
+                    raise ValueError(f"entry {path!r} would allow every host path")
+                resolved.append(real)
+            return resolved
+        return value
+
+    @model_validator(mode="after")
+    def _volume_retention(self) -> Settings:
+        if self.volume_retention > self.retention:
+            raise ValueError(
+                "volume_retention must not exceed retention: ended sessions are forgotten "
+                "after retention, and a user volume's retention counts from the last one"
+            )
+        return self
+
+    def check_binds(
+        self, template: str, given: tuple[str, ...], binds: tuple[BindMount, ...]
+    ) -> None:
+        """Refuse (``InvalidInput`` naming the setting) a bind outside ``bind_allow``; ``binds``
+        have their host paths (``given``) resolved already (symbolic links, ``..``)."""
+        for source, bind in zip(given, binds, strict=True):
+            real = bind.source
+            inside = any(real == root or real.startswith(root + "/") for root in self.bind_allow)
+            if not inside:
+                allowed = ", ".join(self.bind_allow) or "none"
+                raise InvalidInput(
+                    f"templates.{template}.binds: host path {source!r} (resolved: {real}) "
+                    f"is not inside bind_allow (DORMANT_BIND_ALLOW: {allowed})"
+                )
 
     @field_validator("port_range")
     @classmethod
@@ -382,6 +514,8 @@ class Settings(BaseModel):
         for name, cfg in self.templates.items():
             if cfg.policy not in policies:
                 raise InvalidInput(f"templates.{name}.policy: unknown policy {cfg.policy!r}")
+            binds = cfg.bind_mounts()
+            self.check_binds(name, tuple(cfg.binds), binds)
             templates[name] = Template(
                 name=name,
                 runtime=cfg.runtime,
@@ -401,6 +535,11 @@ class Settings(BaseModel):
                 network=cfg.network,
                 env_allow=tuple(cfg.env_allow),
                 user=cfg.user,
+                volumes=cfg.volume_templates(),
+                binds=binds,
+                home=cfg.home,
+                workdir=cfg.workdir,
+                shm_size=cfg.shm_size,
                 wake_timeout=cfg.wake_timeout,
                 public=cfg.public,
                 login_url=cfg.login_url,

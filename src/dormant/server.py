@@ -23,6 +23,7 @@ from dormant.config import Settings
 from dormant.engine import Engine, EngineSettings, PortAllocator, parse_port_range
 from dormant.engine.connections import dead_instances
 from dormant.engine.health import HealthMonitor
+from dormant.engine.volumes import VolumeKeeper
 from dormant.errors import DormantError
 from dormant.gateway import (
     Gateway,
@@ -84,7 +85,8 @@ def build_runtimes(settings: Settings) -> dict[str, Runtime]:
     wanted = {t.runtime for t in settings.catalog().templates.values()}
     runtimes: dict[str, Runtime] = {}
     if "process" in wanted:
-        runtimes["process"] = ProcessRuntime(settings.resolved_data_dir() / "processes")
+        data = settings.resolved_data_dir()
+        runtimes["process"] = ProcessRuntime(data / "processes", users_root=data / "users")
     if "docker" in wanted:
         from dormant.runtimes.docker import DockerRuntime
 
@@ -117,6 +119,19 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     )
     reconciler = Reconciler(engine, settle=timedelta(seconds=settings.reconcile_settle))
     return Services(settings, store, engine, reconciler, runtimes, HealthMonitor(engine))
+
+
+def volume_keeper(services: Services) -> VolumeKeeper:
+    """The retention job of volumes (and process homes): see dormant.engine.volumes."""
+    engine, settings = services.engine, services.settings
+    return VolumeKeeper(
+        engine.store,
+        engine.runtimes,
+        engine.clock,
+        retention=settings.volume_retention,
+        settle=settings.reconcile_settle,
+        deployment=engine.ensure_deployment,
+    )
 
 
 async def ensure_admin_key(services: Services) -> str | None:
@@ -193,6 +208,8 @@ async def startup(services: Services) -> None:
     services.tasks.append(
         asyncio.create_task(services.reconciler.loop(services.settings.reconcile_interval))
     )
+    keeper = volume_keeper(services)
+    services.tasks.append(asyncio.create_task(keeper.loop(services.settings.volume_prune_interval)))
 
 
 async def shutdown(services: Services) -> None:

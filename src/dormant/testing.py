@@ -14,7 +14,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from dormant.errors import DormantError, RuntimeFailure, RuntimeUnavailable, TemporaryError
-from dormant.runtimes import ContainerInfo, ContainerSpec, ContainerStatus, Endpoint, Runtime
+from dormant.runtimes import (
+    ContainerInfo,
+    ContainerSpec,
+    ContainerStatus,
+    Endpoint,
+    Runtime,
+    VolumeInfo,
+)
+from dormant.runtimes.base import RETAIN_SESSION, describe_owner, owner_mismatch
 
 
 class FakeClock:
@@ -81,6 +89,8 @@ class FakeRuntime(Runtime):
     ports_follow_start: ClassVar[bool] = True
     containers: dict[str, _Container] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    #: Volumes by name (made on demand by ``create``, with their labels).
+    volumes: dict[str, VolumeInfo] = field(default_factory=dict)
     _failures: dict[str, deque[_Failure]] = field(default_factory=dict)
 
     def fail(self, method: str, error: DormantError | None = None, times: int = 1) -> None:
@@ -103,9 +113,22 @@ class FakeRuntime(Runtime):
         existing = self.containers.get(spec.name)
         if existing is not None and existing.spec.session_id != spec.session_id:
             raise RuntimeFailure(f"{spec.name} belongs to another session")
+        for volume in spec.volumes:
+            have = self.volumes.get(volume.name)
+            if have is None:
+                self.volumes[volume.name] = VolumeInfo(volume.name, dict(volume.labels))
+            elif differ := owner_mismatch(volume, have.labels):
+                raise RuntimeFailure(
+                    f"volume {volume.name} exists and {describe_owner(have.labels)} ({differ})"
+                )
+        state: dict[str, Any] = {"fake": True}
+        session_volumes = [v.name for v in spec.volumes if v.retain == RETAIN_SESSION]
+        if session_volumes:
+            state["session_volumes"] = session_volumes
         if existing is None:
             self.containers[spec.name] = _Container(spec)
-        return {"fake": True}
+            state["made"] = True
+        return state
 
     async def start(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
         self._check("start", name)
@@ -133,6 +156,19 @@ class FakeRuntime(Runtime):
     async def remove(self, name: str, state: dict[str, Any]) -> None:
         self._check("remove", name)
         self.containers.pop(name, None)
+        for volume in state.get("session_volumes") or []:
+            self.volumes.pop(str(volume), None)
+
+    async def list_volumes(self) -> list[VolumeInfo]:
+        self._check("list_volumes", "")
+        return list(self.volumes.values())
+
+    async def remove_volume(self, name: str) -> bool:
+        self._check("remove_volume", name)
+        if any(v.name == name for c in self.containers.values() for v in c.spec.volumes):
+            return False  # a container mounts it
+        self.volumes.pop(name, None)
+        return True
 
     async def inspect(self, name: str) -> ContainerInfo | None:
         container = self.containers.get(name)

@@ -131,8 +131,8 @@ def test_user_may_be_a_uid(tmp_path: Path) -> None:
         ('user = "no-such-user-dormant"', "user 'no-such-user-dormant' does not exist"),
         ('user = "4000000000"', "user '4000000000' does not exist"),
         (
-            'runtime = "docker"\nimage = "alpine"\nport = 80\nuser = "nobody"',
-            "user is for the process runtime",
+            'runtime = "docker"\nimage = "alpine"\nport = 80\nuser = "a b"',
+            "user 'a b' must be a user name or uid",
         ),
     ],
 )

@@ -14,6 +14,7 @@ from dormant.engine.outcome import OperationKind, OperationStatus
 from dormant.engine.ports import PORT_ATTEMPTS
 from dormant.engine.probes import ProbeKind, wait_ready
 from dormant.engine.templates import Template
+from dormant.engine.volumes import session_volumes
 from dormant.engine.writer import SessionWriter, merge_pending
 from dormant.errors import (
     CapacityExhausted,
@@ -44,6 +45,14 @@ _PER_START = ("port", "endpoint")
 
 def _kept(state: dict[str, Any], *drop: str) -> dict[str, Any]:
     return {k: v for k, v in state.items() if k not in drop}
+
+
+def recreated_note(spec: ContainerSpec) -> str:
+    """The timeline's words for a container that a wake had to make again."""
+    if spec.volumes:
+        names = ", ".join(v.name for v in spec.volumes)
+        return f"re-created: container was missing; volumes kept ({names})"
+    return "re-created: container was missing; anonymous data lost"
 
 
 class OperationRunner(SessionWriter):
@@ -119,6 +128,10 @@ class OperationRunner(SessionWriter):
             network_mode=tpl.network_mode,
             network=tpl.network,
             user=tpl.user,
+            volumes=session_volumes(tpl, record),
+            binds=tuple(tpl.binds),
+            workdir=tpl.workdir,
+            shm_size=tpl.shm_size,
         )
 
     async def _run_start(
@@ -160,6 +173,13 @@ class OperationRunner(SessionWriter):
             except DormantError as exc:
                 await self._fail(record, exc, op_id, attempts, started=False)
                 return
+            # Whether create made a new container (not kept: it describes this call only).
+            made = bool(state.pop("made", False))
+            if made and record.state is State.STARTING:
+                # A wake (or a resumed create) found no container: never re-created silently.
+                note = recreated_note(spec)
+                log.warning("session %s: %s", record.id, note)
+                record = await self._save(record, [NewEvent("operation", note, "re-created")])
             if record.state is State.CREATING:
                 record = await self._transition(
                     record,

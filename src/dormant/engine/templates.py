@@ -8,9 +8,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from dormant.engine.probes import Probe
+from dormant.engine.volumes import VolumeTemplate
 from dormant.errors import InvalidInput
 from dormant.policy import DEFAULT_PRESET, PRESETS, PolicySettings
 from dormant.runtimes import Resources
+from dormant.runtimes.base import BindMount
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +39,18 @@ class Template:
     #: Names (or ``fnmatch`` patterns such as ``GIT_*``) of variables a request may set; none by
     #: default. Loader and interpreter variables are refused whatever this says.
     env_allow: tuple[str, ...] = ()
-    #: Run the session as this host user (process runtime, when dormant is root).
+    #: Run the session as this host user (process runtime, when dormant is root), or as this
+    #: container user (docker runtime).
     user: str | None = None
+    #: Storage (see dormant.engine.volumes): named volumes (docker runtime), host paths from
+    #: the operator's allow-list (docker runtime, checked at load), and the process runtime's
+    #: home directory kept per ``"user"`` or per ``"session"`` (``None``: none).
+    volumes: tuple[VolumeTemplate, ...] = ()
+    binds: tuple[BindMount, ...] = ()
+    home: str | None = None
+    #: Docker runtime: the container's working directory and ``/dev/shm`` size.
+    workdir: str | None = None
+    shm_size: str | None = None
     # The session proxy (dormant.proxy): how long a request waits for a wake; whether sessions
     # are open to anyone (no access cookie); where a browser without a cookie is sent; which
     # requests are only polling (``"GET /api/status"``, ``"/metrics"``: not activity); whether

@@ -6,21 +6,27 @@ from importlib.metadata import entry_points
 
 from dormant.errors import InvalidInput
 from dormant.runtimes.base import (
+    BindMount,
     ContainerInfo,
     ContainerSpec,
     ContainerStatus,
     Endpoint,
     Resources,
     Runtime,
+    VolumeInfo,
+    VolumeMount,
 )
 
 __all__ = [
+    "BindMount",
     "ContainerInfo",
     "ContainerSpec",
     "ContainerStatus",
     "Endpoint",
     "Resources",
     "Runtime",
+    "VolumeInfo",
+    "VolumeMount",
     "runtime_class",
 ]
 

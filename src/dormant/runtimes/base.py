@@ -39,6 +39,18 @@ Contract (every backend, every method):
   how many), and raises rather than return a partial list: unknown is not absent.
 - ``check`` refuses a spec that cannot work (``InvalidInput``) before any session is made;
   ``watch`` streams change events, used only to wake the reconciler early.
+- **Create says whether it made something.** The state ``create`` returns holds ``"made":
+  True`` when it made a new container (not when it adopted one, or found it there); dormant
+  does not keep that key, it only tells the timeline that a wake had to re-create a container.
+- **Volumes.** ``ContainerSpec.volumes`` are named volumes (dormant picks the names and the
+  labels: ``dormant.managed``, ``dormant.deployment``, ``dormant.tenant``, ``dormant.user``,
+  ``dormant.template``, ``dormant.retain`` and, for ``retain="session"``, ``dormant.session``).
+  ``create`` makes the missing ones with those labels before the container, and refuses one
+  that exists with another owner. ``remove`` removes the container's ``retain="session"``
+  volumes too (their names are in the state ``create`` returned, ``"session_volumes"``), never
+  a ``retain="user"`` one: those are removed by :meth:`Runtime.remove_volume`, which dormant's
+  retention job calls. ``list_volumes`` lists every volume labelled ``dormant.managed=true``
+  and raises rather than return a partial list. A backend without volumes keeps the defaults.
 """
 
 from __future__ import annotations
@@ -60,6 +72,15 @@ INSTANCE_LABEL = "dormant.instance"
 #: lists, reconciles and removes only containers carrying its own.
 DEPLOYMENT_LABEL = "dormant.deployment"
 CREATED_LABEL = "dormant.created"
+USER_LABEL = "dormant.user"
+TENANT_LABEL = "dormant.tenant"
+TEMPLATE_LABEL = "dormant.template"
+#: How long a volume lives: ``session`` (removed with the session's container) or ``user``
+#: (kept across that user's sessions until the retention after the last one ended).
+RETAIN_LABEL = "dormant.retain"
+RETAIN_SESSION = "session"
+RETAIN_USER = "user"
+RETAIN_RULES = (RETAIN_SESSION, RETAIN_USER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +121,60 @@ class Resources:
 
 
 @dataclass(frozen=True, slots=True)
+class VolumeMount:
+    """A named volume of a session: ``name`` (already safe for the backend: dormant renders and
+    sanitises it), where it is mounted (``target``; the process runtime's home directory has
+    ``""``), its ``retain`` rule and the labels it is made with (owner, deployment, rule)."""
+
+    name: str
+    target: str
+    retain: str
+    labels: dict[str, str] = field(default_factory=dict)
+    read_only: bool = False
+
+
+def owner_mismatch(volume: VolumeMount, labels: Mapping[str, str]) -> list[str]:
+    """The owner labels of an existing volume that differ from what ``volume`` wants (a
+    backend refuses to use it then: another deployment's, another user's, a hand-made one)."""
+    keys = [MANAGED_LABEL, DEPLOYMENT_LABEL, TENANT_LABEL, USER_LABEL, RETAIN_LABEL]
+    if volume.retain == RETAIN_SESSION:
+        keys.append(SESSION_LABEL)
+    return [k for k in keys if labels.get(k) != volume.labels.get(k)]
+
+
+def describe_owner(labels: Mapping[str, str]) -> str:
+    if labels.get(MANAGED_LABEL) != "true":
+        return "is not managed by dormant"
+    return (
+        f"belongs to {labels.get(TENANT_LABEL)}/{labels.get(USER_LABEL)} (deployment "
+        f"{labels.get(DEPLOYMENT_LABEL) or 'unknown'}, retain {labels.get(RETAIN_LABEL)})"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BindMount:
+    """A host path (from the operator's allow-list, checked at load) mounted into a container;
+    read-only unless the template says otherwise."""
+
+    source: str
+    target: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeInfo:
+    """A volume (or the process runtime's per-user directory) that a backend keeps for dormant."""
+
+    name: str
+    labels: dict[str, str]
+    created_at: datetime | None = None
+
+    @property
+    def retain(self) -> str | None:
+        return self.labels.get(RETAIN_LABEL)
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerSpec:
     name: str
     session_id: str
@@ -121,8 +196,16 @@ class ContainerSpec:
     #: A network the container joins (container runtimes): then no host port is published
     #: (``port`` is ``None``) and the endpoint is the container's address on that network.
     network: str | None = None
-    #: Run as this host user (name or uid); the process runtime only.
+    #: Run as this user: a host user (name or uid) for the process runtime, the container's
+    #: ``User`` (``name``, ``uid`` or ``uid:gid``) for the docker runtime.
     user: str | None = None
+    #: Named volumes (made on demand) and allowed host paths mounted into the container; the
+    #: process runtime takes a volume as the session's home directory (``{home}``, ``HOME``).
+    volumes: tuple[VolumeMount, ...] = ()
+    binds: tuple[BindMount, ...] = ()
+    #: Container runtimes: the working directory and the size of ``/dev/shm`` (``"64m"``).
+    workdir: str | None = None
+    shm_size: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +255,16 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def list_managed(self) -> list[ContainerInfo]:
         """Every container labelled ``dormant.managed=true`` that this backend can see."""
+
+    async def list_volumes(self) -> list[VolumeInfo]:
+        """Every volume labelled ``dormant.managed=true`` this backend keeps (all deployments';
+        the caller filters). Raise rather than return a partial list. Default: none."""
+        return []
+
+    async def remove_volume(self, name: str) -> bool:
+        """Remove a volume and its data; ``False`` if it is in use (left alone), ``True`` when
+        it is gone (not found is success). Default: nothing to remove."""
+        return True
 
     async def ping(self) -> None:
         """Raise :class:`dormant.errors.RuntimeUnavailable` if the backend cannot be reached."""

@@ -52,12 +52,18 @@ from dormant.errors import (
 from dormant.runtimes.base import (
     DEPLOYMENT_LABEL,
     MANAGED_LABEL,
+    RETAIN_RULES,
+    RETAIN_SESSION,
     SESSION_LABEL,
     ContainerInfo,
     ContainerSpec,
     ContainerStatus,
     Endpoint,
     Runtime,
+    VolumeInfo,
+    VolumeMount,
+    describe_owner,
+    owner_mismatch,
 )
 
 log = logging.getLogger("dormant.runtimes.docker")
@@ -83,6 +89,12 @@ _TMPFS_OPTIONS = re.compile(r"^[A-Za-z0-9=,._-]{0,200}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")
+_VOLUME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+#: A container user: a name or uid, optionally ``:group`` (name or gid).
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,63})?$")
+_PATH_CHARS = re.compile(r"^/[^\x00-\x1f\x7f,:]{0,1023}$")
+MIN_SHM = 1024**2
+MAX_SHM = 64 * 1024**3
 
 #: Crash points for chaos tests. A test arms one by creating the file named after it in
 #: ``DORMANT_TEST_CRASH_DIR``; the next time dormant gets there it removes the file and SIGKILLs
@@ -145,6 +157,61 @@ def parse_memory(value: str | int) -> int:
     return int(size)
 
 
+def parse_shm_size(value: str | int) -> int:
+    """``"64m"``, ``"1g"`` or bytes -> bytes, between 1m and 64g."""
+    if isinstance(value, bool):
+        raise InvalidInput(f"shm_size must be a size like 64m, not {value!r}")
+    match = _MEMORY.match(str(value).strip())
+    if not match:
+        raise InvalidInput(f"shm_size must look like 64m or 1g, got {value!r}")
+    size = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not MIN_SHM <= size <= MAX_SHM:
+        raise InvalidInput(f"shm_size must be between 1m and 64g, got {value!r}")
+    return int(size)
+
+
+def check_path(what: str, path: str, *, root_ok: bool = False) -> None:
+    """An absolute path without ``..``, control characters, ``,`` or ``:`` (``InvalidInput``
+    naming ``what`` otherwise)."""
+    if (
+        not isinstance(path, str)
+        or not _PATH_CHARS.match(path)
+        or ".." in path.split("/")
+        or (path.rstrip("/") == "" and not root_ok)
+    ):
+        raise InvalidInput(
+            f"{what} must be an absolute path{'' if root_ok else ' below /'} without '..', "
+            f"',' or ':', got {path!r}"
+        )
+
+
+def validate_mounts(spec: ContainerSpec) -> None:
+    """Volumes and binds: valid names and paths, a known retain rule, one mount per target."""
+    targets: dict[str, str] = {path.rstrip("/"): "tmpfs" for path in spec.tmpfs}
+    names: set[str] = set()
+    for volume in spec.volumes:
+        if not _VOLUME.match(volume.name):
+            raise InvalidInput(f"volumes: {volume.name!r} is not a valid volume name")
+        if volume.retain not in RETAIN_RULES:
+            raise InvalidInput(f"volumes: {volume.name}: unknown retain rule {volume.retain!r}")
+        if volume.name in names:
+            raise InvalidInput(f"volumes: {volume.name} is mounted twice")
+        names.add(volume.name)
+        check_path(f"volumes: the target of {volume.name}", volume.target)
+        _claim_target(targets, volume.target, f"volume {volume.name}")
+    for bind in spec.binds:
+        check_path("binds: a host path", bind.source)
+        check_path(f"binds: the target of {bind.source}", bind.target)
+        _claim_target(targets, bind.target, f"bind {bind.source}")
+
+
+def _claim_target(targets: dict[str, str], target: str, what: str) -> None:
+    key = target.rstrip("/")
+    if key in targets:
+        raise InvalidInput(f"{what} and {targets[key]} are both mounted at {target}")
+    targets[key] = what
+
+
 def validate_spec(spec: ContainerSpec) -> None:
     """Refuse, with a message that names the setting, anything the engine should not be given."""
     if not _NAME.match(spec.name):
@@ -193,6 +260,15 @@ def validate_spec(spec: ContainerSpec) -> None:
     for key in spec.env:
         if not _ENV_NAME.match(key):
             raise InvalidInput(f"environment variable name {key!r} is not valid")
+    if spec.user is not None and not _USER.match(spec.user):
+        raise InvalidInput(
+            f"user {spec.user!r} must be a user name or uid, optionally :group (name or gid)"
+        )
+    if spec.workdir is not None:
+        check_path("workdir", spec.workdir, root_ok=True)
+    if spec.shm_size is not None:
+        parse_shm_size(spec.shm_size)
+    validate_mounts(spec)
 
 
 def container_config(spec: ContainerSpec) -> dict[str, Any]:
@@ -200,7 +276,11 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
     validate_spec(spec)
     assert spec.container_port is not None
     inner = f"{spec.container_port}/tcp"
-    values = {"port": str(spec.container_port), "session": spec.session_id, "workdir": "/"}
+    values = {
+        "port": str(spec.container_port),
+        "session": spec.session_id,
+        "workdir": spec.workdir or "/",
+    }
     env = {
         **spec.env,
         "PORT": str(spec.container_port),
@@ -231,6 +311,17 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
         host["NetworkMode"] = spec.network_mode
     if spec.network is not None:
         host["NetworkMode"] = spec.network
+    if spec.shm_size is not None:
+        host["ShmSize"] = parse_shm_size(spec.shm_size)
+    mounts = [
+        {"Type": "volume", "Source": v.name, "Target": v.target, "ReadOnly": v.read_only}
+        for v in spec.volumes
+    ] + [
+        {"Type": "bind", "Source": b.source, "Target": b.target, "ReadOnly": b.read_only}
+        for b in spec.binds
+    ]
+    if mounts:
+        host["Mounts"] = mounts
     config: dict[str, Any] = {
         "Image": spec.image,
         "Env": [f"{k}={v}" for k, v in env.items()],
@@ -241,6 +332,10 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
     }
     if spec.command:
         config["Cmd"] = [part.format(**values) for part in spec.command]
+    if spec.user is not None:
+        config["User"] = spec.user
+    if spec.workdir is not None:
+        config["WorkingDir"] = spec.workdir
     return config
 
 
@@ -467,6 +562,11 @@ class DockerRuntime(Runtime):
             # the address is known once it runs: start looks it up
             state = {**state, "network": spec.network, "container_port": spec.container_port}
             del state["probe_port"]
+        if spec.volumes:
+            await self._ensure_volumes(spec)
+            session_volumes = [v.name for v in spec.volumes if v.retain == RETAIN_SESSION]
+            if session_volumes:
+                state["session_volumes"] = session_volumes
         if self._made.get(spec.name) == spec.session_id:
             # Made by this process (a wake): one look instead of a create that conflicts.
             existing = await self._inspect_raw(spec.name)
@@ -482,7 +582,9 @@ class DockerRuntime(Runtime):
                 )
                 self._made[spec.name] = spec.session_id
                 self._crash_point("after-create")
-                return {**state, "id": created.id}
+                if spec.volumes:
+                    await self._check_volumes_after_create(spec)
+                return {**state, "id": created.id, "made": True}
             except NameConflict:
                 existing = await self._inspect_raw(spec.name)
             except ImageMissing:
@@ -508,6 +610,99 @@ class DockerRuntime(Runtime):
                 f"{labels.get(DEPLOYMENT_LABEL) or 'unknown'}); not touching it"
             )
         raise TemporaryError(f"create {spec.name}: the name stays taken; will retry")
+
+    # volumes ----------------------------------------------------------------------------------
+
+    async def _inspect_volume(self, name: str) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = await self._call(
+                f"inspect volume {name}", lambda d: d._query_json(f"volumes/{name}")
+            )
+        except ContainerMissing:
+            return None
+        return data
+
+    async def _ensure_volumes(self, spec: ContainerSpec) -> None:
+        """Make each of the spec's volumes that is missing, with its labels; refuse one that
+        exists with another owner (another deployment's, a hand-made one, another user's)."""
+        for volume in spec.volumes:
+            info = await self._inspect_volume(volume.name) or await self._create_volume(volume)
+            _check_owner(volume, info)
+
+    async def _create_volume(self, volume: VolumeMount) -> dict[str, Any]:
+        body = json.dumps({"Name": volume.name, "Labels": {**volume.labels, **self.scope}})
+        try:
+            info: dict[str, Any] = await self._call(
+                f"create volume {volume.name}",
+                lambda d: d._query_json("volumes/create", method="POST", data=body),
+            )
+        except RuntimeFailure:
+            found = await self._inspect_volume(volume.name)  # made meanwhile?
+            if found is None:
+                raise
+            return found
+        log.info("volume %s created (retain=%s)", volume.name, volume.retain)
+        return info
+
+    async def _check_volumes_after_create(self, spec: ContainerSpec) -> None:
+        """A volume removed (by retention) between its check and the container's creation is
+        made again by the engine, without labels: then the container is removed and the
+        create retried, so that no volume dormant uses lacks its labels."""
+        for volume in spec.volumes:
+            info = await self._inspect_volume(volume.name)
+            labels = (info or {}).get("Labels") or {}
+            if labels.get(MANAGED_LABEL) == "true":
+                continue
+            log.warning(
+                "volume %s lost its labels while %s was made: again", volume.name, spec.name
+            )
+            await self.remove(spec.name, {})
+            if info is not None and not labels:
+                with contextlib.suppress(DormantError):
+                    await self.remove_volume(volume.name)
+            raise TemporaryError(f"create {spec.name}: volume {volume.name} changed; will retry")
+
+    async def list_volumes(self) -> list[VolumeInfo]:
+        params = {"filters": json.dumps({"label": self._label_filter()})}
+        data: dict[str, Any] = await self._call(
+            "list volumes", lambda d: d._query_json("volumes", params=params)
+        )
+        infos = []
+        for row in data.get("Volumes") or []:
+            labels = dict(row.get("Labels") or {})
+            if labels.get(MANAGED_LABEL) != "true":
+                continue
+            if any(labels.get(k) != v for k, v in self.scope.items()):
+                continue
+            infos.append(VolumeInfo(str(row["Name"]), labels, _parse_time(row.get("CreatedAt"))))
+        return infos
+
+    async def remove_volume(self, name: str) -> bool:
+        if not _VOLUME.match(name):
+            raise InvalidInput(f"invalid volume name {name!r}")
+
+        async def _delete(d: aiodocker.Docker) -> None:
+            async with d._query(f"volumes/{name}", method="DELETE") as response:
+                try:
+                    await response.read()
+                finally:
+                    response.close()
+
+        try:
+            await self._call(f"remove volume {name}", _delete)
+        except ContainerMissing:
+            return True
+        except RuntimeFailure as exc:
+            text = str(exc).lower()
+            if "in use" in text or "being used" in text or "(http 409)" in text:
+                return False
+            raise
+        return True
+
+    async def _remove_session_volumes(self, names: list[str]) -> None:
+        for volume in names:
+            if not await self.remove_volume(volume):
+                log.warning("session volume %s is still in use; retention removes it", volume)
 
     async def start(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -658,6 +853,9 @@ class DockerRuntime(Runtime):
             await asyncio.sleep(delay)
             if await self._inspect_raw(name) is None:
                 self._crash_point("after-remove")
+                volumes = state.get("session_volumes")
+                if isinstance(volumes, list) and volumes:
+                    await self._remove_session_volumes([str(v) for v in volumes])
                 return
         raise TemporaryError(f"remove {name}: the container still exists; will retry")
 
@@ -734,6 +932,16 @@ class DockerRuntime(Runtime):
         if docker is not None:
             with contextlib.suppress(Exception):
                 await docker.close()
+
+
+def _check_owner(volume: VolumeMount, info: dict[str, Any]) -> None:
+    """Refuse to use a volume whose labels say it belongs to someone else."""
+    labels = info.get("Labels") or {}
+    if differ := owner_mismatch(volume, labels):
+        raise RuntimeFailure(
+            f"volume {volume.name} exists and {describe_owner(labels)}; not using it "
+            f"(labels that differ: {', '.join(differ)})"
+        )
 
 
 def _exposed_port(info: dict[str, Any]) -> int | None:

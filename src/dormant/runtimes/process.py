@@ -10,6 +10,11 @@ A spec's ``user`` runs the session as that host user (dormant must be root, unle
 user): the process gets the user's uid, primary gid and no supplementary groups, ``HOME``,
 ``USER`` and ``LOGNAME`` of that user, and owns its work directory (mode 0700). Only ``PATH``,
 ``HOME``, ``LANG``, ``LC_ALL`` and ``TZ`` are taken from dormant's own environment.
+
+A spec's volume (a template's ``home``) is a directory kept apart from the sessions' work
+directories (``users_root/NAME/home``, its labels in ``users_root/NAME/volume.json``): the
+session gets it as ``HOME`` and ``{home}``; ``retain="session"`` ones are removed with the
+session, ``retain="user"`` ones by dormant's retention job (:meth:`ProcessRuntime.remove_volume`).
 """
 
 from __future__ import annotations
@@ -33,12 +38,17 @@ from dormant.errors import InvalidInput, RuntimeFailure
 from dormant.runtimes.base import (
     DEPLOYMENT_LABEL,
     MANAGED_LABEL,
+    RETAIN_SESSION,
     SESSION_LABEL,
     ContainerInfo,
     ContainerSpec,
     ContainerStatus,
     Endpoint,
     Runtime,
+    VolumeInfo,
+    VolumeMount,
+    describe_owner,
+    owner_mismatch,
 )
 
 DEFAULT_COMMAND = [
@@ -148,9 +158,11 @@ class ProcessRuntime(Runtime):
     #: The port is only the command's argument: a start may use another one.
     ports_follow_start: ClassVar[bool] = True
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, users_root: str | Path | None = None) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        #: Where volumes (home directories) live: default ``.volumes`` inside ``root``.
+        self.users_root = Path(users_root or self.root / ".volumes").resolve()
         self._children: dict[str, asyncio.subprocess.Process] = {}
 
     # layout ---------------------------------------------------------------------------------
@@ -159,6 +171,11 @@ class ProcessRuntime(Runtime):
         if not name or "/" in name or name.startswith("."):
             raise InvalidInput(f"invalid container name {name!r}")
         return self.root / name
+
+    def _volume_dir(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith(".") or "\0" in name:
+            raise InvalidInput(f"invalid volume name {name!r}")
+        return self.users_root / name
 
     def _read_json(self, path: Path) -> dict[str, Any] | None:
         try:
@@ -231,16 +248,58 @@ class ProcessRuntime(Runtime):
                 f"{spec.name} already exists for session {existing.get('session_id')}"
             )
         work = directory / "work"
+        made = not work.exists()
         work.mkdir(parents=True, exist_ok=True)
-        if spec.user is not None:
-            user = resolve_user(spec.user)
+        user = resolve_user(spec.user) if spec.user is not None else None
+        if user is not None:
             directory.chmod(0o711)  # the user enters it, and reads nothing else in it
             os.chown(work, user.pw_uid, user.pw_gid)
             work.chmod(0o700)
+        for volume in spec.volumes:
+            self._ensure_volume(volume, user)
         data = asdict(spec)
         data["created_at"] = spec.labels.get("dormant.created", "")
         self._write_spec(directory, data)
-        return {"dir": str(directory)}
+        state: dict[str, Any] = {"dir": str(directory)}
+        if made:
+            state["made"] = True
+        session_volumes = [v.name for v in spec.volumes if v.retain == RETAIN_SESSION]
+        if session_volumes:
+            state["session_volumes"] = session_volumes
+        return state
+
+    def _ensure_volume(self, volume: VolumeMount, user: pwd.struct_passwd | None) -> None:
+        """The volume's directory, made with its labels if missing; refused if it exists
+        for another owner."""
+        directory = self._volume_dir(volume.name)
+        meta = self._read_json(directory / "volume.json")
+        if meta is None:
+            self.users_root.mkdir(parents=True, exist_ok=True)
+            (directory / "home").mkdir(parents=True, exist_ok=True)
+            # its creation time is the file's: written once, never again
+            meta = {"name": volume.name, "labels": dict(volume.labels)}
+            tmp = directory / "volume.json.tmp"
+            tmp.write_text(json.dumps(meta))
+            tmp.replace(directory / "volume.json")
+        labels = meta.get("labels") or {}
+        if differ := owner_mismatch(volume, labels):
+            raise RuntimeFailure(
+                f"volume {volume.name} exists and {describe_owner(labels)}; not using it "
+                f"(labels that differ: {', '.join(differ)})"
+            )
+        home = directory / "home"
+        home.mkdir(exist_ok=True)
+        if user is not None:
+            directory.chmod(0o711)
+            os.chown(home, user.pw_uid, user.pw_gid)
+            home.chmod(0o700)
+
+    def _home_of(self, spec: dict[str, Any]) -> Path | None:
+        """The home directory of a session (its volume mounted at ``""``), if any."""
+        for volume in spec.get("volumes") or []:
+            if isinstance(volume, dict) and volume.get("target") == "":
+                return self._volume_dir(str(volume["name"])) / "home"
+        return None
 
     def _write_spec(self, directory: Path, data: dict[str, Any]) -> None:
         tmp = directory / "spec.json.tmp"
@@ -276,7 +335,15 @@ class ProcessRuntime(Runtime):
             )
             return {**state, "pid": pid, "endpoint": endpoint}
         workdir = directory / "work"
-        values = {"port": str(port), "workdir": str(workdir), "session": spec["session_id"]}
+        home = self._home_of(spec)
+        if home is not None and not home.is_dir():
+            raise RuntimeFailure(f"{name}: its home directory {home} is missing (create again)")
+        values = {
+            "port": str(port),
+            "workdir": str(workdir),
+            "session": spec["session_id"],
+            "home": str(home or workdir),
+        }
         command = [part.format(**values) for part in (spec["command"] or DEFAULT_COMMAND)]
         env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
         run_as: dict[str, Any] = {}
@@ -287,6 +354,8 @@ class ProcessRuntime(Runtime):
                 raise RuntimeFailure(str(exc)) from None
             env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
             run_as = _as_user(user)
+        if home is not None:
+            env["HOME"] = str(home)
         env.update(spec["env"])
         env.update(
             PORT=str(port),
@@ -410,6 +479,39 @@ class ProcessRuntime(Runtime):
         directory = self._dir(name)
         if directory.exists():
             await asyncio.to_thread(shutil.rmtree, directory, True)
+        volumes = state.get("session_volumes")
+        if isinstance(volumes, list):
+            for volume in volumes:
+                await self.remove_volume(str(volume))
+
+    async def list_volumes(self) -> list[VolumeInfo]:
+        if not self.users_root.is_dir():
+            return []
+        infos = []
+        for entry in sorted(self.users_root.iterdir()):
+            meta = self._read_json(entry / "volume.json") if entry.is_dir() else None
+            if meta is None or not isinstance(meta.get("labels"), dict):
+                continue  # not a volume dormant finished making
+            labels = {str(k): str(v) for k, v in meta["labels"].items()}
+            try:
+                made = datetime.fromtimestamp((entry / "volume.json").stat().st_mtime, tz=UTC)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            if labels.get(MANAGED_LABEL) == "true":
+                infos.append(VolumeInfo(entry.name, labels, made))
+        return infos
+
+    async def remove_volume(self, name: str) -> bool:
+        directory = self._volume_dir(name)
+        home = str(directory / "home")
+        for pid in self._marked_pids():
+            if _proc_environ(pid).get("HOME") == home:
+                return False  # a session's process runs with it
+        if directory.exists():
+            # the labels last: a half-removed volume is still listed, and removed again
+            await asyncio.to_thread(shutil.rmtree, directory / "home", True)
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+        return True
 
     async def inspect(self, name: str) -> ContainerInfo | None:
         return self._inspect(name, None)
@@ -445,6 +547,8 @@ class ProcessRuntime(Runtime):
         infos: dict[str, ContainerInfo] = {}
         marks = self._marked_pids()
         for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith("."):
+                continue  # .volumes (and nothing dormant names a container so)
             if entry.is_dir() and (info := self._inspect(entry.name, marks)) is not None:
                 infos[entry.name] = info
         for pid, name in marks.items():
