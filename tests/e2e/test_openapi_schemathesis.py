@@ -59,6 +59,7 @@ OPERATIONS = [
     ("POST", "/v1/sessions/{session_id}/links", [POSITIVE, NEGATIVE]),
     ("POST", "/v1/sessions/{session_id}/broadcast", [POSITIVE, NEGATIVE]),
     ("POST", "/v1/users/{user_id}/logout", [POSITIVE]),
+    ("PUT", "/v1/users/{user_id}/sessions/{name}", [POSITIVE, NEGATIVE]),
     ("GET", "/v1/stats", [POSITIVE]),
     ("GET", "/v1/instances", [POSITIVE]),
     ("GET", "/healthz", [POSITIVE]),
