@@ -249,7 +249,7 @@ async def test_an_engine_event_wakes_the_reconciler(rig: Rig) -> None:
     loop = asyncio.create_task(rig.reconciler.loop(interval=3600))  # only events can wake it
     try:
         await asyncio.wait_for(rig.runtime.watching.wait(), 60)  # the event stream is connected
-        podman.podman("rm", "-f", "-t", "0", record.container_name)
+        podman.podman("rm", "-f", "-v", "-t", "0", record.container_name)
         for _ in range(600):
             if await rig.state(sid) is State.SLEEPING:
                 break

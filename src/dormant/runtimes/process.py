@@ -247,16 +247,16 @@ class ProcessRuntime(Runtime):
             raise RuntimeFailure(
                 f"{spec.name} already exists for session {existing.get('session_id')}"
             )
+        user = resolve_user(spec.user) if spec.user is not None else None
+        for volume in spec.volumes:  # refused before anything else is made
+            self._ensure_volume(volume, user)
         work = directory / "work"
         made = not work.exists()
         work.mkdir(parents=True, exist_ok=True)
-        user = resolve_user(spec.user) if spec.user is not None else None
         if user is not None:
             directory.chmod(0o711)  # the user enters it, and reads nothing else in it
             os.chown(work, user.pw_uid, user.pw_gid)
             work.chmod(0o700)
-        for volume in spec.volumes:
-            self._ensure_volume(volume, user)
         data = asdict(spec)
         data["created_at"] = spec.labels.get("dormant.created", "")
         self._write_spec(directory, data)
