@@ -771,3 +771,48 @@ async def test_an_expired_idempotency_key_is_replaced_and_purged(store: Store) -
     assert await store.get_idempotency("t1", "other", T0 - day) is None
     assert await store.purge_idempotency(later - day) == 0
     assert await store.get_idempotency("t1", "k", later - day) is not None
+
+
+async def _put(store: Store, rec: SessionRecord) -> None:
+    await store.insert_session(rec, NewEvent("transition", "created"), None)
+
+
+async def test_admission_counts_running_slots_and_the_users_sessions(store: Store) -> None:
+    q = T0 + timedelta(seconds=5)
+    await _put(store, record("a1", user="u1").replace(state=State.RUNNING))
+    await _put(store, record("a2", user="u1").replace(state=State.SLEEPING))
+    await _put(store, record("a3", user="u1"))  # creating, not queued: holds a slot
+    await _put(store, record("a4", user="u1").replace(queued_at=q, queue_kind="create"))
+    await _put(store, record("a5", user="u2").replace(state=State.STOPPING))
+    await _put(store, record("a6", user="u2").replace(state=State.FAILED))
+    await _put(
+        store,
+        record("a7", user="u2").replace(
+            state=State.SLEEPING, queued_at=q, queue_kind="wake", queue_limit="running"
+        ),
+    )
+    await _put(store, record("a8", user="u1").replace(state=State.STARTING, tenant="t2"))
+    await _put(store, record("a9", user="u1").replace(state=State.RUNNING))
+    await _delete(store, "a9")
+    counts = await store.admission_counts("t1", "u1")
+    assert counts.running == 4  # a1 a3 a5 a8
+    assert counts.tenant_running == 3  # a1 a3 a5
+    assert counts.user_running == 2  # a1 a3
+    assert counts.user_sessions == 3  # a1 a2 a3 (a4 is queued)
+    assert counts.queued == 2  # a4 a7
+    none = await store.admission_counts("t9", "nobody")
+    assert (none.tenant_running, none.user_running, none.user_sessions) == (0, 0, 0)
+
+
+async def test_the_queue_is_listed_oldest_first(store: Store) -> None:
+    await _put(store, record("b1").replace(queued_at=T0 + timedelta(seconds=3)))
+    await _put(store, record("b2").replace(queued_at=T0 + timedelta(seconds=1)))
+    await _put(store, record("b0").replace(queued_at=T0 + timedelta(seconds=3)))
+    await _put(store, record("b3"))
+    queued = await store.list_queued()
+    assert [r.id for r in queued] == ["b2", "b0", "b1"]
+    assert queued[0].queued_at == T0 + timedelta(seconds=1)
+    got = await store.get_session("b2")
+    assert got is not None
+    await store.update_session(got.replace(queued_at=None, queue_kind=None), got.version)
+    assert [r.id for r in await store.list_queued()] == ["b0", "b1"]

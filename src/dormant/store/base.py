@@ -10,6 +10,7 @@ from typing import Any
 from dormant.errors import Conflict
 from dormant.policy import ActivityTimes, State
 from dormant.store.records import (
+    AdmissionCounts,
     ApiKeyRecord,
     Claim,
     EventRecord,
@@ -134,6 +135,22 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def count_by_state(self, tenant: str | None) -> dict[str, int]: ...
+
+    # admission
+    @abc.abstractmethod
+    async def admission_counts(self, tenant: str, user_id: str) -> AdmissionCounts:
+        """Counts the admission limits are checked against, as the store has them now.
+        Holding a running slot: ``creating`` with ``queued_at`` NULL, ``starting``,
+        ``running``, ``stopping`` (``running`` in all, ``tenant_running`` of ``tenant``,
+        ``user_running`` of ``tenant`` and ``user_id``). ``user_sessions``: that user's
+        sessions holding a running slot or ``sleeping`` (a queued create is not counted;
+        ``failed``, ``deleting`` and ``deleted`` are not). ``queued``: sessions with
+        ``queued_at`` set, in all."""
+
+    @abc.abstractmethod
+    async def list_queued(self, limit: int = 10_000) -> list[SessionRecord]:
+        """Live sessions with ``queued_at`` set, oldest first (``queued_at``, then ``id``):
+        the admission queues in FIFO order."""
 
     # operations
     @abc.abstractmethod

@@ -40,6 +40,7 @@ from dormant.errors import Conflict, InvalidInput
 from dormant.policy import ActivityTimes, State
 from dormant.store.base import KeyTaken, NameTaken, Store
 from dormant.store.records import (
+    AdmissionCounts,
     ApiKeyRecord,
     Claim,
     EventRecord,
@@ -54,6 +55,9 @@ from dormant.store.records import (
 _SESSION_FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))
 #: Columns kept as JSON by the SQL stores.
 _JSON_FIELDS = ("policy", "labels", "env", "runtime_state", "connections_by_instance")
+#: States that hold a running slot (admission), a queued create apart.
+_SLOT_STATES = frozenset({State.CREATING, State.STARTING, State.RUNNING, State.STOPPING})
+
 _TIME_FIELDS = tuple(
     f.name for f in dataclasses.fields(SessionRecord) if str(f.type).startswith("datetime")
 )
@@ -384,6 +388,32 @@ class MemoryStore(Store):
 
     async def used_ports(self) -> set[int]:
         return set(self._ports)
+
+    async def admission_counts(self, tenant: str, user_id: str) -> AdmissionCounts:
+        running = tenant_running = user_running = user_sessions = queued = 0
+        for r in self._sessions.values():
+            if r.queued_at is not None and r.state is not State.DELETED:
+                queued += 1
+            holds = r.state in _SLOT_STATES and not (
+                r.state is State.CREATING and r.queued_at is not None
+            )
+            mine = r.tenant == tenant and r.user_id == user_id
+            if holds:
+                running += 1
+                tenant_running += r.tenant == tenant
+                user_running += mine
+            if mine and (holds or r.state is State.SLEEPING):
+                user_sessions += 1
+        return AdmissionCounts(running, tenant_running, user_running, user_sessions, queued)
+
+    async def list_queued(self, limit: int = 10_000) -> list[SessionRecord]:
+        rows = [
+            r
+            for r in self._sessions.values()
+            if r.queued_at is not None and r.state is not State.DELETED
+        ]
+        rows.sort(key=lambda r: (r.queued_at, r.id))
+        return [_handed_out(r) for r in rows[:limit]]
 
     async def count_by_state(self, tenant: str | None) -> dict[str, int]:
         counts: dict[str, int] = {}

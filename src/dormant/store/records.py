@@ -47,6 +47,12 @@ class SessionRecord:
     next_action_reason: str | None = None
     end_reason: str | None = None
     deleted_at: datetime | None = None
+    #: Waiting for capacity (admission): since when, for what (``create`` or ``wake``) and
+    #: behind which limit (``running``, ``running_per_tenant``, ``running_per_user``,
+    #: ``sessions_per_user``); ``None`` when not queued.
+    queued_at: datetime | None = None
+    queue_kind: str | None = None
+    queue_limit: str | None = None
     version: int = 1
     #: The fencing token of the last claim (read-only here: only claims change it).
     fence: int = 0
@@ -85,6 +91,20 @@ class SessionRecord:
 
 
 _SESSION_FIELDS = frozenset(f.name for f in dataclasses.fields(SessionRecord))
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionCounts:
+    """What admission limits are checked against: sessions holding a running slot (creating
+    and not queued, starting, running, stopping) in all, of a tenant and of a user; the
+    user's sessions (those, plus sleeping ones; queued creates not counted); and how many
+    sessions are queued in all."""
+
+    running: int = 0
+    tenant_running: int = 0
+    user_running: int = 0
+    user_sessions: int = 0
+    queued: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,9 @@ sessions = Table(
     Column("next_action_reason", Text),
     Column("end_reason", Text),
     Column("deleted_at", UTCDateTime()),
+    Column("queued_at", UTCDateTime()),
+    Column("queue_kind", String(10)),
+    Column("queue_limit", String(40)),
     Column("version", Integer, nullable=False, default=1),
     #: The instance handling this session's due work, until when (a lease), and the fencing
     #: token every write of that work must still match (bumped by every claim).
@@ -101,6 +104,7 @@ sessions = Table(
     Index("ix_sessions_state", "state"),
     Index("ux_sessions_port", "port", unique=True),
     Index("ix_sessions_deleted_at", "deleted_at"),
+    Index("ix_sessions_queued_at", "queued_at"),
     #: A name is held by one live session of a tenant's user and template; a deleted session
     #: frees it. Unnamed sessions (NULL) are not constrained.
     Index(

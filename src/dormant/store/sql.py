@@ -31,6 +31,7 @@ from dormant.errors import Conflict, DormantError, InvalidInput, TemporaryError
 from dormant.policy import ActivityTimes, State
 from dormant.store.base import KeyTaken, NameTaken, Store
 from dormant.store.records import (
+    AdmissionCounts,
     ApiKeyRecord,
     Claim,
     EventRecord,
@@ -123,6 +124,10 @@ def _activity_kept(new: SessionRecord) -> dict[str, Any]:
 
 #: Rows per activity-flush transaction.
 FLUSH_CHUNK = 500
+#: Admission: states holding a running slot (besides a create not queued), and states that
+#: count for nothing.
+_SLOT_STATES = (State.STARTING.value, State.RUNNING.value, State.STOPPING.value)
+_NO_SLOT_STATES = (State.DELETED.value, State.DELETING.value, State.FAILED.value)
 
 
 def _translate_errors(cls: type[SqlStoreT]) -> type[SqlStoreT]:
@@ -392,6 +397,39 @@ class SqlStore(Store):
                 await conn.execute(select(sessions.c.port).where(sessions.c.port.is_not(None)))
             ).all()
         return {int(r.port) for r in rows}
+
+    async def admission_counts(self, tenant: str, user_id: str) -> AdmissionCounts:
+        holds = or_(
+            and_(sessions.c.state == State.CREATING.value, sessions.c.queued_at.is_(None)),
+            sessions.c.state.in_(_SLOT_STATES),
+        )
+        of_tenant = sessions.c.tenant == tenant
+        mine = and_(of_tenant, sessions.c.user_id == user_id)
+
+        def total(cond: Any) -> Any:
+            return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+
+        query = select(
+            total(holds),
+            total(and_(holds, of_tenant)),
+            total(and_(holds, mine)),
+            total(and_(mine, or_(holds, sessions.c.state == State.SLEEPING.value))),
+            total(sessions.c.queued_at.is_not(None)),
+        ).where(sessions.c.state.not_in(_NO_SLOT_STATES))
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).one()
+        return AdmissionCounts(*(int(v) for v in row))
+
+    async def list_queued(self, limit: int = 10_000) -> list[SessionRecord]:
+        query = (
+            select(sessions)
+            .where(sessions.c.queued_at.is_not(None), sessions.c.state != State.DELETED.value)
+            .order_by(sessions.c.queued_at, sessions.c.id)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [SessionRecord.from_row(r) for r in rows]
 
     async def count_by_state(self, tenant: str | None) -> dict[str, int]:
         query = select(sessions.c.state, func.count()).group_by(sessions.c.state)
