@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from dormant.engine import Catalog, Template
+from dormant.engine.limits import Limits
 from dormant.engine.ports import parse_port_range
 from dormant.engine.probes import Probe, ProbeKind
 from dormant.engine.volumes import VolumeTemplate, check_pattern, pattern_fields, render_name
@@ -309,6 +310,63 @@ class TemplateConfig(BaseModel):
         return self
 
 
+class LimitsConfig(BaseModel):
+    """``[limits]`` (or ``DORMANT_LIMITS_<NAME>``): admission. Running sessions in all, per
+    tenant (``tenants = { acme = 10 }`` overrides ``running_per_tenant`` for a tenant; the
+    variable takes ``acme=10,beta=2``), per user; sessions running or sleeping per user. A
+    create or wake beyond one waits in a FIFO queue for up to ``queue_timeout``. Nothing set:
+    nothing is queued."""
+
+    model_config = ConfigDict(extra="forbid")
+    running: int | None = Field(default=None, ge=1, le=10_000_000)
+    running_per_tenant: int | None = Field(default=None, ge=1, le=10_000_000)
+    tenants: dict[str, int] = Field(default_factory=dict, max_length=10_000)
+    running_per_user: int | None = Field(default=None, ge=1, le=10_000_000)
+    sessions_per_user: int | None = Field(default=None, ge=1, le=10_000_000)
+    queue_timeout: float = Field(default=300.0, gt=0, le=86400)
+    evict_idle: bool = False
+    active_within: float = Field(default=120.0, ge=0, le=86400)
+
+    @field_validator("queue_timeout", "active_within", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        return parse_duration(value, name="duration")
+
+    @field_validator("tenants", mode="before")
+    @classmethod
+    def _tenants(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = [part.strip() for part in value.split(",") if part.strip()]
+            parsed: dict[str, str] = {}
+            for pair in pairs:
+                name, sep, limit = pair.partition("=")
+                if not sep or not name.strip():
+                    raise ValueError(f"tenants must look like name=N[,name=N], not {pair!r}")
+                parsed[name.strip()] = limit.strip()
+            return parsed
+        return value
+
+    @field_validator("tenants")
+    @classmethod
+    def _positive(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, limit in value.items():
+            if limit < 1:
+                raise ValueError(f"tenants.{name} must be at least 1")
+        return value
+
+    def to_limits(self) -> Limits:
+        return Limits(
+            running=self.running,
+            running_per_tenant=self.running_per_tenant,
+            tenants=dict(self.tenants),
+            running_per_user=self.running_per_user,
+            sessions_per_user=self.sessions_per_user,
+            queue_timeout=self.queue_timeout,
+            evict_idle=self.evict_idle,
+            active_within=self.active_within,
+        )
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     database_url: str = "sqlite+aiosqlite:///./dormant.db"
@@ -398,6 +456,7 @@ class Settings(BaseModel):
     #: a job that runs every ``volume_prune_interval`` seconds.
     volume_retention: float = Field(default=30 * 86400.0, ge=0, le=3660 * 86400)
     volume_prune_interval: float = Field(default=600.0, gt=0, le=86400)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @field_validator(
         "retention",
@@ -571,8 +630,9 @@ def load_settings(
             raise InvalidInput(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise InvalidInput(f"config file {path}: {exc}") from None
-    fields = set(Settings.model_fields) - {"templates", "policies", "policy_overrides"}
+    fields = set(Settings.model_fields) - {"templates", "policies", "policy_overrides", "limits"}
     overrides: dict[str, Any] = dict(data.pop("policy_overrides", {}) or {})
+    limits: dict[str, Any] = dict(data.pop("limits", {}) or {})
     for key, value in env.items():
         if not key.startswith("DORMANT_") or key == "DORMANT_CONFIG":
             continue
@@ -581,7 +641,10 @@ def load_settings(
             data[name] = value
         elif name.startswith("policy_"):
             overrides[name[len("policy_") :]] = value
+        elif name.startswith("limits_"):
+            limits[name[len("limits_") :]] = value
     data["policy_overrides"] = overrides
+    data["limits"] = limits
     try:
         settings = Settings(**data)
         settings.catalog()  # validates templates and policies now, not at first use

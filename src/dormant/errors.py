@@ -54,6 +54,12 @@ class CapacityExhausted(TemporaryError):
     status = 503
 
 
+class QueueTimedOut(CapacityExhausted):
+    """A create or wake waited ``queue_timeout`` in an admission queue and gave up."""
+
+    code = "queue_timeout"
+
+
 class RuntimeUnavailable(TemporaryError):
     """The runtime backend cannot be reached right now."""
 

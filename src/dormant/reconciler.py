@@ -190,7 +190,8 @@ def plan(
     for sid, record in sessions.items():
         if sid in busy or sid in held or record.state_since > sweep_started:
             continue
-        if record.state.transitional:
+        if record.state.transitional and record.queued_at is None:
+            # (a queued create is ``creating`` with nothing started: admission's, not ours)
             steps.append(
                 Step(
                     "resume",

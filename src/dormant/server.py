@@ -111,6 +111,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         outage_patience=settings.runtime_outage_patience,
         store_outage_patience=settings.store_outage_patience,
         retention=settings.retention,
+        limits=settings.limits.to_limits(),
     )
     if settings.instance_id:
         engine_settings = dataclasses.replace(engine_settings, instance_id=settings.instance_id)

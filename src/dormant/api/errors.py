@@ -48,7 +48,7 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str, list[di
 
 
 #: ``Retry-After`` (seconds) of a 503 whose error does not say when to come back.
-RETRY_AFTER = {"capacity_exhausted": 10}
+RETRY_AFTER = {"capacity_exhausted": 10, "queue_timeout": 30}
 DEFAULT_RETRY_AFTER = 5
 
 #: Status -> code of the HTTP errors raised by the framework or by the middleware.

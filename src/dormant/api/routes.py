@@ -38,8 +38,9 @@ from dormant.api.schemas import (
 )
 from dormant.engine import Engine
 from dormant.engine.lifecycle import Idempotency
-from dormant.errors import InvalidInput, TemporaryError
-from dormant.policy import Level, State, parse_kind
+from dormant.engine.limits import QUEUE_TIMEOUT
+from dormant.errors import InvalidInput, QueueTimedOut, TemporaryError
+from dormant.policy import Action, Decision, Level, State, parse_kind
 from dormant.reconciler import Reconciler
 from dormant.store.records import SessionRecord
 
@@ -141,6 +142,11 @@ def session_out(
     """``url``: through the proxy (the same across sleeps) when it runs, else the session's
     own endpoint while it runs."""
     lvl, decision = engine.describe(record)
+    queued = record.queued_at is not None
+    if queued:
+        decision = Decision(
+            Action.NONE, None, f"queued for capacity ({record.queue_limit})", "queued"
+        )
     running = record.state is State.RUNNING and record.port is not None
     if session_url is not None:
         url: str | None = session_url(record.id) if record.state.live else None
@@ -153,7 +159,7 @@ def session_out(
         template=record.template,
         name=record.name,
         policy=record.policy_name,
-        state=record.state.value,
+        state="queued" if queued else record.state.value,
         level=lvl.value,
         url=url,
         port=record.port,
@@ -173,6 +179,8 @@ def session_out(
         ),
         labels=record.labels,
         error=record.error,
+        queue_limit=record.queue_limit if queued else None,
+        queue_kind=record.queue_kind if queued else None,
     )
 
 
@@ -203,6 +211,8 @@ def build_router(
         outcome = await engine.wait_for(sid, wanted, wait)
         if outcome is None:
             return None
+        if not outcome.ok and (outcome.error or "").startswith(QUEUE_TIMEOUT):
+            raise QueueTimedOut(outcome.error or QUEUE_TIMEOUT)
         return OutcomeOut(state=outcome.state.value, ok=outcome.ok, error=outcome.error)
 
     @router.post("/sessions", status_code=201, response_model=SessionOut)
@@ -231,7 +241,9 @@ def build_router(
         if await settled(record.id, State.RUNNING, wait) is not None:
             fresh = await engine.session_row(record.id)
             record = fresh or record
-        return out(record)
+        made = out(record)
+        made.queue_position = await engine.queue_position(record)
+        return made
 
     @router.put(
         "/users/{user_id}/sessions/{name}",
@@ -321,7 +333,9 @@ def build_router(
 
     @router.get("/sessions/{session_id}", response_model=SessionOut)
     async def get_session(session_id: str, who: Who, request: Request) -> SessionOut:
-        session = out(await engine.get(session_id, who.scope))
+        record = await engine.get(session_id, who.scope)
+        session = out(record)
+        session.queue_position = await engine.queue_position(record)
         gateway = getattr(request.app.state, "realtime", None)
         if gateway is not None:
             session.connection_quality = gateway.connection_quality(session_id)
@@ -346,7 +360,8 @@ def build_router(
     async def wake(session_id: str, who: Who, wait: Wait = None) -> Accepted:
         record = await engine.wake(session_id, who.scope)
         outcome = await settled(session_id, State.RUNNING, wait)
-        state = outcome.state if outcome else record.state.value
+        asked = "queued" if record.queued_at is not None else record.state.value
+        state = outcome.state if outcome else asked
         return Accepted(id=session_id, state=state, accepted="wake", outcome=outcome)
 
     @router.post("/sessions/{session_id}/keepalive", status_code=202, response_model=SessionOut)

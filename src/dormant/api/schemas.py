@@ -174,6 +174,11 @@ class SessionOut(BaseModel):
     error: str | None
     #: The worst real-time connection quality (``stable``, ``unstable``, ``poor``), if connected.
     connection_quality: str | None = None
+    #: While ``state`` is ``queued`` (waiting for capacity): the 1-based place in the queue of
+    #: ``queue_limit`` (the limit that holds it), and whether a ``create`` or a ``wake`` waits.
+    queue_position: int | None = None
+    queue_limit: str | None = None
+    queue_kind: str | None = None
 
 
 class SessionList(BaseModel):

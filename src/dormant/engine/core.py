@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from dormant.clock import Clock
 from dormant.engine.deadlines import Deadlines
+from dormant.engine.limits import Limits
 from dormant.engine.notify import EngineEvent, Listener
 from dormant.engine.outcome import Waiters
 from dormant.engine.ports import PortAllocator
@@ -87,6 +88,8 @@ class EngineSettings:
     #: Deleted sessions (rows, timelines, operations) are purged this long after deletion.
     retention: float = 30 * 86400.0
     purge_interval: float = 3600.0
+    #: Admission (``[limits]``): none set, nothing is ever queued.
+    limits: Limits = field(default_factory=Limits)
 
 
 class EngineCore:

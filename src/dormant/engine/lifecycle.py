@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from dormant.engine.admission import Admission
 from dormant.engine.core import EngineSettings, instance_ttl
 from dormant.engine.ids import container_name, new_session_id
 from dormant.engine.notify import Transitioned
 from dormant.engine.outcome import OperationKind, Outcome, ends_wait
 from dormant.engine.ports import PORT_ATTEMPTS, PortTaken
-from dormant.engine.reads import ReadSide
 from dormant.engine.templates import Template
 from dormant.engine.writer import with_count
 from dormant.errors import (
@@ -48,6 +48,9 @@ from dormant.store import IdempotencyKey, KeyTaken, NameTaken
 from dormant.store.records import InstanceRecord, NewEvent, SessionRecord
 
 log = logging.getLogger("dormant.engine")
+
+#: Stands in for the admission lock when no limits are set.
+_NO_LOCK = contextlib.nullcontext()
 
 #: A session name: 1-63 of a-z 0-9 . _ -, starting with a letter or digit.
 SESSION_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -86,7 +89,7 @@ def check_name(name: str) -> str:
     return name
 
 
-class Engine(ReadSide):
+class Engine(Admission):
     async def ensure_deployment(self) -> str:
         """This deployment's id (made and stored on the first start); stamped on containers."""
         if self.deployment_id is None:
@@ -120,6 +123,10 @@ class Engine(ReadSide):
             asyncio.create_task(self._purge_loop(), name="dormant-purge"),
             asyncio.create_task(self._idempotency_loop(), name="dormant-idempotency-purge"),
         ]
+        if self.limits.configured:
+            self._loops.append(
+                asyncio.create_task(self._admission_loop(), name="dormant-admission")
+            )
 
     async def stop(self) -> None:
         # The flusher is cancelled too; an interrupted flush keeps its batch (see flush) and
@@ -329,22 +336,30 @@ class Engine(ReadSide):
             event = NewEvent(
                 "transition", "created", "create", None, State.CREATING.value, "create"
             )
-            try:
-                op_id = await self.store.insert_session(
-                    record, event, (OperationKind.CREATE, self.settings.instance_id), idempotency
-                )
-            except (NameTaken, KeyTaken):
-                raise
-            except Conflict as exc:
-                if port is not None and port in await self.store.used_ports():
-                    raise PortTaken(str(exc)) from exc
-                raise
+            async with self._admission_lock if self.limits.configured else _NO_LOCK:
+                queued = None
+                if self.limits.configured:
+                    queued = await self._admission_for_create(record)
+                    if queued is not None:
+                        record = self._with_decision(queued, now)
+                intent = None if queued else (OperationKind.CREATE, self.settings.instance_id)
+                try:
+                    op_id = await self.store.insert_session(record, event, intent, idempotency)
+                except (NameTaken, KeyTaken):
+                    raise
+                except Conflict as exc:
+                    if port is not None and port in await self.store.used_ports():
+                        raise PortTaken(str(exc)) from exc
+                    raise
         finally:
             if port is not None:
                 self.ports.settle(port)
         self._state[sid] = State.CREATING
         self._log_transition(record, None, State.CREATING, "create", "created")
         self._emit(Transitioned(record, None, State.CREATING, "create", "created"))
+        if queued is not None:
+            self._queued_new(record)
+            return record
         assert op_id is not None
         self._spawn_op(sid, op_id, lambda: self._run_start(sid, op_id, creating=True))
         return record
@@ -396,6 +411,8 @@ class Engine(ReadSide):
             return record
         if record.state is State.STOPPING:
             raise Conflict(f"session {session_id} is stopping; wake it once it sleeps")
+        if self.limits.configured:  # started now or queued (admission)
+            return await self._admit_wake(record, code, reason)
         op_id = await self._intent(record, OperationKind.START)
         self._spawn_op(session_id, op_id, lambda: self._begin_wake(session_id, code, reason, op_id))
         return record

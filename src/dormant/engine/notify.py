@@ -71,6 +71,19 @@ class OrphanRemoved:
     reason: str
 
 
-EngineEvent = Transitioned | Warned | WarningCancelled | ActivitySeen | DeadlineDue | OrphanRemoved
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A session waits for capacity at ``position`` (1-based) of the queue of ``limit``;
+    sent when it is queued and whenever its position changes (``position`` None: it left the
+    queue, admitted or given up)."""
+
+    session_id: str
+    position: int | None
+    limit: str | None
+
+
+EngineEvent = (
+    Transitioned | Warned | WarningCancelled | ActivitySeen | DeadlineDue | OrphanRemoved | Queued
+)
 
 Listener = Callable[[EngineEvent], None]

@@ -155,6 +155,8 @@ class Recovery(Scheduler):
         record = await self.store.get_session(sid)
         if record is None or (seen_version is not None and record.version != seen_version):
             return False
+        if record.queued_at is not None:
+            return False  # waiting for capacity: admission starts it, nothing to finish
         reason = f"resumed after restart (was {record.state.value})"
         if record.state in (State.CREATING, State.STARTING):
             op_id = await self._intent(record, OperationKind.START)

@@ -277,9 +277,12 @@ class OperationRunner(SessionWriter):
                 return
             if record.state is State.RUNNING:
                 # Re-decide from fresh state: activity may have arrived since this was scheduled.
-                if code not in ("manual", "reconcile", "health") and not self._still_due(
-                    record, code
-                ):
+                if code not in (
+                    "manual",
+                    "reconcile",
+                    "health",
+                    "capacity",
+                ) and not self._still_due(record, code):
                     return
                 if op_id is None:
                     op_id = await self._intent(record, OperationKind.STOP)

@@ -115,6 +115,13 @@ class Scheduler(ActivityBuffer):
             if record is None or not record.state.live:
                 self._forget(sid)
                 return
+            if record.queued_at is not None:
+                # Waiting for capacity: no decision until admitted or given up (admission).
+                if record.next_action_at is not None:
+                    await self._save(record, [])  # written without a next action
+                else:
+                    self._arm(sid, None)
+                return
             now = self.clock.now()
             policy = self.policy_of(record)
             decision = decide(record.view(), policy, now)

@@ -226,7 +226,8 @@ class SessionWriter(EngineCore):
             return await self._save(change(record), [event])
 
     def _with_decision(self, record: SessionRecord, now: datetime) -> SessionRecord:
-        if not record.state.live:
+        if not record.state.live or record.queued_at is not None:
+            # A queued session waits for capacity: the policy does not act on it meanwhile.
             return record.replace(next_action=None, next_action_at=None, next_action_reason=None)
         decision = decide(record.view(), self.policy_of(record), now)
         return record.replace(

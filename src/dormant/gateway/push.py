@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from dormant.engine import EngineEvent
-from dormant.engine.notify import ActivitySeen, Transitioned, Warned, WarningCancelled
+from dormant.engine.notify import ActivitySeen, Queued, Transitioned, Warned, WarningCancelled
 from dormant.errors import NotFound, TemporaryError
 from dormant.gateway.protocol import iso, session_view
 from dormant.gateway.replicas import record_from_wire, record_to_wire
@@ -59,6 +59,9 @@ class Pusher:
         """This process's engine changed a session: its clients here hear of it, and so do
         the other replicas (which tell theirs)."""
         gateway = self.gateway
+        if isinstance(event, Queued):
+            self._queued(event.session_id, event.position, event.limit, share=True)
+            return
         if not isinstance(event, Transitioned | Warned | WarningCancelled | ActivitySeen):
             return
         warning = self.warning(event.session, event.decision) if isinstance(event, Warned) else None
@@ -82,6 +85,19 @@ class Pusher:
                 self.refresh(room)
             case _:
                 pass
+
+    def _queued(self, sid: str, position: int | None, limit: str | None, *, share: bool) -> None:
+        """``queued {position, limit}`` to the session's clients (``position`` null: it left
+        the queue); the other replicas tell theirs."""
+        gateway = self.gateway
+        if share and gateway.replicas is not None:
+            body = {"session_id": sid, "type": "queued", "position": position, "limit": limit}
+            gateway.replicas.send("session", body)
+        room = gateway.rooms.get(sid)
+        if room is None or not room.members:
+            return
+        data = {"position": position, "limit": limit}
+        gateway.spawn(gateway.emit_local("queued", data, room=room.name))
 
     def _changed(self, room: Room, record: SessionRecord, to_state: str | None) -> None:
         gateway = self.gateway
@@ -157,6 +173,15 @@ class Pusher:
         if room is None:
             return
         kind = body.get("type")
+        if kind == "queued":
+            position, limit = body.get("position"), body.get("limit")
+            self._queued(
+                room.session_id,
+                position if isinstance(position, int) else None,
+                limit if isinstance(limit, str) else None,
+                share=False,
+            )
+            return
         if kind == "activity":
             self._remote_activity(room, body)
             return
