@@ -55,6 +55,8 @@ async def test_limits_queue_admit_push_positions_and_survive_a_kill(
     try:
         probe = probes()
         await probe.connect(await rest.token(ids[5]))
+        greeting = await probe.wait("session")
+        assert greeting["state"] == "queued", greeting
         # cid's session goes to sleep: dee's queued create is admitted at once
         slept = api.post(f"/v1/sessions/{ids[2]}/sleep", params={"wait": 30})
         assert slept.json()["outcome"]["ok"], slept.text

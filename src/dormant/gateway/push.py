@@ -258,7 +258,7 @@ class Pusher:
         return session_view(
             session_id=record.id,
             user_id=record.user_id,
-            state=record.state.value,
+            state="queued" if record.queued_at is not None else record.state.value,
             level=lvl,
             decision=decision,
             warning_at=warning_at,
