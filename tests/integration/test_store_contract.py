@@ -800,7 +800,9 @@ async def test_admission_counts_running_slots_and_the_users_sessions(store: Stor
     assert counts.user_running == 2  # a1 a3
     assert counts.user_sessions == 3  # a1 a2 a3 (a4 is queued)
     assert counts.queued == 2  # a4 a7
+    assert (await store.admission_counts("t1", "u1", per_tenant=False)).tenant_running == 0
     none = await store.admission_counts("t9", "nobody")
+
     assert (none.tenant_running, none.user_running, none.user_sessions) == (0, 0, 0)
 
 

@@ -35,7 +35,7 @@ from dormant.engine.outcome import OperationKind
 from dormant.engine.reads import ReadSide
 from dormant.errors import CapacityExhausted, DormantError
 from dormant.policy import ActivityKind, State
-from dormant.store.records import NewEvent, SessionRecord
+from dormant.store.records import AdmissionCounts, NewEvent, SessionRecord
 
 log = logging.getLogger("dormant.engine")
 
@@ -68,6 +68,12 @@ class Admission(ReadSide):
     @property
     def limits(self) -> Limits:
         return self.settings.limits
+
+    async def _counts(self, record: SessionRecord) -> AdmissionCounts:
+        per_tenant = self.limits.tenant_limit(record.tenant) is not None
+        return await self.store.admission_counts(
+            record.tenant, record.user_id, per_tenant=per_tenant
+        )
 
     def _emit(self, event: EngineEvent) -> None:
         super()._emit(event)
@@ -105,7 +111,7 @@ class Admission(ReadSide):
     async def _admission_for_create(self, record: SessionRecord) -> SessionRecord | None:
         """Under the admission lock (held by the caller): the record queued (``queued_at``
         and its limit set) when a limit blocks it or others wait already, else ``None``."""
-        counts = await self.store.admission_counts(record.tenant, record.user_id)
+        counts = await self._counts(record)
         limit = blocking(self.limits, counts, record.tenant, "create")
         if limit is None and counts.queued == 0:
             return None
@@ -137,7 +143,7 @@ class Admission(ReadSide):
             if fresh.queued_at is not None:
                 self._admission_poke.set()
                 return fresh
-            counts = await self.store.admission_counts(fresh.tenant, fresh.user_id)
+            counts = await self._counts(fresh)
             limit = blocking(self.limits, counts, fresh.tenant, "wake")
             if limit is None and counts.queued == 0:
                 return await self._start_wake(fresh, code, reason)
@@ -207,7 +213,7 @@ class Admission(ReadSide):
                     if now - record.queued_at >= timeout:
                         await self._give_up(record)
                         continue
-                    counts = await self.store.admission_counts(record.tenant, record.user_id)
+                    counts = await self._counts(record)
                     kind = record.queue_kind or "create"
                     limit = blocking(self.limits, counts, record.tenant, kind)
                     if limit is None:

@@ -337,7 +337,14 @@ class OperationRunner(SessionWriter):
                 op_id = await self._intent(record, OperationKind.REMOVE)
             if record.state is not State.DELETING:
                 record = await self._transition(
-                    record, State.DELETING, code, reason, action=Action.DELETE.value
+                    record,
+                    State.DELETING,
+                    code,
+                    reason,
+                    action=Action.DELETE.value,
+                    queued_at=None,  # no longer waiting for admission, if it was
+                    queue_kind=None,
+                    queue_limit=None,
                 )
             runtime = self.runtime_of(record)
             try:

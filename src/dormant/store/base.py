@@ -138,14 +138,18 @@ class Store(abc.ABC):
 
     # admission
     @abc.abstractmethod
-    async def admission_counts(self, tenant: str, user_id: str) -> AdmissionCounts:
+    async def admission_counts(
+        self, tenant: str, user_id: str, *, per_tenant: bool = True
+    ) -> AdmissionCounts:
         """Counts the admission limits are checked against, as the store has them now.
         Holding a running slot: ``creating`` with ``queued_at`` NULL, ``starting``,
         ``running``, ``stopping`` (``running`` in all, ``tenant_running`` of ``tenant``,
         ``user_running`` of ``tenant`` and ``user_id``). ``user_sessions``: that user's
         sessions holding a running slot or ``sleeping`` (a queued create is not counted;
         ``failed``, ``deleting`` and ``deleted`` are not). ``queued``: sessions with
-        ``queued_at`` set, in all."""
+        ``queued_at`` set, in all (the engine clears it when a session leaves the queue, by
+        admission, time-out or deletion). With ``per_tenant`` False,
+        ``tenant_running`` is not counted (0): no tenant limit applies."""
 
     @abc.abstractmethod
     async def list_queued(self, limit: int = 10_000) -> list[SessionRecord]:

@@ -389,10 +389,12 @@ class MemoryStore(Store):
     async def used_ports(self) -> set[int]:
         return set(self._ports)
 
-    async def admission_counts(self, tenant: str, user_id: str) -> AdmissionCounts:
+    async def admission_counts(
+        self, tenant: str, user_id: str, *, per_tenant: bool = True
+    ) -> AdmissionCounts:
         running = tenant_running = user_running = user_sessions = queued = 0
         for r in self._sessions.values():
-            if r.queued_at is not None and r.state is not State.DELETED:
+            if r.queued_at is not None:
                 queued += 1
             holds = r.state in _SLOT_STATES and not (
                 r.state is State.CREATING and r.queued_at is not None
@@ -400,7 +402,7 @@ class MemoryStore(Store):
             mine = r.tenant == tenant and r.user_id == user_id
             if holds:
                 running += 1
-                tenant_running += r.tenant == tenant
+                tenant_running += per_tenant and r.tenant == tenant
                 user_running += mine
             if mine and (holds or r.state is State.SLEEPING):
                 user_sessions += 1

@@ -124,10 +124,38 @@ def _activity_kept(new: SessionRecord) -> dict[str, Any]:
 
 #: Rows per activity-flush transaction.
 FLUSH_CHUNK = 500
-#: Admission: states holding a running slot (besides a create not queued), and states that
-#: count for nothing.
+#: Admission: states holding a running slot (besides a create not queued), and every state
+#: admission counts (queued sessions are creating or sleeping): ix_sessions_state skips the
+#: rest (deleted rows kept for ``retention``, failed ones).
 _SLOT_STATES = (State.STARTING.value, State.RUNNING.value, State.STOPPING.value)
-_NO_SLOT_STATES = (State.DELETED.value, State.DELETING.value, State.FAILED.value)
+_COUNTED_STATES = (State.CREATING.value, *_SLOT_STATES, State.SLEEPING.value)
+
+
+def _admission_query(per_tenant: bool) -> Any:
+    """One round trip of scalar counts, each served by an index: a running slot is counted as
+    ``state IN (starting, running, stopping)`` (index only, on ix_sessions_state) plus the few
+    ``creating`` rows not queued; a tenant's and a user's rows through ix_sessions_tenant_user;
+    the queue through ix_sessions_queued_at."""
+    creating = and_(sessions.c.state == State.CREATING.value, sessions.c.queued_at.is_(None))
+    slots = sessions.c.state.in_(_SLOT_STATES)
+    holds = or_(slots, creating)
+    of_tenant = sessions.c.tenant == bindparam("a_tenant")
+    mine = and_(of_tenant, sessions.c.user_id == bindparam("a_user"))
+
+    def count(*where: Any) -> Any:
+        return select(func.count()).select_from(sessions).where(*where).scalar_subquery()
+
+    return select(
+        count(slots) + count(creating),
+        count(of_tenant, holds) if per_tenant else literal(0),
+        count(mine, holds),
+        count(mine, or_(holds, sessions.c.state == State.SLEEPING.value)),
+        count(sessions.c.queued_at.is_not(None)),
+    )
+
+
+_ADMISSION_COUNTS = _admission_query(per_tenant=True)
+_ADMISSION_COUNTS_NO_TENANT = _admission_query(per_tenant=False)
 
 
 def _translate_errors(cls: type[SqlStoreT]) -> type[SqlStoreT]:
@@ -398,26 +426,12 @@ class SqlStore(Store):
             ).all()
         return {int(r.port) for r in rows}
 
-    async def admission_counts(self, tenant: str, user_id: str) -> AdmissionCounts:
-        holds = or_(
-            and_(sessions.c.state == State.CREATING.value, sessions.c.queued_at.is_(None)),
-            sessions.c.state.in_(_SLOT_STATES),
-        )
-        of_tenant = sessions.c.tenant == tenant
-        mine = and_(of_tenant, sessions.c.user_id == user_id)
-
-        def total(cond: Any) -> Any:
-            return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
-
-        query = select(
-            total(holds),
-            total(and_(holds, of_tenant)),
-            total(and_(holds, mine)),
-            total(and_(mine, or_(holds, sessions.c.state == State.SLEEPING.value))),
-            total(sessions.c.queued_at.is_not(None)),
-        ).where(sessions.c.state.not_in(_NO_SLOT_STATES))
+    async def admission_counts(
+        self, tenant: str, user_id: str, *, per_tenant: bool = True
+    ) -> AdmissionCounts:
+        query = _ADMISSION_COUNTS if per_tenant else _ADMISSION_COUNTS_NO_TENANT
         async with self.engine.connect() as conn:
-            row = (await conn.execute(query)).one()
+            row = (await conn.execute(query, {"a_tenant": tenant, "a_user": user_id})).one()
         return AdmissionCounts(*(int(v) for v in row))
 
     async def list_queued(self, limit: int = 10_000) -> list[SessionRecord]:
