@@ -105,6 +105,7 @@ sessions = Table(
     Index("ux_sessions_port", "port", unique=True),
     Index("ix_sessions_deleted_at", "deleted_at"),
     Index("ix_sessions_queued_at", "queued_at"),
+    Index("ix_sessions_tenant_state", "tenant", "state"),
     #: A name is held by one live session of a tenant's user and template; a deleted session
     #: frees it. Unnamed sessions (NULL) are not constrained.
     Index(

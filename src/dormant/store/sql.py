@@ -134,8 +134,8 @@ _COUNTED_STATES = (State.CREATING.value, *_SLOT_STATES, State.SLEEPING.value)
 def _admission_query(per_tenant: bool) -> Any:
     """One round trip of scalar counts, each served by an index: a running slot is counted as
     ``state IN (starting, running, stopping)`` (index only, on ix_sessions_state) plus the few
-    ``creating`` rows not queued; a tenant's and a user's rows through ix_sessions_tenant_user;
-    the queue through ix_sessions_queued_at."""
+    ``creating`` rows not queued; a tenant's likewise on ix_sessions_tenant_state; a user's
+    rows through ix_sessions_tenant_user; the queue through ix_sessions_queued_at."""
     creating = and_(sessions.c.state == State.CREATING.value, sessions.c.queued_at.is_(None))
     slots = sessions.c.state.in_(_SLOT_STATES)
     holds = or_(slots, creating)
@@ -147,7 +147,7 @@ def _admission_query(per_tenant: bool) -> Any:
 
     return select(
         count(slots) + count(creating),
-        count(of_tenant, holds) if per_tenant else literal(0),
+        count(of_tenant, slots) + count(of_tenant, creating) if per_tenant else literal(0),
         count(mine, holds),
         count(mine, or_(holds, sessions.c.state == State.SLEEPING.value)),
         count(sessions.c.queued_at.is_not(None)),
