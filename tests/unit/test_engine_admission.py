@@ -206,3 +206,20 @@ async def test_evict_idle_spares_busy_kept_alive_and_active_sessions(rig: Rig) -
     await engine.admit_queued()
     await settle(engine)
     assert await states(engine, busy.id, kept.id, waiting.id) == ["running", "running", "queued"]
+
+
+async def test_one_replica_admits_the_queue(rig: Rig) -> None:
+    first = limited(rig, "a-1", running=1)
+    second = limited(rig, "b-2", running=1)
+    for e in (first, second):
+        await e.heartbeat()
+    await first.heartbeat()
+    holder = await first.create_session(tenant="t", user_id="a")
+    waiting = await second.create_session(tenant="t", user_id="b")
+    await settle(first)
+    await first.sleep(holder.id, "t")
+    await settle(first)
+    assert await second.admit_queued() == 0  # not the first live instance
+    assert await first.admit_queued() == 1
+    await settle(first)
+    assert await states(first, waiting.id) == ["running"]

@@ -8,9 +8,11 @@ replicas freed, or after a restart) admit queued sessions oldest first as their 
 time out those that waited ``queue_timeout``, and tell clients their positions (``Queued``).
 
 Counting and admitting happen under one lock per process, with the store's counts read inside
-it; across replicas two admissions at the same moment can each see the last free slot (a
-small over-admission, at most one per other replica at that moment), which the next frees
-absorb: no cross-replica lock is taken on the create path.
+it. Queued sessions are admitted by one replica only (the first live instance by id). A create
+or wake that finds room is admitted at once by whichever replica takes it: across replicas two
+of those at the same moment can each see the last free slot (a small over-admission, at most
+one per other replica at that moment, which the next frees absorb); no cross-replica lock is
+taken on the create path.
 """
 
 from __future__ import annotations
@@ -196,8 +198,13 @@ class Admission(ReadSide):
         return moved
 
     async def admit_queued(self) -> int:
-        """One admission pass; returns how many sessions were admitted."""
+        """One admission pass; returns how many sessions were admitted. With several
+        replicas only one runs passes (the first live instance by id), so that two never admit
+        the same queued session; the others' frees reach it by its periodic pass."""
         if not self.limits.configured:
+            return 0
+        live = self._live_instances
+        if live and live[0] != self.settings.instance_id:
             return 0
         admitted = 0
         async with self._admission_lock:
