@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
+from dormant.config import load_settings
 from dormant.engine import Engine
 from dormant.engine.limits import (
     RUNNING,
@@ -18,6 +20,7 @@ from dormant.engine.limits import (
     positions,
 )
 from dormant.engine.notify import EngineEvent, Queued
+from dormant.errors import InvalidInput
 from dormant.policy import State
 from dormant.store.records import AdmissionCounts
 
@@ -223,3 +226,22 @@ async def test_one_replica_admits_the_queue(rig: Rig) -> None:
     assert await first.admit_queued() == 1
     await settle(first)
     assert await states(first, waiting.id) == ["running"]
+
+
+def test_limits_come_from_dormant_toml_and_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "dormant.toml"
+    config.write_text(
+        "[limits]\nrunning = 40\nrunning_per_user = 2\nrunning_per_tenant = 20\n"
+        'tenants = { acme = 10 }\nqueue_timeout = "2m"\nevict_idle = true\n'
+    )
+    limits = load_settings(config, environ={"DORMANT_LIMITS_SESSIONS_PER_USER": "3"}).limits
+    got = limits.to_limits()
+    assert (got.running, got.running_per_user, got.sessions_per_user) == (40, 2, 3)
+    assert got.tenant_limit("acme") == 10 and got.tenant_limit("other") == 20
+    assert got.queue_timeout == 120 and got.evict_idle and got.active_within == 120
+    env = {"DORMANT_LIMITS_TENANTS": "acme=5,beta=1", "DORMANT_LIMITS_RUNNING": "3"}
+    assert load_settings(environ=env).limits.to_limits().tenants == {"acme": 5, "beta": 1}
+    assert not load_settings(environ={}).limits.to_limits().configured
+    for bad in ({"DORMANT_LIMITS_RUNNING": "0"}, {"DORMANT_LIMITS_TENANTS": "acme"}):
+        with pytest.raises(InvalidInput):
+            load_settings(environ=bad)
