@@ -119,6 +119,9 @@ async def test_a_request_blocked_by_its_users_limit_waits_in_that_users_queue(ri
     assert await states(engine, first.id, second.id, other.id) == ["running", "queued", "running"]
     queued = await rig.store.list_queued()
     assert [(r.queue_limit, r.queue_kind) for r in queued] == [(RUNNING_PER_USER, "create")]
+    # another user's create does not wait behind a's own queue
+    third = await engine.create_session(tenant="t", user_id="c")
+    assert third.queued_at is None
 
 
 async def test_a_wake_beyond_a_limit_is_queued_and_admitted(rig: Rig) -> None:

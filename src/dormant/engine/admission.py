@@ -31,6 +31,7 @@ from dormant.engine.limits import (
     blocking,
     describe,
     positions,
+    queue_key,
 )
 from dormant.engine.notify import EngineEvent, Queued, Transitioned
 from dormant.engine.outcome import OperationKind
@@ -115,11 +116,26 @@ class Admission(ReadSide):
         and its limit set) when a limit blocks it or others wait already, else ``None``."""
         counts = await self._counts(record)
         limit = blocking(self.limits, counts, record.tenant, "create")
-        if limit is None and counts.queued == 0:
+        if limit is None and not await self._behind(record, counts):
             return None
         return record.replace(
             queued_at=self._queue_time(), queue_kind="create", queue_limit=limit or RUNNING
         )
+
+    async def _behind(self, record: SessionRecord, counts: AdmissionCounts) -> bool:
+        """Whether queued sessions wait for the slots ``record`` would take (FIFO: it queues
+        behind them): one in the global queue, in its tenant's queue, or in its user's."""
+        if counts.queued == 0:
+            return False
+        for queued in await self.store.list_queued():
+            key = queue_key(queued)
+            if (
+                key == (RUNNING,)
+                or key == (RUNNING_PER_TENANT, record.tenant)
+                or key[1:] == (record.tenant, record.user_id)
+            ):
+                return True
+        return False
 
     def _queued_new(self, record: SessionRecord) -> None:
         """A create was queued (after its insert): say so, and let a pass place it."""
@@ -147,7 +163,7 @@ class Admission(ReadSide):
                 return fresh
             counts = await self._counts(fresh)
             limit = blocking(self.limits, counts, fresh.tenant, "wake")
-            if limit is None and counts.queued == 0:
+            if limit is None and not await self._behind(fresh, counts):
                 return await self._start_wake(fresh, code, reason)
             queued = fresh.replace(
                 queued_at=self._queue_time(), queue_kind="wake", queue_limit=limit or RUNNING
