@@ -254,3 +254,46 @@ def test_a_long_response_keeps_the_session_busy_while_it_streams(
     assert ticks == [f"tick {i}" for i in range(18)]  # not cut mid-stream
     events = server.client().get(f"/v1/sessions/{sid}/events").json()["items"]
     assert any(e["code"] == "busy" for e in events), events
+
+
+def test_connection_cannot_strip_the_framing_of_a_smuggled_request(server: Server) -> None:
+    import socket
+
+    sid = create(server)
+    value = next(c.value for c in cookies_for(server, sid).jar if c.name == "dormant_access")
+    inner = f"GET /s/{sid}/headers HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    request = (
+        f"POST /s/{sid}/echo HTTP/1.1\r\nHost: x\r\nCookie: dormant_access={value}\r\n"
+        f"Connection: keep-alive, content-length\r\nContent-Length: {len(inner)}\r\n\r\n"
+    ).encode() + inner
+    with socket.create_connection(("127.0.0.1", server.proxy_port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while not answer.endswith(inner):
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == inner  # the session saw one body
+
+
+def test_a_wake_refused_for_want_of_a_port_answers_503_and_the_page_says_so(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    config = proxy_config(tmp_path / "dormant.toml")
+    server = server_factory(ports=1, DORMANT_CONFIG=str(config))
+    a = create(server, "alice")
+    jar = cookies_for(server, a)
+    sleep(server, a)
+    create(server, "bob")  # takes the only port
+    with httpx.Client(cookies=jar, timeout=30) as client:
+        held = client.get(f"{server.proxy_url}/s/{a}/")
+        assert held.status_code == 503 and "retry-after" in held.headers, held.text
+        assert held.json()["error"]["code"] == "unavailable"
+        started = time.monotonic()
+        events = client.get(f"{server.proxy_url}/s/{a}/.dormant/wait").text
+        assert time.monotonic() - started < 10
+    assert "event: failed" in events, events
+    assert state(server, a) == "sleeping"
+    timeline = server.client().get(f"/v1/sessions/{a}/events").json()["items"]
+    assert len(timeline) < 20, timeline  # refused a few times, not in a loop

@@ -78,14 +78,21 @@ async def _copied(data: bytes, head_text: str) -> bytes:
     return b"".join(out)
 
 
-async def test_chunked_bodies_pass_through_checked() -> None:
+async def test_chunked_bodies_are_checked_and_written_again() -> None:
     body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n"
     head = "POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n"
-    assert await _copied(body + b"NEXT REQUEST", head) == body
-    with pytest.raises(BadMessage):
-        await _copied(b"zz\r\nhello\r\n0\r\n\r\n", head)
-    with pytest.raises(BadMessage):
-        await _copied(b"5\r\nhel", head)  # cut short
+    # Extensions and trailers are dropped: what passes is dormant's own framing.
+    expected = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    assert await _copied(body + b"NEXT REQUEST", head) == expected
+    for bad in (
+        b"zz\r\nhello\r\n0\r\n\r\n",  # not a size
+        b"5\r\nhel",  # cut short
+        b"5\r\nhelloXX0\r\n\r\n",  # no CRLF after the data
+        b"0\r\nX: y\n\nGET /smuggled HTTP/1.1\r\n\r\n",  # a bare LF in a trailer
+        b"5;a\nb\r\nhello\r\n0\r\n\r\n",  # a bare LF in an extension
+    ):
+        with pytest.raises(BadMessage):
+            await _copied(bad, head)
     assert await _copied(b"abcdefXYZ", "POST / HTTP/1.1\nHost: h\nContent-Length: 6\n") == b"abcdef"
 
 
@@ -170,3 +177,61 @@ def test_routing_by_path_and_by_host() -> None:
     by_host = resolve("/x", f"{sid}.sessions.example:8081", "sessions.example")
     assert isinstance(by_host, Target) and by_host.session_id == sid and by_host.prefix == ""
     assert resolve("/x", "evil.sessions.example", "sessions.example") is None
+
+
+def test_framing_is_written_from_what_was_parsed() -> None:
+    from dormant.proxy.forwarding import Forwarded, upstream_head
+
+    # The client names Content-Length as hop-by-hop: it still frames the body upstream.
+    smuggler = parse_request(
+        req(
+            "POST /x HTTP/1.1\nHost: h\nConnection: keep-alive, content-length, host\n"
+            "Content-Length: 40\n"
+        )
+    )
+    fwd = Forwarded("10.0.0.9", "http", "h", None, trusted=False)
+    head = upstream_head(smuggler, "/x", fwd).decode()
+    assert "content-length: 40\r\n" in head and "host: h\r\n" in head
+    # A client's own X-Forwarded-For is believed only from a trusted peer.
+    spoof = parse_request(req("GET / HTTP/1.1\nHost: h\nX-Forwarded-For: 6.6.6.6\n"))
+    assert "x-forwarded-for: 10.0.0.9\r\n" in upstream_head(spoof, "/", fwd).decode()
+    trusted = Forwarded("127.0.0.1", "https", "h", None, trusted=True)
+    assert "x-forwarded-for: 6.6.6.6, 127.0.0.1\r\n" in upstream_head(spoof, "/", trusted).decode()
+
+
+def test_a_sessions_answer_is_confined_to_its_prefix_in_path_mode() -> None:
+    from dormant.proxy.forwarding import client_head
+
+    response = parse_response(
+        req(
+            "HTTP/1.1 200 Totally OK\nSet-Cookie: a=1; Path=/; HttpOnly\n"
+            "Set-Cookie: dormant_access=stolen\nService-Worker-Allowed: /\nContent-Length: 2\n"
+        )
+    )
+    head = client_head(response, keep_alive=True, upgrade=False, prefix="/s/abc", chunked=False)
+    text = head.decode()
+    assert text.startswith("HTTP/1.1 200 OK\r\n")  # dormant's own reason phrase
+    assert "set-cookie: a=1; Path=/s/abc/; HttpOnly\r\n" in text
+    assert "dormant_access" not in text and "service-worker-allowed" not in text
+    assert "content-length: 2\r\n" in text
+    by_host = client_head(response, keep_alive=True, upgrade=False, prefix=None, chunked=False)
+    assert "set-cookie: a=1; Path=/; HttpOnly" in by_host.decode()
+    assert "dormant_access" not in by_host.decode()
+
+
+def test_odd_digits_and_redirect_targets_are_refused() -> None:
+    with pytest.raises(BadMessage):
+        parse_request(
+            req(
+                "POST / HTTP/1.1\nHost: h\nContent-Length: \u00b2\n".encode("utf-8").decode(
+                    "latin-1"
+                )
+            )
+        )
+    signer = CookieSigner.from_secret("s" * 40)
+    assert signer.session_of("aaaaaaaa1.\u00b2.x", T0) is None
+    sid = "19cd5e7a0b1f00112233445"
+    t = resolve("//evil.example/?dormant_token=T", f"{sid}.d.test", "d.test")
+    assert isinstance(t, Target) and t.without_token() == "/evil.example/"
+    t2 = resolve("/\\evil.example/?dormant_token=T", f"{sid}.d.test", "d.test")
+    assert isinstance(t2, Target) and t2.without_token().startswith("/evil.example")

@@ -61,7 +61,7 @@ class CookieSigner:
         if len(value) > _MAX_COOKIE or value.count(".") != 2:
             return None
         session_id, expiry, signature = value.split(".")
-        if not expiry.isdigit() or int(expiry) <= now.timestamp():
+        if not (expiry.isascii() and expiry.isdigit()) or int(expiry) <= now.timestamp():
             return None
         if not hmac.compare_digest(self._sign(f"{session_id}.{expiry}"), signature):
             return None

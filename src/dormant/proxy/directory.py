@@ -16,6 +16,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dormant.engine import Engine, EngineEvent, Template, endpoint_of
@@ -60,6 +61,8 @@ class SessionDirectory:
         self.engine = engine
         self._routes: dict[str, Route] = {}
         self._wakes: dict[str, asyncio.Task[Outcome | None]] = {}
+        #: Called with a session's old endpoint when it stops serving.
+        self.on_gone: list[Callable[[Endpoint], None]] = []
         engine.listeners.append(self._on_event)
 
     def _route(self, record: SessionRecord) -> Route:
@@ -85,7 +88,11 @@ class SessionDirectory:
 
     def _on_event(self, event: EngineEvent) -> None:
         if isinstance(event, Transitioned):
-            self._route(event.session)
+            before = self._routes.get(event.session_id)
+            route = self._route(event.session)
+            if before is not None and before.endpoint is not None and not route.serving:
+                for hook in self.on_gone:  # its kept-alive connections lead nowhere now
+                    hook(before.endpoint)
 
     def forget(self, session_id: str) -> None:
         self._routes.pop(session_id, None)

@@ -21,22 +21,22 @@ from dormant.proxy.http1 import (
     parse_response,
     read_head,
 )
+from dormant.proxy.pages import reason
 from dormant.proxy.traffic import FrameWatcher
 from dormant.proxy.upstream import Upstream, UpstreamError, UpstreamPool
 from dormant.runtimes import Endpoint
 
-#: Not passed to the session: hop-by-hop fields, and Expect (the proxy answers it itself).
-_NOT_PASSED = HOP_BY_HOP | {"expect"}
-
 
 @dataclass(frozen=True, slots=True)
 class Forwarded:
-    """What the client is told about the hop: who it is, how it came, which prefix was cut."""
+    """What the client is told about the hop: who it is, how it came, which prefix was cut;
+    ``trusted``: the peer is a proxy dormant believes (its ``X-Forwarded-For`` is kept)."""
 
     client: str
     proto: str
     host: str
     prefix: str | None
+    trusted: bool = False
 
 
 @dataclass(slots=True)
@@ -46,8 +46,12 @@ class Result:
     status: int
     #: The client connection may serve another request.
     keep_alive: bool
-    #: The answer's head reached the client (no error page can be sent any more).
-    answered: bool = True
+
+
+#: Never removed because a peer named them in ``Connection``: a message's framing and host.
+_FRAMING = frozenset({"content-length", "transfer-encoding", "host"})
+#: Never passed to the client from a session (path mode: one origin for all sessions).
+_SHARED_ORIGIN_UNSAFE = frozenset({"service-worker-allowed"})
 
 
 def _strip_cookie(value: str) -> str | None:
@@ -56,19 +60,40 @@ def _strip_cookie(value: str) -> str | None:
     return joined or None
 
 
+def _scoped_cookie(value: str, prefix: str) -> str | None:
+    """A session's ``Set-Cookie`` kept to its own path prefix (path mode), or None for one
+    that would replace dormant's access cookie."""
+    name = value.partition("=")[0].strip()
+    if name == COOKIE:
+        return None
+    parts = [p.strip() for p in value.split(";")]
+    path = "/"
+    kept = [parts[0]]
+    for attribute in parts[1:]:
+        key, _, val = attribute.partition("=")
+        if key.strip().lower() == "path":
+            path = val.strip() or "/"
+        elif attribute:
+            kept.append(attribute)
+    if not path.startswith("/"):
+        path = "/"
+    kept.insert(1, f"Path={prefix}{path}")
+    return "; ".join(kept)
+
+
 def upstream_head(request: Request, target: str, fwd: Forwarded) -> bytes:
-    named = {t for t in request.head.connection}  # fields the client marked as hop-by-hop
+    named = request.head.connection - _FRAMING  # fields the client marked as hop-by-hop
     headers: list[tuple[str, str]] = []
     prior_for: str | None = None
     for name, value in request.head.headers:
+        if name == "x-forwarded-for" and fwd.trusted:
+            prior_for = value
         if (
             name in HOP_BY_HOP
             or name in named
             or name.startswith("x-forwarded-")
-            or name == "expect"
+            or name in ("expect", "content-length")
         ):
-            if name == "x-forwarded-for":
-                prior_for = value
             continue
         if name == "cookie":
             stripped = _strip_cookie(value)
@@ -81,8 +106,11 @@ def upstream_head(request: Request, target: str, fwd: Forwarded) -> bytes:
     headers.append(("x-forwarded-host", fwd.host))
     if fwd.prefix:
         headers.append(("x-forwarded-prefix", fwd.prefix))
+    # The framing is written from what was parsed, never copied.
     if request.head.chunked:
         headers.append(("transfer-encoding", "chunked"))
+    elif request.head.length is not None:
+        headers.append(("content-length", str(request.head.length)))
     if request.wants_upgrade:
         headers.append(("connection", "upgrade"))
         headers.append(("upgrade", "websocket"))
@@ -91,16 +119,46 @@ def upstream_head(request: Request, target: str, fwd: Forwarded) -> bytes:
     return encode_head(f"{request.method} {target} HTTP/1.1", headers)
 
 
-def client_head(response: Response, *, keep_alive: bool, upgrade: bool) -> bytes:
-    named = set(response.head.connection)
-    headers = [(n, v) for n, v in response.head.headers if n not in HOP_BY_HOP and n not in named]
+def client_head(
+    response: Response,
+    *,
+    keep_alive: bool,
+    upgrade: bool,
+    prefix: str | None,
+    chunked: bool,
+) -> bytes:
+    """The session's answer head as the client gets it: hop-by-hop fields dropped, framing
+    written from what was parsed, the reason phrase dormant's own, and (path mode) its cookies
+    kept to its prefix."""
+    named = response.head.connection - _FRAMING
+    headers: list[tuple[str, str]] = []
+    for name, value in response.head.headers:
+        if name in HOP_BY_HOP or name in named or name == "content-length":
+            continue
+        if prefix is not None:
+            if name in _SHARED_ORIGIN_UNSAFE:
+                continue
+            if name == "set-cookie":
+                scoped = _scoped_cookie(value, prefix)
+                if scoped is None:
+                    continue
+                value = scoped
+        elif name == "set-cookie" and value.partition("=")[0].strip() == COOKIE:
+            continue
+        headers.append((name, value))
     if upgrade:
         headers += [("connection", "upgrade"), ("upgrade", response.head.get("upgrade") or "")]
     else:
-        if response.head.chunked:
+        if chunked:
             headers.append(("transfer-encoding", "chunked"))
+        elif response.head.length is not None:
+            headers.append(("content-length", str(response.head.length)))
         headers.append(("connection", "keep-alive" if keep_alive else "close"))
-    return encode_head(f"HTTP/1.1 {response.status} {response.reason}".rstrip(), headers)
+    return encode_head(f"HTTP/1.1 {response.status} {reason(response.status)}", headers)
+
+
+#: Methods that may be sent again when a kept-alive connection turned out closed (RFC 9110 9.2.2).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class Exchange:
@@ -120,7 +178,8 @@ class Exchange:
 
     async def _write_client(self, data: bytes) -> None:
         self.writer.write(data)
-        await self.writer.drain()
+        # A client that stops reading does not hold its connection and the session's forever.
+        await asyncio.wait_for(self.writer.drain(), self.read_timeout)
 
     async def forward(
         self,
@@ -150,7 +209,10 @@ class Exchange:
         except BaseException:
             conn.close()
             raise
-        return await self._answer(request, conn, response, on_stream)
+        return await self._answer(request, conn, response, on_stream, fwd.prefix)
+
+    def _retriable(self, conn: Upstream, request: Request) -> bool:
+        return conn.reused and not request.has_body and request.method in _IDEMPOTENT
 
     async def _send(self, conn: Upstream, request: Request, head: bytes) -> Response:
         """Send the head and body; read the answer's head (after any 1xx)."""
@@ -167,6 +229,8 @@ class Exchange:
                     request.head,
                     timeout=self.read_timeout,
                 )
+            except TimeoutError:
+                raise BadMessage(f"the request body stalled for {self.read_timeout:g}s") from None
             except (ConnectionError, OSError) as exc:
                 raise UpstreamError(f"the connection to the session broke: {exc}") from None
         try:
@@ -174,12 +238,21 @@ class Exchange:
             while True:
                 data = await asyncio.wait_for(read_head(conn.reader), self.read_timeout)
                 if data is None:
-                    if conn.reused and not request.has_body:
+                    if self._retriable(conn, request):
                         raise _Stale()
                     raise UpstreamError("the session closed the connection without answering")
                 response = parse_response(data)
                 if 100 <= response.status < 200 and response.status != 101:
-                    await self._write_client(data)  # 100 Continue, 103 Early Hints
+                    if request.version == "HTTP/1.1":  # 100 Continue, 103 Early Hints
+                        await self._write_client(
+                            client_head(
+                                response,
+                                keep_alive=True,
+                                upgrade=False,
+                                prefix=None,
+                                chunked=False,
+                            ).replace(b"connection: keep-alive\r\n", b"")
+                        )
                     continue
                 return response
         except TimeoutError:
@@ -188,7 +261,7 @@ class Exchange:
                 f"the session did not answer within {self.read_timeout:g}s", timeout=True
             ) from None
         except (ConnectionError, OSError) as exc:
-            if conn.reused and not request.has_body:
+            if self._retriable(conn, request):
                 raise _Stale() from None
             raise UpstreamError(f"the connection to the session broke: {exc}") from None
         except BadMessage as exc:
@@ -208,12 +281,23 @@ class Exchange:
         conn: Upstream,
         response: Response,
         on_stream: Callable[[float], None] | None,
+        prefix: str | None,
     ) -> Result:
         has_body = response.has_body(request.method)
         until_close = has_body and not response.head.chunked and response.head.length is None
-        keep = request.keep_alive and not until_close
+        # An HTTP/1.0 client cannot read chunks: it gets the data, then the end of the stream.
+        dechunk = has_body and response.head.chunked and request.version != "HTTP/1.1"
+        keep = request.keep_alive and not until_close and not dechunk
         reusable = response.keep_alive and not until_close
-        await self._write_client(client_head(response, keep_alive=keep, upgrade=False))
+        await self._write_client(
+            client_head(
+                response,
+                keep_alive=keep,
+                upgrade=False,
+                prefix=prefix,
+                chunked=response.head.chunked and not dechunk,
+            )
+        )
         if has_body:
             started = time.monotonic()
             write = self._write_client
@@ -231,6 +315,7 @@ class Exchange:
                     response.head,
                     until_close=until_close,
                     timeout=self.read_timeout,
+                    dechunk=dechunk,
                 )
             except BaseException:
                 conn.close()
@@ -255,8 +340,10 @@ class Exchange:
             conn.close()
             raise
         if response.status != 101:
-            return await self._answer(request, conn, response, None)
-        await self._write_client(client_head(response, keep_alive=False, upgrade=True))
+            return await self._answer(request, conn, response, None, None)
+        await self._write_client(
+            client_head(response, keep_alive=False, upgrade=True, prefix=None, chunked=False)
+        )
         watcher = FrameWatcher()
 
         async def client_to_upstream() -> None:

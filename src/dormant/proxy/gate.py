@@ -87,7 +87,9 @@ class Gate:
             return Admission(None, _refusal(verdict, target.session_id))
         route = await self.directory.lookup(target.session_id)
         if route is None or route.state in (State.DELETED, State.DELETING):
-            if token is None and verdict is not Verdict.ALLOWED:
+            if token is not None:  # a link to nothing: as for a used one (nothing learnt)
+                return Admission(None, _LINK_GONE)
+            if verdict is not Verdict.ALLOWED:
                 return Admission(None, _refusal(verdict, target.session_id))  # nothing learnt
             return Admission(None, GateAnswer(404, "not_found", "no such session"))
         if token is not None:
@@ -134,6 +136,16 @@ class Gate:
             )
         if outcome.state is State.DELETED:
             return Admission(None, GateAnswer(404, "not_found", "no such session"))
+        if outcome.state is State.SLEEPING:  # the wake was refused (no free port, say)
+            return Admission(
+                route,
+                GateAnswer(
+                    503,
+                    "unavailable",
+                    f"the session cannot be woken now: {outcome.error or 'refused'}",
+                    headers=[("retry-after", "30")],
+                ),
+            )
         if not outcome.ok:
             return Admission(route, self._failed(outcome.error, woke=True))
         fresh = await self.directory.lookup_fresh(route.session_id)
@@ -180,7 +192,7 @@ class Gate:
         except DormantError as exc:
             return GateAnswer(503, "unavailable", f"the link cannot be checked now: {exc}")
         if owner != target.session_id:
-            return GateAnswer(401, "unauthorized", "this link was used already, or has expired")
+            return _LINK_GONE
         expires = now + timedelta(seconds=self.cookie_ttl)
         cookie = set_cookie(
             self.signer.issue(target.session_id, expires),
@@ -290,8 +302,15 @@ class Gate:
             quiet += 1
             await writer.drain()
             outcome = await self.directory.wake(current, 1.0)
+            if outcome is not None and not outcome.ok:
+                # Refused (no capacity) or failed: say so once, do not try again in a loop.
+                message = outcome.error or f"the session is {outcome.state.value}"
+                writer.write(_event("failed", {"message": message}))
+                break
             if outcome is not None:
                 self.directory.forget(sid)
+            else:
+                await asyncio.sleep(0)
         await writer.drain()
         return False
 
@@ -305,7 +324,10 @@ class Gate:
         so that ``error_page 401`` hands the request to dormant's proxy."""
         query = request.target.partition("?")[2]
         delegate = "delegate=1" in query.split("&")
-        uri = request.head.get("x-original-uri") or request.head.get("x-forwarded-uri") or "/"
+        # Traefik and Caddy set X-Forwarded-Uri (over the client's) but pass a client's
+        # X-Original-URI along: theirs comes first. nginx sets X-Original-URI (see the example,
+        # which also blanks X-Forwarded-Uri).
+        uri = request.head.get("x-forwarded-uri") or request.head.get("x-original-uri") or "/"
         host = request.head.get("x-forwarded-host") or request.head.get("host")
         method = (
             request.head.get("x-original-method") or request.head.get("x-forwarded-method") or "GET"
@@ -383,6 +405,8 @@ def _refusal(verdict: Verdict, session_id: str) -> GateAnswer:
         f"POST /v1/sessions/{session_id}/links",
     )
 
+
+_LINK_GONE = GateAnswer(401, "unauthorized", "this link was used already, or has expired")
 
 _MESSAGES = {
     State.SLEEPING: "The session is asleep; waking it.",

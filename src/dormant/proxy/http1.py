@@ -144,7 +144,9 @@ def _parse_fields(lines: list[bytes]) -> Head:
             raise BadMessage("only the chunked transfer coding is accepted")
         head.chunked = True
     elif lengths:
-        if len(lengths) > 1 or not all(x.isdigit() and len(x) <= 15 for x in lengths):
+        if len(lengths) > 1 or not all(
+            x.isascii() and x.isdigit() and len(x) <= 15 for x in lengths
+        ):
             raise BadMessage("Content-Length is not one non-negative number")
         head.length = int(lengths.pop())
     for text in head.get_all("connection"):
@@ -196,12 +198,13 @@ async def copy_body(
     *,
     until_close: bool = False,
     timeout: float | None = None,
+    dechunk: bool = False,
 ) -> None:
     """Move one message body from ``reader`` to ``write`` as it arrives: ``Content-Length``
-    bytes, chunked framing passed through as it is (after checking it), or (a response
-    without either) everything until the sender closes."""
+    bytes; chunked framing checked and written again (or, ``dechunk``, only the data: for an
+    HTTP/1.0 client); or (a response without either) everything until the sender closes."""
     if head.chunked:
-        await _copy_chunked(reader, write, timeout)
+        await _copy_chunked(reader, write, timeout, dechunk)
         return
     if head.length is not None:
         left = head.length
@@ -218,29 +221,49 @@ async def copy_body(
 
 
 async def _copy_chunked(
-    reader: asyncio.StreamReader, write: Callable[[bytes], Awaitable[None]], timeout: float | None
+    reader: asyncio.StreamReader,
+    write: Callable[[bytes], Awaitable[None]],
+    timeout: float | None,
+    dechunk: bool,
 ) -> None:
+    """Chunks are written again from what was parsed (size in hex, data, CRLF): extensions and
+    trailers are dropped, so nothing the sender framed oddly reaches the other side as is."""
     while True:
         line = await asyncio.wait_for(_line(reader), timeout)
-        size_text = line.split(b";", 1)[0].strip()
-        if not _HEX.match(size_text):
-            raise BadMessage("a chunk size is malformed")
+        size_text, _, extension = line[:-2].partition(b";")
+        size_text = size_text.strip(b" \t")
+        if not _HEX.match(size_text) or _BAD_VALUE.search(extension):
+            raise BadMessage("a chunk size line is malformed")
         size = int(size_text, 16)
-        await write(line)
         if size == 0:
             break
-        left = size + 2  # the data and its CRLF
+        if not dechunk:
+            await write(b"%x\r\n" % size)
+        left = size
         while left:
             data = await asyncio.wait_for(reader.read(min(CHUNK, left)), timeout)
             if not data:
                 raise BadMessage("a chunk ended early")
             left -= len(data)
             await write(data)
-    while True:  # trailers, then the blank line
+        try:
+            end = await asyncio.wait_for(reader.readexactly(2), timeout)
+        except asyncio.IncompleteReadError:
+            raise BadMessage("a chunk ended early") from None
+        if end != b"\r\n":
+            raise BadMessage("a chunk's data is not followed by CRLF")
+        if not dechunk:
+            await write(b"\r\n")
+    for _ in range(MAX_HEADERS + 1):  # trailers: checked, then dropped
         line = await asyncio.wait_for(_line(reader), timeout)
-        await write(line)
         if line == b"\r\n":
+            if not dechunk:
+                await write(b"0\r\n\r\n")
             return
+        name, sep, value = line[:-2].partition(b":")
+        if not sep or not _TOKEN.match(name) or _BAD_VALUE.search(value):
+            raise BadMessage("a trailer field is malformed")
+    raise BadMessage(f"more than {MAX_HEADERS} trailer fields")
 
 
 async def _line(reader: asyncio.StreamReader) -> bytes:

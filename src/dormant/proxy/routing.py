@@ -29,9 +29,11 @@ class Target:
         return f"{self.path}?{self.query}" if self.query else self.path
 
     def public_path(self, query: str | None = None) -> str:
-        """The path (and query) as the client addressed it."""
+        """The path (and query) as the client addressed it; always one leading slash, so that
+        it cannot be read as another host (``//evil.example/``) where it becomes a Location."""
         q = self.query if query is None else query
-        return f"{self.prefix}{self.path}" + (f"?{q}" if q else "")
+        path = "/" + f"{self.prefix}{self.path}".lstrip("/\\")
+        return path + (f"?{q}" if q else "")
 
     def link_token(self) -> str | None:
         if TOKEN_PARAM not in self.query:

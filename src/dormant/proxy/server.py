@@ -19,6 +19,7 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 
 from dormant.engine import Engine
+from dormant.errors import DormantError
 from dormant.proxy.access import CookieSigner
 from dormant.proxy.directory import SessionDirectory
 from dormant.proxy.forwarding import Exchange, Forwarded
@@ -67,6 +68,7 @@ class SessionProxy:
         self.settings = settings
         self.directory = SessionDirectory(engine)
         self.pool = UpstreamPool(settings.connect_timeout)
+        self.directory.on_gone.append(lambda e: self.pool.drop(e.host, e.port))
         self.gate = Gate(engine, self.directory, signer, settings.cookie_ttl)
         self.gate.domain = settings.domain
         self._server: asyncio.Server | None = None
@@ -120,20 +122,32 @@ class SessionProxy:
             while True:
                 try:
                     data = await asyncio.wait_for(read_head(reader), self.settings.idle_timeout)
+                    if data is None:
+                        break
+                    request = parse_request(data)
                 except TimeoutError:
                     break
-                if data is None:
-                    break
-                try:
-                    request = parse_request(data)
                 except BadMessage as exc:
-                    await self._reply(writer, None, 400, "bad_request", str(exc), close=True)
+                    status = 431 if "larger than" in str(exc) else 400
+                    await self._reply(writer, None, status, "bad_request", str(exc), close=True)
                     break
                 self.requests += 1
                 try:
                     keep = await self._handle(request, client, exchange, writer)
                 except BadMessage as exc:
                     await self._reply(writer, request, 400, "bad_request", str(exc), close=True)
+                    break
+                except DormantError as exc:  # the store, say, cannot answer now
+                    log.warning("session proxy: %s %s: %s", request.method, request.target, exc)
+                    await self._reply(
+                        writer,
+                        request,
+                        503,
+                        "unavailable",
+                        f"dormant cannot answer this now: {exc}",
+                        [("retry-after", "5")],
+                        close=True,
+                    )
                     break
                 if not keep:
                     break
@@ -152,7 +166,8 @@ class SessionProxy:
             claimed = (request.head.get("x-forwarded-proto") or "").lower()
             if claimed in ("http", "https"):
                 proto = claimed
-        return Forwarded(client, proto, request.head.get("host") or "", prefix or None)
+        trusted = client in self.settings.trusted_peers
+        return Forwarded(client, proto, request.head.get("host") or "", prefix or None, trusted)
 
     async def _handle(
         self, request: Request, client: str, exchange: Exchange, writer: asyncio.StreamWriter

@@ -41,6 +41,7 @@ class Upstream:
 class UpstreamPool:
     connect_timeout: float = 5.0
     _idle: dict[tuple[str, int], list[Upstream]] = field(default_factory=dict)
+    _swept: float = 0.0
 
     async def get(self, host: str, port: int, *, fresh: bool = False) -> Upstream:
         key = (host, port)
@@ -48,7 +49,7 @@ class UpstreamPool:
         now = time.monotonic()
         while idle and not fresh:
             conn = idle.pop()
-            if now - conn.idle_since < IDLE_SECONDS and not conn.reader.at_eof():
+            if now - conn.idle_since < IDLE_SECONDS and _clean(conn):
                 conn.reused = True
                 return conn
             conn.close()
@@ -68,13 +69,32 @@ class UpstreamPool:
         return Upstream(key, reader, writer)
 
     def put(self, conn: Upstream) -> None:
-        """Keep a connection whose last response was read in full for the next request."""
+        """Keep a connection whose last response was read in full for the next request (not
+        one that holds bytes nobody asked for: the next answer would not be its own)."""
         idle = self._idle.setdefault(conn.key, [])
-        if len(idle) >= MAX_IDLE or conn.reader.at_eof():
+        if len(idle) >= MAX_IDLE or not _clean(conn):
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        now = time.monotonic()
+        conn.idle_since = now
         idle.append(conn)
+        if now - self._swept > IDLE_SECONDS:
+            self.sweep(now)
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle too long (their session may have moved or stopped)."""
+        self._swept = now
+        for key in list(self._idle):
+            kept = []
+            for conn in self._idle[key]:
+                if now - conn.idle_since < IDLE_SECONDS and _clean(conn):
+                    kept.append(conn)
+                else:
+                    conn.close()
+            if kept:
+                self._idle[key] = kept
+            else:
+                del self._idle[key]
 
     def drop(self, host: str, port: int) -> None:
         """Forget an endpoint's idle connections (its session stopped or moved)."""
@@ -86,3 +106,9 @@ class UpstreamPool:
             for conn in conns:
                 conn.close()
         self._idle.clear()
+
+
+def _clean(conn: Upstream) -> bool:
+    """Open, and nothing unread waiting on it."""
+    buffered = getattr(conn.reader, "_buffer", b"")
+    return not conn.reader.at_eof() and not buffered and not conn.writer.is_closing()
