@@ -448,6 +448,12 @@ class Settings(BaseModel):
     proxy_connect_timeout: float = Field(default=5.0, gt=0, le=600)
     proxy_read_timeout: float = Field(default=300.0, gt=0, le=86400)
     proxy_cookie_ttl: float = Field(default=86400.0, ge=60, le=30 * 86400)
+    #: Addresses whose X-Forwarded-For/-Proto the proxy believes (a TLS terminator in front),
+    #: comma-separated; seconds a kept-alive client may stay idle (and have to send a head);
+    #: open client connections at most.
+    proxy_trusted_peers: str = Field(default="127.0.0.1,::1", max_length=2000)
+    proxy_idle_timeout: float = Field(default=75.0, gt=0, le=3600)
+    proxy_max_connections: int = Field(default=10_000, ge=1, le=1_000_000)
     #: Host paths (and what is below them) that templates may bind-mount into containers
     #: (``DORMANT_BIND_ALLOW``: comma-separated); none by default.
     bind_allow: list[str] = Field(default_factory=list, max_length=64)

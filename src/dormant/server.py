@@ -232,6 +232,11 @@ def proxy_settings(settings: Settings) -> ProxySettings:
         connect_timeout=settings.proxy_connect_timeout,
         read_timeout=settings.proxy_read_timeout,
         cookie_ttl=settings.proxy_cookie_ttl,
+        idle_timeout=settings.proxy_idle_timeout,
+        max_connections=settings.proxy_max_connections,
+        trusted_peers=frozenset(
+            p.strip() for p in settings.proxy_trusted_peers.split(",") if p.strip()
+        ),
     )
 
 
