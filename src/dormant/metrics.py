@@ -47,6 +47,10 @@ class Metrics:
         """Export the real-time gateway's counters (read from ``stats()`` at each scrape)."""
         self.registry.register(_GatewayCollector(stats))
 
+    def add_proxy(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+        """Export the session proxy's counters (read from ``stats()`` at each scrape)."""
+        self.registry.register(_ProxyCollector(stats))
+
     def observe(self, event: EngineEvent) -> None:
         match event:
             case Transitioned(from_state=None, to_state=to_state, code=code):
@@ -175,3 +179,29 @@ class _GatewayCollector(Collector):
         for code, n in sorted(dict(stats.get("refused", {})).items()):
             refused.add_metric([code], n)
         yield refused
+
+
+class _ProxyCollector(Collector):
+    """The session proxy's counters, read from its ``stats()`` at each scrape; every outcome
+    label is present from the start (at 0)."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        stats = self.stats()
+        requests = CounterMetricFamily(
+            "dormant_proxy_requests",
+            "Requests to the session proxy, by how they ended (forwarded to the session, or "
+            "answered by the proxy: allowed, redirected, refused, not_found, waiting, "
+            "unavailable, bad_gateway, bad_request).",
+            labels=["outcome"],
+        )
+        for outcome, n in dict(stats.get("outcomes", {})).items():
+            requests.add_metric([outcome], n)
+        yield requests
+        yield CounterMetricFamily(
+            "dormant_proxy_wakes_started",
+            "Wakes the proxy started for requests that found their session asleep.",
+            value=stats.get("wakes", 0),
+        )

@@ -260,6 +260,8 @@ def create_app(settings: Settings, clock: Clock | None = None, proxy_socket: Any
     gateway = build_gateway(settings, services.engine)
     metrics.add_gateway(gateway.stats.as_dict)
     proxy = build_proxy(settings, services.engine)
+    if proxy is not None:
+        metrics.add_proxy(proxy.stats)
     links = None
     if proxy is not None:
         links = Links(

@@ -297,3 +297,34 @@ def test_a_wake_refused_for_want_of_a_port_answers_503_and_the_page_says_so(
     assert state(server, a) == "sleeping"
     timeline = server.client().get(f"/v1/sessions/{a}/events").json()["items"]
     assert len(timeline) < 20, timeline  # refused a few times, not in a loop
+
+
+def _proxy_metrics(server: Server) -> dict[str, float]:
+    text = httpx.get(f"{server.url}/metrics").text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("dormant_proxy_requests_total", "dormant_proxy_wakes_started_total")):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def test_metrics_count_what_the_proxy_did(server: Server) -> None:
+    before = _proxy_metrics(server)
+    assert before['dormant_proxy_requests_total{outcome="refused"}'] == 0  # pre-created
+    sid = create(server)
+    jar = cookies_for(server, sid)  # one redirect (the link swapped for the cookie)
+    with httpx.Client(cookies=jar, timeout=30) as client:
+        for _ in range(3):
+            assert client.get(f"{server.proxy_url}/s/{sid}/").status_code == 200
+        sleep(server, sid)
+        assert client.get(f"{server.proxy_url}/s/{sid}/").status_code == 200  # held, woken
+    assert httpx.get(f"{server.proxy_url}/s/{sid}/").status_code == 401
+    assert httpx.get(f"{server.proxy_url}/nowhere").status_code == 404
+    after = _proxy_metrics(server)
+    assert after['dormant_proxy_requests_total{outcome="forwarded"}'] == 4
+    assert after['dormant_proxy_requests_total{outcome="redirected"}'] == 1
+    assert after['dormant_proxy_requests_total{outcome="refused"}'] == 1
+    assert after['dormant_proxy_requests_total{outcome="not_found"}'] == 1
+    assert after['dormant_proxy_requests_total{outcome="bad_gateway"}'] == 0
+    assert after["dormant_proxy_wakes_started_total"] == 1

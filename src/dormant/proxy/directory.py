@@ -61,6 +61,8 @@ class SessionDirectory:
         self.engine = engine
         self._routes: dict[str, Route] = {}
         self._wakes: dict[str, asyncio.Task[Outcome | None]] = {}
+        #: Wakes this proxy started (requests that found their session asleep share one).
+        self.wakes_started = 0
         #: Called with a session's old endpoint when it stops serving.
         self.on_gone: list[Callable[[Endpoint], None]] = []
         engine.listeners.append(self._on_event)
@@ -117,6 +119,7 @@ class SessionDirectory:
         task = self._wakes.get(route.session_id)
         if task is None or task.done():
             task = asyncio.create_task(self._wake(route.session_id))
+            self.wakes_started += 1
             self._wakes[route.session_id] = task
             task.add_done_callback(functools.partial(self._done, route.session_id))
         try:

@@ -14,6 +14,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
@@ -73,7 +74,8 @@ class SessionProxy:
         self.gate.domain = settings.domain
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
-        self.requests = 0
+        #: Requests by how they ended (see :data:`OUTCOMES`), for the metrics.
+        self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
 
     async def start(self, sock: socket.socket | None = None) -> None:
         if sock is None:
@@ -131,7 +133,6 @@ class SessionProxy:
                     status = 431 if "larger than" in str(exc) else 400
                     await self._reply(writer, None, status, "bad_request", str(exc), close=True)
                     break
-                self.requests += 1
                 try:
                     keep = await self._handle(request, client, exchange, writer)
                 except BadMessage as exc:
@@ -189,6 +190,7 @@ class SessionProxy:
         decision = await self.gate.admit(request, resolved, fwd)
         if decision.answer is not None:
             if resolved.path.startswith(RESERVED) and decision.answer.status == 200:
+                self.outcomes["waiting"] += 1
                 return await self.gate.progress(writer, decision.route)
             return await self._send(writer, request, decision.answer)
         route = decision.route
@@ -209,6 +211,7 @@ class SessionProxy:
             status = 504 if exc.timeout else 502
             code = "gateway_timeout" if exc.timeout else "bad_gateway"
             return await self._reply(writer, request, status, code, str(exc))
+        self.outcomes["forwarded"] += 1
         return result.keep_alive
 
     async def _send(
@@ -222,6 +225,7 @@ class SessionProxy:
         headers = list(answer.headers)
         if answer.content_type:
             headers.append(("content-type", answer.content_type))
+        self._count(answer.status, answer.code)
         return await self._write(writer, request, answer.status, headers, body, close=False)
 
     async def _reply(
@@ -235,9 +239,16 @@ class SessionProxy:
         *,
         close: bool = False,
     ) -> bool:
+        self._count(status, code)
         content_type, body = error_body(request, status, code, message)
         out = [*(headers or []), ("content-type", content_type), ("cache-control", "no-store")]
         return await self._write(writer, request, status, out, body, close=close)
+
+    def stats(self) -> dict[str, Any]:
+        return {"outcomes": dict(self.outcomes), "wakes": self.directory.wakes_started}
+
+    def _count(self, status: int, code: str) -> None:
+        self.outcomes[_outcome(status, code)] += 1
 
     async def _write(
         self,
@@ -267,6 +278,38 @@ class SessionProxy:
         writer.write(head + body)
         await writer.drain()
         return keep
+
+
+#: How a request to the proxy ended: passed to the session; answered by the proxy itself with
+#: 2xx (forward-auth allowed it), a redirect, a refusal (401/403), 404, the waiting page or a
+#: hold that ran out (503 waking), another 503, 502/504, or 400/431.
+OUTCOMES = (
+    "forwarded",
+    "allowed",
+    "redirected",
+    "refused",
+    "not_found",
+    "waiting",
+    "unavailable",
+    "bad_gateway",
+    "bad_request",
+)
+
+
+def _outcome(status: int, code: str) -> str:
+    if status < 300:
+        return "allowed"
+    if status < 400:
+        return "redirected"
+    if status in (401, 403):
+        return "refused"
+    if status == 404:
+        return "not_found"
+    if status == 503:
+        return "waiting" if code in ("", "waking") else "unavailable"
+    if status in (502, 504):
+        return "bad_gateway"
+    return "bad_request"
 
 
 def forward_auth_route(proxy: SessionProxy) -> Callable[[StarletteRequest], Awaitable[Response]]:
