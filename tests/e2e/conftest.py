@@ -431,3 +431,29 @@ def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv.start()
     finally:
         _sweep([srv])
+
+
+@pytest.fixture
+def docker_host() -> Iterator[str]:
+    """Podman's Docker API (started by scripts/podman-up.sh); this run's containers are
+    removed afterwards, and none may be left."""
+    from ..integration import podman
+
+    host = podman.podman_host()
+    try:
+        yield host
+    finally:
+        podman.purge_run()
+        assert podman.managed_containers() == []
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Debian's Chromium driven by playwright-core (:class:`gateway_support.Browser`)."""
+    from .gateway_support import Browser
+
+    chromium = Browser(tmp_path / "chromium-profile")
+    try:
+        yield chromium
+    finally:
+        chromium.close()

@@ -4,6 +4,7 @@ links turned into cookies, and sessions driven to a state."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -68,6 +69,11 @@ def cookies_for(server: Server, sid: str) -> httpx.Cookies:
         return browser.cookies
 
 
+def access_cookie(jar: httpx.Cookies) -> str:
+    """The value of the session's access cookie in ``jar``."""
+    return next(c.value for c in jar.jar if c.name == "dormant_access")
+
+
 def state(server: Server, sid: str) -> str:
     got = server.client().get(f"/v1/sessions/{sid}")
     return str(got.json()["state"]) if got.status_code == 200 else f"gone ({got.status_code})"
@@ -82,3 +88,14 @@ def wakes(server: Server, sid: str) -> int:
     """How many times the session left ``sleeping`` (its timeline)."""
     events = server.client().get(f"/v1/sessions/{sid}/events").json()["items"]
     return sum(1 for e in events if e["from_state"] == "sleeping" and e["to_state"] == "starting")
+
+
+def short_lived(
+    server_factory: Callable[..., Server], tmp_path: Path, sleep_after: str
+) -> tuple[Server, str, httpx.Cookies]:
+    """A server whose default template sleeps after ``sleep_after`` without activity, one
+    running session of it, and that session's cookies."""
+    config = proxy_config(tmp_path / "dormant.toml", sleep_after=sleep_after)
+    server = server_factory(DORMANT_CONFIG=str(config))
+    sid = create(server)
+    return server, sid, cookies_for(server, sid)

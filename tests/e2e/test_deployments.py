@@ -9,7 +9,7 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,16 +33,6 @@ image = "{IMAGE}"
 port = {CONTAINER_PORT}
 stop_timeout = 1
 """
-
-
-@pytest.fixture
-def docker_host() -> Iterator[str]:
-    host = podman.podman_host()
-    try:
-        yield host
-    finally:
-        podman.purge_run()
-        assert podman.managed_containers() == []
 
 
 def containers_of(deployment: str) -> dict[str, str]:

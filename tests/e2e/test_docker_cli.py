@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,16 +15,6 @@ if TYPE_CHECKING:
     from .conftest import Server
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def docker_host() -> Iterator[str]:
-    host = podman.podman_host()
-    try:
-        yield host
-    finally:
-        podman.purge_run()
-        assert podman.managed_containers() == []
 
 
 def test_rm_all_sleeping_deletes_exactly_the_sleeping_sessions(

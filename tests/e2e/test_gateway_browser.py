@@ -53,15 +53,6 @@ def demo(server: Server) -> Iterator[Callable[..., LineProcess]]:
             proc.close()
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    chromium = Browser(tmp_path / "chromium-profile")
-    try:
-        yield chromium
-    finally:
-        chromium.close()
-
-
 async def test_example_page_tracks_the_user_and_shows_the_session(
     server: Server,
     api: Api,

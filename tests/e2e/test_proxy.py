@@ -15,7 +15,16 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Server, wait_until
-from tests.e2e.proxy_support import cookies_for, create, proxy_config, sleep, state, wakes
+from tests.e2e.proxy_support import (
+    access_cookie,
+    cookies_for,
+    create,
+    proxy_config,
+    short_lived,
+    sleep,
+    state,
+    wakes,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -89,7 +98,7 @@ def test_only_the_sessions_cookie_gets_through(server: Server) -> None:
         assert anonymous.get(f"{server.proxy_url}/s/{'f' * 23}/").status_code == 401
         assert anonymous.get(f"{server.proxy_url}/elsewhere").status_code == 404
     # A's cookie shown on B's path: valid, but not for B.
-    value = next(c.value for c in jar_a.jar if c.name == "dormant_access")
+    value = access_cookie(jar_a)
     with httpx.Client(timeout=30, headers={"cookie": f"dormant_access={value}"}) as holder:
         assert holder.get(f"{server.proxy_url}/s/{a}/").status_code == 200
         other = holder.get(f"{server.proxy_url}/s/{b}/")
@@ -151,7 +160,7 @@ def test_smuggling_and_malformed_requests_are_refused(server: Server) -> None:
 
 
 async def _ws_session(server: Server, sid: str, jar: httpx.Cookies) -> None:
-    value = next(c.value for c in jar.jar if c.name == "dormant_access")
+    value = access_cookie(jar)
     headers = {"cookie": f"dormant_access={value}"}
     async with (
         aiohttp.ClientSession() as http,
@@ -174,10 +183,7 @@ async def _ws_session(server: Server, sid: str, jar: httpx.Cookies) -> None:
 def test_websocket_messages_are_activity_an_idle_websocket_is_not(
     server_factory: Callable[..., Server], tmp_path: Path
 ) -> None:
-    config = proxy_config(tmp_path / "dormant.toml", sleep_after="4s")
-    server = server_factory(DORMANT_CONFIG=str(config))
-    sid = create(server)
-    jar = cookies_for(server, sid)
+    server, sid, jar = short_lived(server_factory, tmp_path, "4s")
     asyncio.run(_ws_session(server, sid, jar))
     events = server.client().get(f"/v1/sessions/{sid}/events").json()["items"]
     slept = [e for e in events if e["to_state"] == "stopping"]
@@ -187,10 +193,7 @@ def test_websocket_messages_are_activity_an_idle_websocket_is_not(
 def test_polling_listed_in_ignore_does_not_keep_a_session_awake(
     server_factory: Callable[..., Server], tmp_path: Path
 ) -> None:
-    config = proxy_config(tmp_path / "dormant.toml", sleep_after="3s")
-    server = server_factory(DORMANT_CONFIG=str(config))
-    sid = create(server)
-    jar = cookies_for(server, sid)
+    server, sid, jar = short_lived(server_factory, tmp_path, "3s")
     with httpx.Client(cookies=jar, timeout=30) as client:
         before = server.client().get(f"/v1/sessions/{sid}").json()["last_activity"]["at"]
         started = time.monotonic()
@@ -214,7 +217,7 @@ def test_a_deleted_session_answers_404(server: Server) -> None:
 def test_forward_auth_answers_from_the_cookie_and_the_state(server: Server) -> None:
     sid = create(server)
     jar = cookies_for(server, sid)
-    value = next(c.value for c in jar.jar if c.name == "dormant_access")
+    value = access_cookie(jar)
     ask = {"x-original-uri": f"/s/{sid}/page", "cookie": f"dormant_access={value}"}
     for base in (server.proxy_url, server.url):  # the proxy's port and the API's
         ok = httpx.get(f"{base}/v1/forward-auth", headers=ask)
@@ -236,10 +239,7 @@ def test_forward_auth_answers_from_the_cookie_and_the_state(server: Server) -> N
 def test_a_long_response_keeps_the_session_busy_while_it_streams(
     server_factory: Callable[..., Server], tmp_path: Path
 ) -> None:
-    config = proxy_config(tmp_path / "dormant.toml", sleep_after="4s")
-    server = server_factory(DORMANT_CONFIG=str(config))
-    sid = create(server)
-    jar = cookies_for(server, sid)
+    server, sid, jar = short_lived(server_factory, tmp_path, "4s")
     ticks: list[str] = []
     with (
         httpx.Client(cookies=jar, timeout=30) as client,
@@ -260,7 +260,7 @@ def test_connection_cannot_strip_the_framing_of_a_smuggled_request(server: Serve
     import socket
 
     sid = create(server)
-    value = next(c.value for c in cookies_for(server, sid).jar if c.name == "dormant_access")
+    value = access_cookie(cookies_for(server, sid))
     inner = f"GET /s/{sid}/headers HTTP/1.1\r\nHost: x\r\n\r\n".encode()
     request = (
         f"POST /s/{sid}/echo HTTP/1.1\r\nHost: x\r\nCookie: dormant_access={value}\r\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,15 +20,6 @@ from tests.e2e.proxy_support import create, proxy_config, sleep, wakes
 pytestmark = pytest.mark.e2e
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    chromium = Browser(tmp_path / "chromium-profile")
-    try:
-        yield chromium
-    finally:
-        chromium.close()
 
 
 async def _shot(browser: Browser, path: Path) -> None:

@@ -3,7 +3,7 @@ request through the proxy, which answers with the container's own page."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,16 +16,6 @@ from ..integration import podman
 from ..integration.podman import CONTAINER_PORT, IMAGE, RUN_ID, RUN_LABEL
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def docker_host() -> Iterator[str]:
-    host = podman.podman_host()
-    try:
-        yield host
-    finally:
-        podman.purge_run()
-        assert podman.managed_containers() == []
 
 
 def test_a_request_wakes_a_sleeping_container(

@@ -13,7 +13,15 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Server
-from tests.e2e.proxy_support import cookies_for, create, proxy_config, sleep, state, wakes
+from tests.e2e.proxy_support import (
+    access_cookie,
+    cookies_for,
+    create,
+    proxy_config,
+    sleep,
+    state,
+    wakes,
+)
 from tests.e2e.replicas import REPO, Nginx
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +55,7 @@ def test_nginx_auth_request_wakes_and_serves(nginx_in_front: tuple[Server, Nginx
     server, nginx = nginx_in_front
     sid = create(server)
     jar = cookies_for(server, sid)
-    value = next(c.value for c in jar.jar if c.name == "dormant_access")
+    value = access_cookie(jar)
     with httpx.Client(base_url=nginx.url, timeout=60) as client:
         anonymous = client.get(f"/s/{sid}/")
         assert anonymous.status_code == 401 and anonymous.headers["x-served-by"] == "dormant"

@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from dormant.runtimes.docker import DockerRuntime
 from dormant.store import MemoryStore, SqlStore, Store
 from dormant.store.migrate import upgrade_async
 
@@ -82,3 +83,13 @@ def containers(docker_host: str) -> Iterator[None]:
     finally:
         podman.purge_run()
         assert podman.managed_containers() == []
+
+
+@pytest.fixture
+async def docker_runtime(docker_host: str, containers: None) -> AsyncIterator[DockerRuntime]:
+    """The docker runtime on Podman, confined to this run's containers (and closed after)."""
+    runtime = DockerRuntime(docker_host, scope={podman.RUN_LABEL: podman.RUN_ID})
+    try:
+        yield runtime
+    finally:
+        await runtime.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,12 +47,8 @@ def sid() -> str:
 
 
 @pytest.fixture
-async def runtime(docker_host: str, containers: None) -> AsyncIterator[DockerRuntime]:
-    rt = DockerRuntime(docker_host, scope={RUN_LABEL: RUN_ID})
-    try:
-        yield rt
-    finally:
-        await rt.close()
+def runtime(docker_runtime: DockerRuntime) -> DockerRuntime:
+    return docker_runtime
 
 
 def inspect(name: str) -> dict[str, object]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,12 +69,8 @@ def volume_names() -> Iterator[list[str]]:
 
 
 @pytest.fixture
-async def runtime(docker_host: str, containers: None) -> AsyncIterator[DockerRuntime]:
-    rt = DockerRuntime(docker_host, scope={RUN_LABEL: RUN_ID})
-    try:
-        yield rt
-    finally:
-        await rt.close()
+def runtime(docker_runtime: DockerRuntime) -> DockerRuntime:
+    return docker_runtime
 
 
 def inspect(kind: str, name: str) -> dict[str, object]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -69,16 +68,8 @@ async def test_wait_ready_waits_for_the_probe_and_says_what_it_last_saw() -> Non
     assert not fake.ok and "cannot run commands" in fake.detail
 
 
-@pytest.fixture
-async def docker(docker_host: str, containers: None) -> AsyncIterator[DockerRuntime]:
-    rt = DockerRuntime(docker_host, scope={RUN_LABEL: RUN_ID})
-    try:
-        yield rt
-    finally:
-        await rt.close()
-
-
-async def test_exec_probes_run_in_the_container(docker: DockerRuntime) -> None:
+async def test_exec_probes_run_in_the_container(docker_runtime: DockerRuntime) -> None:
+    docker = docker_runtime
     name = f"dormant-t{uuid.uuid4().hex[:12]}"
     spec = ContainerSpec(
         name=name,
