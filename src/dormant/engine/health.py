@@ -11,6 +11,7 @@ session several times. The list of running sessions is read once per interval.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import heapq
 import logging
@@ -64,7 +65,7 @@ class HealthMonitor:
             action.cancel()
         if self._task is not None:
             self._task.cancel()
-            with _suppress_cancel():
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
 
@@ -207,11 +208,3 @@ class HealthMonitor:
 def _bucket(session_id: str, n: int) -> int:
     digest = hashlib.blake2b(session_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % n
-
-
-class _suppress_cancel:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, value: object, tb: object) -> bool:
-        return kind is asyncio.CancelledError

@@ -207,17 +207,28 @@ async def copy_body(
         await _copy_chunked(reader, write, timeout, dechunk)
         return
     if head.length is not None:
-        left = head.length
-        while left:
-            data = await asyncio.wait_for(reader.read(min(CHUNK, left)), timeout)
-            if not data:
-                raise BadMessage("the body ended early")
-            left -= len(data)
-            await write(data)
+        await _copy_exactly(reader, write, head.length, timeout, "the body ended early")
         return
     if until_close:
         while data := await asyncio.wait_for(reader.read(CHUNK), timeout):
             await write(data)
+
+
+async def _copy_exactly(
+    reader: asyncio.StreamReader,
+    write: Callable[[bytes], Awaitable[None]],
+    size: int,
+    timeout: float | None,
+    early: str,
+) -> None:
+    """``size`` bytes, as they arrive; ``early`` is the complaint if the stream ends first."""
+    left = size
+    while left:
+        data = await asyncio.wait_for(reader.read(min(CHUNK, left)), timeout)
+        if not data:
+            raise BadMessage(early)
+        left -= len(data)
+        await write(data)
 
 
 async def _copy_chunked(
@@ -239,13 +250,7 @@ async def _copy_chunked(
             break
         if not dechunk:
             await write(b"%x\r\n" % size)
-        left = size
-        while left:
-            data = await asyncio.wait_for(reader.read(min(CHUNK, left)), timeout)
-            if not data:
-                raise BadMessage("a chunk ended early")
-            left -= len(data)
-            await write(data)
+        await _copy_exactly(reader, write, size, timeout, "a chunk ended early")
         try:
             end = await asyncio.wait_for(reader.readexactly(2), timeout)
         except asyncio.IncompleteReadError:

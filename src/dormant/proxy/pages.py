@@ -5,28 +5,17 @@ from __future__ import annotations
 
 import html
 import json
+from http import HTTPStatus
 
 from dormant.proxy.http1 import Request
 
-_REASONS = {
-    200: "OK",
-    302: "Found",
-    308: "Permanent Redirect",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    431: "Request Header Fields Too Large",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
-
 
 def reason(status: int) -> str:
-    return _REASONS.get(status, "Error")
+    """The standard reason phrase (dormant writes its own; a session's is never passed on)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
 def wants_html(request: Request | None) -> bool:
