@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,9 @@ class Rig:
     runtime: FakeRuntime
     store: SqlStore
     url: str
+    #: More engines on the same store (replicas); their operations are drained at the end too,
+    #: before the store closes (an operation still running then would leak its connection).
+    others: list[Engine] = field(default_factory=list)
 
     async def settle(self) -> None:
         """Run everything due now and wait for the operations it started."""
@@ -34,7 +37,9 @@ class Rig:
         await self.settle()
 
     def new_engine(self, instance: str = "test-2") -> Engine:
-        return make_engine(self.store, self.runtime, self.clock, instance)
+        engine = make_engine(self.store, self.runtime, self.clock, instance)
+        self.others.append(engine)
+        return engine
 
 
 def make_engine(
@@ -63,8 +68,10 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     runtime = FakeRuntime()
     engine = make_engine(store, runtime, clock)
     await engine.heartbeat()
+    rig = Rig(engine, clock, runtime, store, url)
     try:
-        yield Rig(engine, clock, runtime, store, url)
+        yield rig
     finally:
-        await engine.drain()
+        for each in (engine, *rig.others):
+            await each.drain()
         await store.close()

@@ -92,6 +92,7 @@ async def test_token_ttl_is_a_strict_number(
 
 async def test_port_exhaustion_says_when_to_come_back(rig: Rig) -> None:
     engine = make_engine(rig.store, rig.runtime, rig.clock, "one-port", ports=range(30000, 30001))
+    rig.others.append(engine)  # drained before the store closes
     key = await create_key(rig.store, "default", True, "test", rig.clock.now())
     app = create_api(engine, Reconciler(engine))
     async with httpx.AsyncClient(

@@ -24,11 +24,11 @@ from dormant.errors import InvalidInput
 from dormant.policy import State
 from dormant.store.records import AdmissionCounts
 
-from .conftest import Rig, make_engine
+from .conftest import Rig
 
 
 def limited(rig: Rig, instance: str = "test-1", **limits: object) -> Engine:
-    engine = make_engine(rig.store, rig.runtime, rig.clock, instance)
+    engine = rig.new_engine(instance)
     engine.settings = dataclasses.replace(engine.settings, limits=Limits(**limits))  # type: ignore[arg-type]
     return engine
 

@@ -296,6 +296,7 @@ async def test_unknown_template_and_bad_policy_write_nothing(rig: Rig) -> None:
 
 async def test_ports_are_never_handed_out_twice_and_exhaustion_is_clear(rig: Rig) -> None:
     engine = make_engine(rig.store, rig.runtime, rig.clock, ports=range(31000, 31002))
+    rig.others.append(engine)  # drained before the store closes
     a = await engine.create_session(tenant="t1", user_id="a")
     b = await engine.create_session(tenant="t1", user_id="b")
     assert a.port != b.port

@@ -37,6 +37,7 @@ async def test_a_store_outage_after_a_wake_does_not_fail_the_session(rig: Rig) -
     flaky = FlakyStore(rig.store)
     runtime = StoreDownAfterStart()
     engine = make_engine(flaky, runtime, rig.clock, "flaky-1")  # type: ignore[arg-type]
+    rig.others.append(engine)  # drained before the store closes
     record = await engine.create_session(tenant="t", user_id="u")
     await engine.drain()
     await engine.sleep(record.id)
