@@ -50,6 +50,11 @@ class Principal:
         """The tenant filter to apply: ``None`` (everything) for admin keys."""
         return None if self.admin else self.tenant
 
+    def describe(self) -> str:
+        """Who acted, as logs and timelines name it: ``key 3f12ab9c0d1e (tenant acme)``."""
+        admin = ", admin" if self.admin else ""
+        return f"key {self.key_id} (tenant {self.tenant}{admin})"
+
 
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()

@@ -126,6 +126,15 @@ class LinkMaker(Protocol):
     async def create(self, session_id: str, ttl: float | None) -> tuple[str, datetime]: ...
 
 
+class ConsoleAuth(Protocol):
+    """``app.state.console``: the operator's console's cookie sign-in (``dormant.api.console``).
+    ``principal`` answers the principal of the request's console session cookie, None when it
+    has none, and raises :class:`Unauthorized` for a bad or expired cookie, or :class:`Forbidden`
+    for a state-changing request without the session's CSRF header."""
+
+    async def principal(self, request: Request) -> Principal | None: ...
+
+
 def _realtime(request: Request) -> Realtime:
     gateway: Realtime | None = getattr(request.app.state, "realtime", None)
     if gateway is None:
@@ -192,9 +201,17 @@ def build_router(
     session_url: Callable[[str], str] | None = None,
 ) -> APIRouter:
     async def principal(
+        request: Request,
         x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
     ) -> Principal:
-        who = await authenticate(engine.api_key, x_api_key)
+        who: Principal | None = None
+        console: ConsoleAuth | None = getattr(request.app.state, "console", None)
+        if x_api_key is None and console is not None:
+            # The operator's console signs in with a key once and then sends its session
+            # cookie; None when the request carries no console cookie.
+            who = await console.principal(request)
+        if who is None:
+            who = await authenticate(engine.api_key, x_api_key)
         limiter.check(who.key_id)
         return who
 
