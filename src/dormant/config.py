@@ -463,6 +463,12 @@ class Settings(BaseModel):
     volume_retention: float = Field(default=30 * 86400.0, ge=0, le=3660 * 86400)
     volume_prune_interval: float = Field(default=600.0, gt=0, le=86400)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    #: The operator's console (``/ui``): how long a sign-in lasts (seconds), and what one
+    #: container-hour costs (in ``currency``), to show what sleeping saved in money as well as
+    #: in hours (0: hours only).
+    console_session_ttl: float = Field(default=8 * 3600.0, ge=60, le=30 * 86400)
+    price_per_container_hour: float = Field(default=0.0, ge=0, le=1_000_000)
+    currency: str = Field(default="USD", min_length=1, max_length=8, pattern=r"^[A-Za-z$€£¥]+$")
 
     @field_validator(
         "retention",
