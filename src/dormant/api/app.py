@@ -165,11 +165,9 @@ def create_api(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.include_router(
-        build_router(
-            engine, reconciler, RateLimiter(rate_limit, rate_burst), session_url=session_url
-        )
-    )
+    app.state.key_lookup = engine.api_key
+    app.state.rate_limiter = RateLimiter(rate_limit, rate_burst)
+    app.include_router(build_router(engine, reconciler, session_url=session_url))
     fastapi_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:

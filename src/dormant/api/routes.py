@@ -4,10 +4,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Protocol, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 
-from dormant.api.auth import Forbidden, Principal, RateLimiter, authenticate
+from dormant.api.auth import Forbidden
 from dormant.api.errors import ApiError
+from dormant.api.principal import Who
 from dormant.api.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
     NAME_PATTERN,
@@ -126,15 +127,6 @@ class LinkMaker(Protocol):
     async def create(self, session_id: str, ttl: float | None) -> tuple[str, datetime]: ...
 
 
-class ConsoleAuth(Protocol):
-    """``app.state.console``: the operator's console's cookie sign-in (``dormant.api.console``).
-    ``principal`` answers the principal of the request's console session cookie, None when it
-    has none, and raises :class:`Unauthorized` for a bad or expired cookie, or :class:`Forbidden`
-    for a state-changing request without the session's CSRF header."""
-
-    async def principal(self, request: Request) -> Principal | None: ...
-
-
 def _realtime(request: Request) -> Realtime:
     gateway: Realtime | None = getattr(request.app.state, "realtime", None)
     if gateway is None:
@@ -196,26 +188,9 @@ def session_out(
 def build_router(
     engine: Engine,
     reconciler: Reconciler,
-    limiter: RateLimiter,
     public_host: str = "127.0.0.1",
     session_url: Callable[[str], str] | None = None,
 ) -> APIRouter:
-    async def principal(
-        request: Request,
-        x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
-    ) -> Principal:
-        who: Principal | None = None
-        console: ConsoleAuth | None = getattr(request.app.state, "console", None)
-        if x_api_key is None and console is not None:
-            # The operator's console signs in with a key once and then sends its session
-            # cookie; None when the request carries no console cookie.
-            who = await console.principal(request)
-        if who is None:
-            who = await authenticate(engine.api_key, x_api_key)
-        limiter.check(who.key_id)
-        return who
-
-    Who = Annotated[Principal, Depends(principal)]
     router = APIRouter(prefix="/v1")
 
     def out(record: SessionRecord) -> SessionOut:
