@@ -17,6 +17,7 @@ from dormant.errors import DormantError, RuntimeFailure, RuntimeUnavailable, Tem
 from dormant.runtimes import (
     ContainerInfo,
     ContainerSpec,
+    ContainerStats,
     ContainerStatus,
     Endpoint,
     Runtime,
@@ -92,6 +93,10 @@ class FakeRuntime(Runtime):
     #: Volumes by name (made on demand by ``create``, with their labels).
     volumes: dict[str, VolumeInfo] = field(default_factory=dict)
     _failures: dict[str, deque[_Failure]] = field(default_factory=dict)
+    #: What :meth:`stats` answers for a running container: CPU %, memory bytes, memory limit.
+    usage: tuple[float, int, int | None] = (12.5, 64 * 1024**2, 256 * 1024**2)
+    #: Where :meth:`stats` reads its ``at`` (a :class:`FakeClock`); none: a fixed time.
+    clock: FakeClock | None = None
 
     def fail(self, method: str, error: DormantError | None = None, times: int = 1) -> None:
         """Make the next ``times`` calls of ``method`` raise ``error`` (default: unavailable)."""
@@ -169,6 +174,15 @@ class FakeRuntime(Runtime):
             return False  # a container mounts it
         self.volumes.pop(name, None)
         return True
+
+    async def stats(self, name: str, state: dict[str, Any]) -> ContainerStats | None:
+        self._check("stats", name)
+        container = self.containers.get(name)
+        if container is None or container.status is not ContainerStatus.RUNNING:
+            return None
+        at = self.clock.now() if self.clock is not None else FakeClock().now()
+        cpu, memory, limit = self.usage
+        return ContainerStats(cpu, memory, limit, at)
 
     async def inspect(self, name: str) -> ContainerInfo | None:
         container = self.containers.get(name)

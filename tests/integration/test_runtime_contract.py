@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +20,14 @@ from typing import Any
 import pytest
 
 from dormant.errors import DormantError, RuntimeFailure
-from dormant.runtimes import ContainerInfo, ContainerSpec, ContainerStatus, Endpoint, Runtime
+from dormant.runtimes import (
+    ContainerInfo,
+    ContainerSpec,
+    ContainerStatus,
+    Endpoint,
+    Resources,
+    Runtime,
+)
 from dormant.runtimes.docker import DockerRuntime
 from dormant.runtimes.process import ProcessRuntime
 from dormant.testing import FakeRuntime
@@ -268,3 +276,47 @@ async def test_the_port_a_session_serves_on_follows_start_or_create_as_declared(
         assert await kit.accepts(Endpoint("127.0.0.1", third))
         assert not await kit.accepts(Endpoint("127.0.0.1", other))
     await rt.stop(s.name, moved)
+
+
+async def _load(port: int, stop: asyncio.Event) -> int:
+    """HTTP requests to ``port`` one after another until ``stop``: work for the session's CPU."""
+    sent = 0
+    while not stop.is_set():
+        await asyncio.to_thread(http_get, port)
+        sent += 1
+    return sent
+
+
+async def test_stats_reads_a_running_container_and_none_otherwise(kit: Kit) -> None:
+    rt = kit.runtime
+    s = dataclasses.replace(kit.spec(), resources=Resources(memory="64m"))
+    name = s.name
+    assert await rt.stats(name, {}) is None  # never made: no reading, no error
+    state = await rt.create(s)
+    assert await rt.stats(name, state) is None  # made, not running
+    state = await rt.start(name, state)
+
+    idle = await rt.stats(name, state)
+    assert idle is not None
+    assert isinstance(idle.cpu_percent, float) and idle.cpu_percent >= 0
+    assert idle.at.tzinfo is not None
+    if isinstance(rt, FakeRuntime):
+        assert (idle.cpu_percent, idle.memory_bytes) == rt.usage[:2]
+    else:
+        assert 0 < idle.memory_bytes < 1024**3  # a small server's resident memory
+        # the docker runtime applies the template's limit; the process runtime enforces none
+        expected_limit = 64 * 1024**2 if kit.kind == "docker" else None
+        assert idle.memory_limit_bytes == expected_limit
+        stop = asyncio.Event()
+        assert s.port is not None
+        loader = [asyncio.create_task(_load(s.port, stop)) for _ in range(4)]
+        try:
+            busy = await rt.stats(name, state)
+        finally:
+            stop.set()
+            sent = sum(await asyncio.gather(*loader))
+        assert busy is not None and sent > 0
+        assert busy.cpu_percent > 0, (busy, sent)  # serving requests takes CPU
+
+    state = await rt.stop(name, state)
+    assert await rt.stats(name, state) is None  # asleep: no reading

@@ -16,11 +16,13 @@ from dormant.runtimes.base import (
     VolumeInfo,
     VolumeMount,
 )
+from dormant.runtimes.stats import ContainerStats
 
 __all__ = [
     "BindMount",
     "ContainerInfo",
     "ContainerSpec",
+    "ContainerStats",
     "ContainerStatus",
     "Endpoint",
     "Resources",

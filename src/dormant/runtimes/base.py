@@ -51,6 +51,13 @@ Contract (every backend, every method):
   a ``retain="user"`` one: those are removed by :meth:`Runtime.remove_volume`, which dormant's
   retention job calls. ``list_volumes`` lists every volume labelled ``dormant.managed=true``
   and raises rather than return a partial list. A backend without volumes keeps the defaults.
+- **Stats are a reading, not a promise.** ``stats(name, state)`` answers the running
+  container's CPU and memory now (:class:`~dormant.runtimes.stats.ContainerStats`: CPU in
+  percent of one core over a short interval it measures itself, memory in bytes, the memory
+  limit or ``None`` when unlimited, when it was read), and ``None`` when the container is not
+  running or does not exist: it is never an error to ask. It may take up to about a second
+  (two samples), changes nothing, and raises only the translated errors (an unreachable
+  engine). A backend that cannot measure keeps the default, which answers ``None``.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from dormant.errors import RuntimeFailure
+from dormant.runtimes.stats import ContainerStats
 
 MANAGED_LABEL = "dormant.managed"
 SESSION_LABEL = "dormant.session"
@@ -265,6 +273,11 @@ class Runtime(abc.ABC):
         """Remove a volume and its data; ``False`` if it is in use (left alone), ``True`` when
         it is gone (not found is success). Default: nothing to remove."""
         return True
+
+    async def stats(self, name: str, state: dict[str, Any]) -> ContainerStats | None:
+        """The running container's CPU and memory now (see the contract), ``None`` when it is
+        not running. ``state`` is the kept state. Default: this backend cannot tell (``None``)."""
+        return None
 
     async def ping(self) -> None:
         """Raise :class:`dormant.errors.RuntimeUnavailable` if the backend cannot be reached."""

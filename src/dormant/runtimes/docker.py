@@ -42,6 +42,7 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
+from dormant.clock import SystemClock
 from dormant.errors import (
     DormantError,
     InvalidInput,
@@ -65,12 +66,21 @@ from dormant.runtimes.base import (
     describe_owner,
     owner_mismatch,
 )
+from dormant.runtimes.stats import (
+    ContainerStats,
+    cpu_percent_between,
+    cpu_total,
+    docker_cpu_percent,
+    docker_memory,
+)
 
 log = logging.getLogger("dormant.runtimes.docker")
 
 T = TypeVar("T")
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+#: Seconds between the two stats reads when the engine gives no earlier CPU sample (Podman).
+STATS_INTERVAL = 0.5
 #: Lines of a container's output quoted in the error of a failed start.
 LOG_TAIL_LINES = 30
 _LOG_TAIL_CHARS = 2000
@@ -814,6 +824,53 @@ class DockerRuntime(Runtime):
             return int(info.get("ExitCode") or 0), output
 
         return await self._call(f"exec in {name}", run, timeout=timeout)
+
+    async def stats(self, name: str, state: dict[str, Any]) -> ContainerStats | None:
+        """One stats read (``stream=false``). Docker fills ``precpu_stats`` from a read a
+        second earlier; Podman leaves it empty, and then a second read ``STATS_INTERVAL``
+        later gives the CPU used in between, over the wall time between their stamps."""
+        info = await self._inspect_raw(name)
+        if info is None or _status(info.get("State")) is not ContainerStatus.RUNNING:
+            return None
+        limit = int((info.get("HostConfig") or {}).get("Memory") or 0) or None
+        loop = asyncio.get_running_loop()
+        first, first_at = await self._stats_raw(name), loop.time()
+        if first is None:
+            return None
+        cpu = docker_cpu_percent(first)
+        last = first
+        if cpu is None:
+            await asyncio.sleep(STATS_INTERVAL)
+            second, second_at = await self._stats_raw(name), loop.time()
+            if second is None:
+                return None
+            start, end = _parse_time(first.get("read")), _parse_time(second.get("read"))
+            wall = (end - start).total_seconds() if start and end else second_at - first_at
+            cpu = cpu_percent_between(cpu_total(second) - cpu_total(first), wall)
+            last = second
+        at = _parse_time(last.get("read")) or SystemClock().now()
+        return ContainerStats(cpu, docker_memory(last), limit, at)
+
+    async def _stats_raw(self, name: str) -> dict[str, Any] | None:
+        """The engine's stats document, ``None`` when the container is gone or stopped (an
+        engine answers a stopped container's stats with an empty or zeroed document)."""
+
+        async def read(d: aiodocker.Docker) -> Any:
+            # Podman sends no Content-Type here, so aiodocker's JSON helper hands back text.
+            async with d._query(f"containers/{name}/stats", params={"stream": "0"}) as response:
+                try:
+                    body = await response.read()
+                finally:
+                    response.close()
+            return json.loads(body) if body.strip() else None
+
+        try:
+            data = await self._call(f"stats {name}", read)
+        except ContainerMissing:
+            return None
+        if not isinstance(data, dict) or not cpu_total(data):
+            return None
+        return data
 
     async def _log_tail(self, name: str) -> str:
         try:

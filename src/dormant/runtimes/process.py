@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
+from dormant.clock import SystemClock
 from dormant.errors import InvalidInput, RuntimeFailure
 from dormant.runtimes.base import (
     DEPLOYMENT_LABEL,
@@ -50,6 +51,12 @@ from dormant.runtimes.base import (
     describe_owner,
     owner_mismatch,
 )
+from dormant.runtimes.stats import (
+    ContainerStats,
+    cpu_percent_between,
+    proc_cpu_ticks,
+    proc_rss_bytes,
+)
 
 DEFAULT_COMMAND = [
     sys.executable,
@@ -61,6 +68,8 @@ DEFAULT_COMMAND = [
     "--directory",
     "{workdir}",
 ]
+#: Seconds over which a stats read measures the session's CPU.
+STATS_INTERVAL = 0.5
 _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 _LOG_TAIL = 2000
 
@@ -91,6 +100,27 @@ def _proc_started_at(pid: int) -> datetime | None:
     except (OSError, StopIteration, ValueError):
         return None
     return datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), tz=UTC)
+
+
+def _cpu_ticks(pids: set[int]) -> dict[int, int]:
+    """``utime + stime`` of each live (non-zombie) process of ``pids``."""
+    ticks = {}
+    for pid in pids:
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if raw[raw.rindex(")") + 2 :].startswith("Z"):
+            continue
+        ticks[pid] = proc_cpu_ticks(raw)
+    return ticks
+
+
+def _rss(pid: int) -> int:
+    try:
+        return proc_rss_bytes(Path(f"/proc/{pid}/status").read_text())
+    except OSError:
+        return 0
 
 
 def _proc_environ(pid: int) -> dict[str, str]:
@@ -512,6 +542,28 @@ class ProcessRuntime(Runtime):
             await asyncio.to_thread(shutil.rmtree, directory / "home", True)
             await asyncio.to_thread(shutil.rmtree, directory, True)
         return True
+
+    async def stats(self, name: str, state: dict[str, Any]) -> ContainerStats | None:
+        """CPU from ``utime + stime`` of every process of the session (its children carry the
+        mark too) over ``STATS_INTERVAL``, memory as the sum of their VmRSS. No limit: the
+        process runtime enforces none."""
+        pids = set(self._marked_pids(name))
+        if (pid := self._alive_pid(name)) is not None:
+            pids.add(pid)
+        if not pids:
+            return None
+        loop = asyncio.get_running_loop()
+        before, started = _cpu_ticks(pids), loop.time()
+        await asyncio.sleep(STATS_INTERVAL)
+        after, ended = _cpu_ticks(pids), loop.time()
+        alive = set(after)
+        if not alive:
+            return None  # stopped meanwhile
+        # Only processes seen both times count: one that left took its ticks with it.
+        used = sum(max(after[p] - before[p], 0) for p in alive if p in before)
+        seconds = used / os.sysconf("SC_CLK_TCK")
+        cpu = cpu_percent_between(int(seconds * 1e9), ended - started)
+        return ContainerStats(cpu, sum(_rss(p) for p in alive), None, SystemClock().now())
 
     async def inspect(self, name: str) -> ContainerInfo | None:
         return self._inspect(name, None)
