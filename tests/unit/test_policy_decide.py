@@ -437,7 +437,7 @@ def test_sleeping_session_is_deleted_after_delete_after() -> None:
     assert d.action is Action.DELETE
     assert d.code == "asleep_too_long"
     assert_threshold(d, since + timedelta(hours=24))
-    assert "asleep for 24h" in d.reason
+    assert "deleted after 24h asleep" in d.reason
     assert "2024-03-01T09:15:00Z" in d.reason
 
 

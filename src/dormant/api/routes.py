@@ -6,7 +6,9 @@ from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
+from dormant.api.audit import log_action, requested_by
 from dormant.api.auth import Forbidden
+from dormant.api.catalog import build_catalog_router
 from dormant.api.errors import ApiError
 from dormant.api.principal import Who
 from dormant.api.schemas import (
@@ -42,6 +44,7 @@ from dormant.engine.lifecycle import Idempotency
 from dormant.engine.limits import QUEUE_TIMEOUT
 from dormant.errors import InvalidInput, QueueTimedOut, TemporaryError
 from dormant.policy import Action, Decision, Level, State, parse_kind
+from dormant.policy.why import Extra, why
 from dormant.reconciler import Reconciler
 from dormant.store.records import SessionRecord
 
@@ -142,8 +145,15 @@ def session_out(
 ) -> SessionOut:
     """``url``: through the proxy (the same across sleeps) when it runs, else the session's
     own endpoint while it runs."""
-    lvl, decision = engine.describe(record)
+    now = engine.clock.now()
+    lvl, decision = engine.describe(record, now)
     queued = record.queued_at is not None
+    told = why(
+        record.view(),
+        decision,
+        now,
+        Extra(record.error, record.queued_at, record.queue_limit, record.end_reason),
+    )
     if queued:
         decision = Decision(
             Action.NONE, None, f"queued for capacity ({record.queue_limit})", "queued"
@@ -180,6 +190,7 @@ def session_out(
         ),
         labels=record.labels,
         error=record.error,
+        why=told,
         queue_limit=record.queue_limit if queued else None,
         queue_kind=record.queue_kind if queued else None,
     )
@@ -228,7 +239,9 @@ def build_router(
             labels=body.labels,
             env=body.env,
             idempotency=once,
+            reason=requested_by("create", who),
         )
+        log_action("create", who, record.id, user=body.user_id)
         response.headers["Location"] = f"/v1/sessions/{record.id}"
         if await settled(record.id, State.RUNNING, wait) is not None:
             fresh = await engine.session_row(record.id)
@@ -266,7 +279,9 @@ def build_router(
             labels=spec.labels,
             env=spec.env,
             wake=wake,
+            reason=requested_by("get-or-create", who),
         )
+        log_action("ensure", who, record.id, user=user_id, name=name, created=created)
         response.status_code = 201 if created else 200
         response.headers["Location"] = f"/v1/sessions/{record.id}"
         if (created or wake) and await settled(record.id, State.RUNNING, wait) is not None:
@@ -343,14 +358,16 @@ def build_router(
 
     @router.post("/sessions/{session_id}/sleep", status_code=202, response_model=Accepted)
     async def sleep(session_id: str, who: Who, wait: Wait = None) -> Accepted:
-        record = await engine.sleep(session_id, who.scope)
+        record = await engine.sleep(session_id, who.scope, reason=requested_by("sleep", who))
+        log_action("sleep", who, session_id)
         outcome = await settled(session_id, State.SLEEPING, wait)
         state = outcome.state if outcome else record.state.value
         return Accepted(id=session_id, state=state, accepted="sleep", outcome=outcome)
 
     @router.post("/sessions/{session_id}/wake", status_code=202, response_model=Accepted)
     async def wake(session_id: str, who: Who, wait: Wait = None) -> Accepted:
-        record = await engine.wake(session_id, who.scope)
+        record = await engine.wake(session_id, who.scope, reason=requested_by("wake", who))
+        log_action("wake", who, session_id)
         outcome = await settled(session_id, State.RUNNING, wait)
         asked = "queued" if record.queued_at is not None else record.state.value
         state = outcome.state if outcome else asked
@@ -358,15 +375,24 @@ def build_router(
 
     @router.post("/sessions/{session_id}/keepalive", status_code=202, response_model=SessionOut)
     async def keepalive(session_id: str, body: UntilIn, who: Who) -> SessionOut:
-        return out(await engine.keepalive(session_id, body.until, who.scope, busy=False))
+        record = await engine.keepalive(
+            session_id, body.until, who.scope, busy=False, by=who.describe()
+        )
+        log_action("keepalive", who, session_id, until=body.until.isoformat())
+        return out(record)
 
     @router.post("/sessions/{session_id}/busy", status_code=202, response_model=SessionOut)
     async def busy(session_id: str, body: UntilIn, who: Who) -> SessionOut:
-        return out(await engine.keepalive(session_id, body.until, who.scope, busy=True))
+        record = await engine.keepalive(
+            session_id, body.until, who.scope, busy=True, by=who.describe()
+        )
+        log_action("busy", who, session_id, until=body.until.isoformat())
+        return out(record)
 
     @router.delete("/sessions/{session_id}", status_code=202, response_model=Accepted)
     async def delete(session_id: str, who: Who, wait: Wait = None) -> Accepted:
-        await engine.delete(session_id, who.scope)
+        await engine.delete(session_id, who.scope, reason=requested_by("delete", who))
+        log_action("delete", who, session_id)
         outcome = await settled(session_id, State.DELETED, wait)
         state = outcome.state if outcome else State.DELETING.value
         return Accepted(id=session_id, state=state, accepted="delete", outcome=outcome)
@@ -401,6 +427,7 @@ def build_router(
         if links is None:
             raise TemporaryError("the session proxy is off in this server (DORMANT_PROXY_PORT=0)")
         url, expires_at = await links.create(session_id, body.ttl if body else None)
+        log_action("link", who, session_id)
         return LinkOut(url=url, expires_at=expires_at, session_id=session_id)
 
     @router.post("/sessions/{session_id}/tokens", status_code=201, response_model=TokenOut)
@@ -412,6 +439,7 @@ def build_router(
         token, expires_at = _realtime(request).mint_token(
             record, body.name if body else None, body.ttl if body else None, key_id=who.key_id
         )
+        log_action("token", who, session_id)
         return TokenOut(token=token, expires_at=expires_at, session_id=session_id)
 
     @router.post("/sessions/{session_id}/broadcast", status_code=202, response_model=BroadcastOut)
@@ -420,11 +448,13 @@ def build_router(
     ) -> BroadcastOut:
         await engine.get(session_id, who.scope)
         delivered = await _realtime(request).broadcast(session_id, body.type, body.data)
+        log_action("broadcast", who, session_id, type=body.type, delivered=delivered)
         return BroadcastOut(id=session_id, type=body.type, delivered=delivered)
 
     @router.post("/users/{user_id}/logout", response_model=LogoutOut)
     async def logout(user_id: str, who: Who) -> LogoutOut:
-        deleted = await engine.logout(user_id, who.scope)
+        deleted = await engine.logout(user_id, who.scope, reason=requested_by("logout", who))
+        log_action("logout", who, None, user=user_id, deleted=len(deleted))
         return LogoutOut(user_id=user_id, deleted=deleted)
 
     @router.get("/instances", response_model=InstanceList)
@@ -468,6 +498,7 @@ def build_router(
             orphans_removed=reconciler.orphans_removed,
         )
 
+    router.include_router(build_catalog_router(engine))
     return router
 
 

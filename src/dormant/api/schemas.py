@@ -172,6 +172,9 @@ class SessionOut(BaseModel):
     next_action: NextAction
     labels: dict[str, str]
     error: str | None
+    #: Two parts for people: what happened, then what comes next (``failed at 10:02: <error>;
+    #: deleting in 23h59m``); ``next_action`` has the same next step for programs.
+    why: str
     #: The worst real-time connection quality (``stable``, ``unstable``, ``poor``), if connected.
     connection_quality: str | None = None
     #: While ``state`` is ``queued`` (waiting for capacity): the 1-based place in the queue of
@@ -243,3 +246,64 @@ class Stats(BaseModel):
     sessions_by_level: dict[str, int]
     transitions_by_reason: dict[str, dict[str, int]]
     orphans_removed: int
+
+
+class ResourcesOut(BaseModel):
+    cpus: float | None
+    memory: str | None
+    pids_limit: int | None
+
+
+class VolumeOut(BaseModel):
+    #: The volume's name pattern (``{tenant}``, ``{user}``, ``{session}`` filled in per session).
+    pattern: str
+    target: str
+    retain: str
+    read_only: bool
+
+
+class TemplateOut(BaseModel):
+    """What a session of this template is made of, as a tenant may see it: the names of the
+    variables the operator sets, never their values; no host paths."""
+
+    name: str
+    default: bool
+    runtime: str
+    image: str | None
+    command: list[str] | None
+    port: int | None
+    policy: str
+    public: bool
+    wake_timeout: float
+    start_timeout: float
+    stop_timeout: float
+    env_names: list[str]
+    env_allow: list[str]
+    resources: ResourcesOut
+    volumes: list[VolumeOut]
+    home: str | None
+    health_interval: float
+
+
+class TemplateList(BaseModel):
+    items: list[TemplateOut]
+
+
+class PolicyOut(BaseModel):
+    """A named policy with every value resolved (durations in seconds)."""
+
+    name: str
+    values: dict[str, Any]
+
+
+class PolicyList(BaseModel):
+    items: list[PolicyOut]
+
+
+class SessionPolicyOut(BaseModel):
+    """The values in effect for one session now (its policy, its overrides, what an adaptive
+    policy has learned), durations in seconds."""
+
+    session_id: str
+    policy: str
+    values: dict[str, Any]

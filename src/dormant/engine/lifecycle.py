@@ -179,11 +179,13 @@ class Engine(Admission):
         env: dict[str, str] | None = None,
         name: str | None = None,
         idempotency: Idempotency | None = None,
+        reason: str = "created",
     ) -> SessionRecord:
         """Create a session (named: :class:`~dormant.store.NameTaken` if a live session of
         the user and template has the name). With ``idempotency``, a key already used by this
         tenant within 24 h gives the session it made (the same request) or
-        :class:`IdempotencyKeyReused` (another request); concurrent uses make one session."""
+        :class:`IdempotencyKeyReused` (another request); concurrent uses make one session.
+        ``reason`` is its first timeline entry (who asked: :mod:`dormant.api.audit`)."""
         if idempotency is not None:
             made = await self._made_with(tenant, idempotency)
             if made is not None:
@@ -209,7 +211,7 @@ class Engine(Admission):
         for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
                 return await self._insert_session(
-                    tpl, runtime, settings, tenant, user_id, labels, env, name, key
+                    tpl, runtime, settings, tenant, user_id, labels, env, name, key, reason
                 )
             except KeyTaken:
                 # A concurrent request with the same key made its session first: answer that.
@@ -254,6 +256,7 @@ class Engine(Admission):
         labels: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
         wake: bool = False,
+        reason: str = "created",
     ) -> tuple[SessionRecord, bool]:
         """Get or create the user's live session of this name and template: ``(session,
         created)``. The store's unique name decides between concurrent calls; the losers read
@@ -277,7 +280,8 @@ class Engine(Admission):
                 except NotFound:
                     continue  # deleted meanwhile: the name is free again
                 if wake and record.state in (State.SLEEPING, State.FAILED):
-                    record = await self.wake(record.id, tenant, reason="woken by get-or-create")
+                    woken = "woken by get-or-create" if reason == "created" else f"woken: {reason}"
+                    record = await self.wake(record.id, tenant, reason=woken)
                 return record, False
             try:
                 record = await self.create_session(
@@ -288,6 +292,7 @@ class Engine(Admission):
                     labels=labels,
                     env=env,
                     name=name,
+                    reason=reason,
                 )
             except NameTaken:
                 continue  # another request made it first: read it
@@ -305,6 +310,7 @@ class Engine(Admission):
         env: dict[str, str] | None,
         session_name: str | None = None,
         idempotency: IdempotencyKey | None = None,
+        reason: str = "created",
     ) -> SessionRecord:
         now = self.clock.now()
         sid = new_session_id(now)
@@ -333,9 +339,7 @@ class Engine(Admission):
                 await runtime.check(self._spec(record))
             except TemporaryError as exc:  # cannot tell now; the create operation will retry
                 log.warning("could not check session %s before creating it: %s", sid, exc)
-            event = NewEvent(
-                "transition", "created", "create", None, State.CREATING.value, "create"
-            )
+            event = NewEvent("transition", reason, "create", None, State.CREATING.value, "create")
             async with self._admission_lock if self.limits.configured else _NO_LOCK:
                 queued = None
                 if self.limits.configured:
@@ -355,8 +359,8 @@ class Engine(Admission):
             if port is not None:
                 self.ports.settle(port)
         self._state[sid] = State.CREATING
-        self._log_transition(record, None, State.CREATING, "create", "created")
-        self._emit(Transitioned(record, None, State.CREATING, "create", "created"))
+        self._log_transition(record, None, State.CREATING, "create", reason)
+        self._emit(Transitioned(record, None, State.CREATING, "create", reason))
         if queued is not None:
             self._queued_new(record)
             return record
@@ -431,7 +435,9 @@ class Engine(Admission):
         self._delete_requested.add(session_id)
         self._spawn_op(session_id, op_id, lambda: self._run_delete(session_id, code, reason, op_id))
 
-    async def logout(self, user_id: str, tenant: str | None) -> list[str]:
+    async def logout(
+        self, user_id: str, tenant: str | None, reason: str = "user logged out"
+    ) -> list[str]:
         """Delete every live session of a user now (through the policy's logout rule)."""
         ids: list[str] = []
         after: str | None = None
@@ -448,7 +454,7 @@ class Engine(Admission):
             await self._mutate(
                 sid,
                 lambda r: r.replace(logged_out_at=now),
-                NewEvent("decision", "user logged out", "logout", action=Action.DELETE.value),
+                NewEvent("decision", reason, "logout", action=Action.DELETE.value),
             )
             self._delete_requested.add(sid)
             self._spawn_op(sid, None, functools.partial(self._due_guarded, sid))
@@ -484,8 +490,15 @@ class Engine(Admission):
                 return await asyncio.wait_for(asyncio.shield(future), min(remaining, 1.0))
 
     async def keepalive(
-        self, session_id: str, until: datetime, tenant: str | None = None, busy: bool = False
+        self,
+        session_id: str,
+        until: datetime,
+        tenant: str | None = None,
+        busy: bool = False,
+        by: str | None = None,
     ) -> SessionRecord:
+        """Keep the session from an inactivity sleep until ``until`` (``busy``: the workload
+        says it works); ``by`` names who asked, for the timeline."""
         record = await self.get(session_id, tenant)
         policy = self.policy_of(record)
         now = self.clock.now()
@@ -501,7 +514,11 @@ class Engine(Admission):
         updated = await self._mutate(
             session_id,
             lambda r: r.replace(**{field_name: until}),
-            NewEvent("decision", f"{what} until {until.isoformat()}", what),
+            NewEvent(
+                "decision",
+                f"{what} until {until.isoformat()}" + (f" requested by {by}" if by else ""),
+                what,
+            ),
         )
         return updated
 

@@ -45,8 +45,9 @@ def decide(session: SessionView, policy: PolicySettings, now: datetime) -> Decis
             Decision(
                 Action.DELETE,
                 session.state_since + _s(policy.delete_after),
-                f"asleep for {format_duration(policy.delete_after)} "
-                f"(since {_iso(session.state_since)})",
+                # Worded to read true before and after it is due (shown as the next action).
+                f"asleep since {_iso(session.state_since)}: deleted after "
+                f"{format_duration(policy.delete_after)} asleep",
                 "asleep_too_long",
             )
         )
@@ -55,7 +56,8 @@ def decide(session: SessionView, policy: PolicySettings, now: datetime) -> Decis
             Decision(
                 Action.DELETE,
                 session.state_since + _s(policy.delete_after),
-                f"failed {format_duration(policy.delete_after)} ago and never recovered",
+                f"failed at {_iso(session.state_since)}: deleted after "
+                f"{format_duration(policy.delete_after)} unless it recovers",
                 "failed_expired",
             )
         )
