@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import dormant
 from dormant.api.auth import FailedAuthLimiter, RateLimiter, attempts_from
+from dormant.api.docs import install_docs
 from dormant.api.errors import error_response, install_error_handlers
 from dormant.api.routes import build_router
 from dormant.api.schemas import ErrorOut
@@ -163,8 +164,12 @@ def create_api(
         version=dormant.__version__,
         description="Per-user containers that run only while people use them.",
         lifespan=lifespan,
+        # /docs and /redoc come from the package (install_docs), not from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
+    install_docs(app)
     app.state.key_lookup = engine.api_key
     app.state.rate_limiter = RateLimiter(rate_limit, rate_burst)
     app.include_router(build_router(engine, reconciler, session_url=session_url))
