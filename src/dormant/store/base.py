@@ -260,3 +260,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def save_adaptive(self, models: Mapping[str, dict[str, Any]], now: datetime) -> None:
         """Insert or replace each model (``{"observations", "weights", ...}``) by key."""
+
+    # the console's overview (read only)
+    @abc.abstractmethod
+    async def window_events(
+        self, since: datetime, activity_since: datetime, tenant: str | None, limit: int
+    ) -> list[EventRecord]:
+        """The timelines the overview draws from, ordered by session then event id: every
+        ``transition`` of the sessions (of ``tenant``, all with ``None``) not deleted before
+        ``since`` (their earlier ones too: the state at ``since`` follows from them), and their
+        ``activity`` entries at or after ``activity_since``; at most ``limit`` rows."""

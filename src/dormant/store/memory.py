@@ -680,3 +680,24 @@ class MemoryStore(Store):
         _utc(now, "adaptive models updated_at")
         stored = {key: _to_json(model, f"adaptive model {key}") for key, model in models.items()}
         self._adaptive.update(stored)
+
+    # the console's overview (read only) ---------------------------------------------------
+
+    async def window_events(
+        self, since: datetime, activity_since: datetime, tenant: str | None, limit: int
+    ) -> list[EventRecord]:
+        since = _utc(since, "window_events since")
+        activity_since = _utc(activity_since, "window_events activity_since")
+        out: list[EventRecord] = []
+        for sid in sorted(self._events):
+            record = self._sessions.get(sid)
+            if record is None or (tenant is not None and record.tenant != tenant):
+                continue
+            if record.deleted_at is not None and record.deleted_at < since:
+                continue
+            out += [
+                e
+                for e in self._events[sid]
+                if e.type == "transition" or (e.type == "activity" and e.at >= activity_since)
+            ]
+        return out[: max(limit, 0)]

@@ -799,3 +799,25 @@ class SqlStore(Store):
                 await conn.execute(stmt, rows)
         except OperationalError as exc:
             raise TemporaryError(f"store unavailable: {exc.orig}") from exc
+
+    # the console's overview (read only) -----------------------------------------------------
+
+    async def window_events(
+        self, since: datetime, activity_since: datetime, tenant: str | None, limit: int
+    ) -> list[EventRecord]:
+        wanted = or_(
+            session_events.c.type == "transition",
+            and_(session_events.c.type == "activity", session_events.c.at >= activity_since),
+        )
+        query = (
+            select(session_events)
+            .join(sessions, sessions.c.id == session_events.c.session_id)
+            .where(wanted, or_(sessions.c.deleted_at.is_(None), sessions.c.deleted_at >= since))
+            .order_by(session_events.c.session_id, session_events.c.id)
+            .limit(limit)
+        )
+        if tenant is not None:
+            query = query.where(sessions.c.tenant == tenant)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [EventRecord(**dict(r._mapping)) for r in rows]
