@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Response
 
 from dormant import web
 from dormant.api import create_api
 from dormant.api.auth import create_key
+from dormant.api.console import build_console, install_console
 from dormant.clock import Clock, SystemClock
 from dormant.config import Settings
 from dormant.engine import Engine, EngineSettings, PortAllocator, parse_port_range
@@ -252,6 +254,18 @@ def build_proxy(settings: Settings, engine: Engine) -> SessionProxy | None:
     return SessionProxy(engine, signer, proxy_settings(settings))
 
 
+def preview_origin(proxy: SessionProxy | None) -> str:
+    """Where the console's session preview (an iframe) may load from: the proxy's origin (any
+    session's host with a proxy domain), else the sessions' own ports on this host."""
+    if proxy is None:
+        return "http://127.0.0.1:*"
+    parts = urlsplit(proxy.settings.base_url)
+    if proxy.settings.domain:
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://*.{proxy.settings.domain}{port}"
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def create_app(settings: Settings, clock: Clock | None = None, proxy_socket: Any = None) -> FastAPI:
     """The API app; with a proxy port, the session proxy starts and stops with it (on
     ``proxy_socket`` when the caller bound it already)."""
@@ -282,6 +296,7 @@ def create_app(settings: Settings, clock: Clock | None = None, proxy_socket: Any
         finally:
             if proxy is not None:
                 await proxy.stop()
+            await console.close()
             await gateway.stop()
             await shutdown(services)
 
@@ -328,6 +343,15 @@ def create_app(settings: Settings, clock: Clock | None = None, proxy_socket: Any
             media_type="application/javascript; charset=utf-8",
             headers={"Cache-Control": "public, max-age=300", "ETag": web.dormant_js_etag()},
         )
+
+    console = build_console(
+        services.engine,
+        gateway_secret(settings),
+        session_ttl=settings.console_session_ttl,
+        session_url=links.session_url if links is not None else None,
+        frame_src=preview_origin(proxy),
+    )
+    install_console(app, console)
 
     app.add_middleware(SocketIORoute, gateway_app=gateway.asgi_app)
     app.state.services = services
