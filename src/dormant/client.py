@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 import socketio  # type: ignore[import-untyped]
 
-from dormant.errors import DormantError
+from dormant.errors import DormantError, InvalidInput
 
 JSON = dict[str, Any]
 Handler = Callable[[Any], Any]
@@ -76,6 +76,26 @@ class _Call:
     headers: dict[str, str] | None = None
 
 
+#: What a wrong address gets told (a bare 404 said nothing about what was wrong).
+URL_HINT = (
+    "DORMANT_URL (or --url) must be dormant serve's address, like http://127.0.0.1:8080 "
+    "(a trailing / or /v1 is fine)"
+)
+
+
+def base_url(url: str) -> str:
+    """dormant's address as people write it: ``http://host:8080``, ``…/`` or ``…/v1`` (what
+    the API's paths start with) all mean the server; a path before ``/v1`` (a reverse proxy's
+    prefix) is kept. Anything that is not an http(s) address is refused with what is wanted."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise InvalidInput(f"{url!r} is not an address dormant can use: {URL_HINT}")
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[: -len("/v1")].rstrip("/")
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
 def _until(value: datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("until must be timezone-aware")
@@ -97,6 +117,7 @@ class _Api:
         labels: dict[str, str] | None,
         env: dict[str, str] | None,
         idempotency_key: str | None = None,
+        wait: float | None = None,
     ) -> _Call:
         body = _drop_none(
             {"user_id": user_id, "template": template, "policy": policy, "labels": labels}
@@ -104,7 +125,7 @@ class _Api:
         if env is not None:
             body["env"] = env
         headers = None if idempotency_key is None else {"Idempotency-Key": idempotency_key}
-        return _Call("POST", "/v1/sessions", body, headers=headers)
+        return _Call("POST", "/v1/sessions", body, params=_waiting(wait), headers=headers)
 
     @staticmethod
     def ensure_session(
@@ -128,20 +149,54 @@ class _Api:
         return _Call("GET", "/v1/sessions", params=params)
 
     @staticmethod
-    def session(session_id: str, action: str = "", body: Any = None) -> _Call:
-        path = f"/v1/sessions/{session_id}" + (f"/{action}" if action else "")
-        return _Call("POST" if action else "GET", path, body)
+    def session(
+        session_id: str, action: str = "", body: Any = None, wait: float | None = None
+    ) -> _Call:
+        path = f"/v1/sessions/{quote(session_id, safe='')}" + (f"/{action}" if action else "")
+        return _Call("POST" if action else "GET", path, body, params=_waiting(wait))
+
+    @staticmethod
+    def read(session_id: str, what: str) -> _Call:
+        """``GET /v1/sessions/{id}/{what}`` (``events``, ``policy``)."""
+        return _Call("GET", f"/v1/sessions/{quote(session_id, safe='')}/{what}")
+
+    @staticmethod
+    def delete(session_id: str, wait: float | None) -> _Call:
+        path = f"/v1/sessions/{quote(session_id, safe='')}"
+        return _Call("DELETE", path, params=_waiting(wait))
+
+    @staticmethod
+    def logout(user_id: str) -> _Call:
+        return _Call("POST", f"/v1/users/{quote(user_id, safe='')}/logout")
+
+
+def _waiting(wait: float | None) -> dict[str, Any] | None:
+    """``?wait=N``: the answer waits up to N seconds for the operation's outcome."""
+    return None if wait is None else {"wait": wait}
 
 
 def _check(response: httpx.Response) -> Any:
-    if response.status_code >= 400:
+    status = response.status_code
+    if status >= 400:
         try:
             err = response.json()["error"]
             code, message = str(err["code"]), str(err["message"])
         except (ValueError, KeyError, TypeError):
             code, message = "http_error", response.text[:500]
-        raise ApiError(response.status_code, code, message)
-    return response.json() if response.content else None
+            if status == 404:  # not dormant at all (another server, or a path prefix too many)
+                code = "not_found"
+                message = f"nothing answers {response.request.url.path}: {URL_HINT}"
+        if status == 404 and message == "Not Found":  # dormant, but no such route
+            message = f"no such API call ({response.request.url.path}): {URL_HINT}"
+        raise ApiError(status, code, message)
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        raise ApiError(
+            status, "not_dormant", f"the answer to {response.request.url} is not JSON: {URL_HINT}"
+        ) from None
 
 
 def _filters(
@@ -173,7 +228,7 @@ class Client:
     def __init__(
         self, url: str, api_key: str, *, timeout: float = 30.0, http: httpx.Client | None = None
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = base_url(url)
         self._http = http or httpx.Client(
             base_url=self.url, headers={"X-API-Key": api_key}, timeout=timeout
         )
@@ -194,11 +249,13 @@ class Client:
         labels: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
         idempotency_key: str | None = None,
+        wait: float | None = None,
     ) -> JSON:
         """A new session. With ``idempotency_key``, retries of this call (within 24 h) answer
-        the session the first one made, even if its answer was lost."""
+        the session the first one made, even if its answer was lost; ``wait`` (seconds)
+        answers once it runs or failed."""
         result: JSON = self._send(
-            _Api.create_session(user_id, template, policy, labels, env, idempotency_key)
+            _Api.create_session(user_id, template, policy, labels, env, idempotency_key, wait)
         )
         return result
 
@@ -256,12 +313,14 @@ class Client:
         result: JSON = self._send(_Api.session(session_id, "activity", body))
         return result
 
-    def sleep(self, session_id: str) -> JSON:
-        result: JSON = self._send(_Api.session(session_id, "sleep"))
+    def sleep(self, session_id: str, wait: float | None = None) -> JSON:
+        """Accepted; with ``wait`` (seconds) the answer's ``outcome`` says where it ended."""
+        result: JSON = self._send(_Api.session(session_id, "sleep", wait=wait))
         return result
 
-    def wake(self, session_id: str) -> JSON:
-        result: JSON = self._send(_Api.session(session_id, "wake"))
+    def wake(self, session_id: str, wait: float | None = None) -> JSON:
+        """Accepted; with ``wait`` (seconds) the answer's ``outcome`` says where it ended."""
+        result: JSON = self._send(_Api.session(session_id, "wake", wait=wait))
         return result
 
     def keepalive(self, session_id: str, until: datetime) -> JSON:
@@ -272,12 +331,13 @@ class Client:
         result: JSON = self._send(_Api.session(session_id, "busy", {"until": _until(until)}))
         return result
 
-    def delete(self, session_id: str) -> JSON:
-        result: JSON = self._send(_Call("DELETE", f"/v1/sessions/{session_id}"))
+    def delete(self, session_id: str, wait: float | None = None) -> JSON:
+        result: JSON = self._send(_Api.delete(session_id, wait))
         return result
 
     def logout(self, user_id: str) -> list[str]:
-        result: JSON = self._send(_Call("POST", f"/v1/users/{user_id}/logout"))
+        """Delete every live session of ``user_id`` now; the ids deleted."""
+        result: JSON = self._send(_Api.logout(user_id))
         return list(result["deleted"])
 
     def token(self, session_id: str, name: str | None = None, ttl: float | None = None) -> Token:
@@ -291,7 +351,29 @@ class Client:
         return int(result["delivered"])
 
     def events(self, session_id: str) -> list[JSON]:
-        result: JSON = self._send(_Call("GET", f"/v1/sessions/{session_id}/events"))
+        """The timeline (also of a deleted session, until it is purged)."""
+        result: JSON = self._send(_Api.read(session_id, "events"))
+        return list(result["items"])
+
+    def session_policy(self, session_id: str) -> JSON:
+        """``{session_id, policy, values}``: the resolved policy values in effect."""
+        result: JSON = self._send(_Api.read(session_id, "policy"))
+        return result
+
+    def link(self, session_id: str, ttl: float | None = None) -> JSON:
+        """``{url, expires_at, session_id}``: a one-time link through dormant's proxy."""
+        body = _drop_none({"ttl": ttl})
+        result: JSON = self._send(_Api.session(session_id, "links", body))
+        return result
+
+    def templates(self) -> list[JSON]:
+        """The templates this key may create sessions from."""
+        result: JSON = self._send(_Call("GET", "/v1/templates"))
+        return list(result["items"])
+
+    def policies(self) -> list[JSON]:
+        """The policies, resolved (durations in seconds)."""
+        result: JSON = self._send(_Call("GET", "/v1/policies"))
         return list(result["items"])
 
     def close(self) -> None:
@@ -317,7 +399,7 @@ class AsyncClient:
         timeout: float = 30.0,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = base_url(url)
         self._http = http or httpx.AsyncClient(
             base_url=self.url, headers={"X-API-Key": api_key}, timeout=timeout
         )
@@ -337,11 +419,13 @@ class AsyncClient:
         labels: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
         idempotency_key: str | None = None,
+        wait: float | None = None,
     ) -> JSON:
         """A new session. With ``idempotency_key``, retries of this call (within 24 h) answer
-        the session the first one made, even if its answer was lost."""
+        the session the first one made, even if its answer was lost; ``wait`` (seconds)
+        answers once it runs or failed."""
         result: JSON = await self._send(
-            _Api.create_session(user_id, template, policy, labels, env, idempotency_key)
+            _Api.create_session(user_id, template, policy, labels, env, idempotency_key, wait)
         )
         return result
 
@@ -399,12 +483,14 @@ class AsyncClient:
         result: JSON = await self._send(_Api.session(session_id, "activity", body))
         return result
 
-    async def sleep(self, session_id: str) -> JSON:
-        result: JSON = await self._send(_Api.session(session_id, "sleep"))
+    async def sleep(self, session_id: str, wait: float | None = None) -> JSON:
+        """Accepted; with ``wait`` (seconds) the answer's ``outcome`` says where it ended."""
+        result: JSON = await self._send(_Api.session(session_id, "sleep", wait=wait))
         return result
 
-    async def wake(self, session_id: str) -> JSON:
-        result: JSON = await self._send(_Api.session(session_id, "wake"))
+    async def wake(self, session_id: str, wait: float | None = None) -> JSON:
+        """Accepted; with ``wait`` (seconds) the answer's ``outcome`` says where it ended."""
+        result: JSON = await self._send(_Api.session(session_id, "wake", wait=wait))
         return result
 
     async def keepalive(self, session_id: str, until: datetime) -> JSON:
@@ -417,12 +503,13 @@ class AsyncClient:
         result: JSON = await self._send(_Api.session(session_id, "busy", body))
         return result
 
-    async def delete(self, session_id: str) -> JSON:
-        result: JSON = await self._send(_Call("DELETE", f"/v1/sessions/{session_id}"))
+    async def delete(self, session_id: str, wait: float | None = None) -> JSON:
+        result: JSON = await self._send(_Api.delete(session_id, wait))
         return result
 
     async def logout(self, user_id: str) -> list[str]:
-        result: JSON = await self._send(_Call("POST", f"/v1/users/{user_id}/logout"))
+        """Delete every live session of ``user_id`` now; the ids deleted."""
+        result: JSON = await self._send(_Api.logout(user_id))
         return list(result["deleted"])
 
     async def token(
@@ -438,7 +525,29 @@ class AsyncClient:
         return int(result["delivered"])
 
     async def events(self, session_id: str) -> list[JSON]:
-        result: JSON = await self._send(_Call("GET", f"/v1/sessions/{session_id}/events"))
+        """The timeline (also of a deleted session, until it is purged)."""
+        result: JSON = await self._send(_Api.read(session_id, "events"))
+        return list(result["items"])
+
+    async def session_policy(self, session_id: str) -> JSON:
+        """``{session_id, policy, values}``: the resolved policy values in effect."""
+        result: JSON = await self._send(_Api.read(session_id, "policy"))
+        return result
+
+    async def link(self, session_id: str, ttl: float | None = None) -> JSON:
+        """``{url, expires_at, session_id}``: a one-time link through dormant's proxy."""
+        body = _drop_none({"ttl": ttl})
+        result: JSON = await self._send(_Api.session(session_id, "links", body))
+        return result
+
+    async def templates(self) -> list[JSON]:
+        """The templates this key may create sessions from."""
+        result: JSON = await self._send(_Call("GET", "/v1/templates"))
+        return list(result["items"])
+
+    async def policies(self) -> list[JSON]:
+        """The policies, resolved (durations in seconds)."""
+        result: JSON = await self._send(_Call("GET", "/v1/policies"))
         return list(result["items"])
 
     def realtime(

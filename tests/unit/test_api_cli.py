@@ -12,6 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dormant import cli
+from dormant.cli import common
+from dormant.client import Client
 
 
 @pytest.fixture
@@ -94,10 +96,11 @@ class FakeServer:
 def server(monkeypatch: pytest.MonkeyPatch, empty_folder: Path) -> Iterator[FakeServer]:
     fake = FakeServer()
 
-    def client(*_: Any) -> httpx.Client:
-        return httpx.Client(base_url="http://dormant", transport=httpx.MockTransport(fake.handle))
+    def client(*_: Any) -> Client:
+        http = httpx.Client(base_url="http://dormant", transport=httpx.MockTransport(fake.handle))
+        return Client("http://dormant", "k", http=http)
 
-    monkeypatch.setattr(cli, "_client", client)
+    monkeypatch.setattr(common, "open_client", client)
     yield fake
 
 
@@ -109,13 +112,13 @@ def test_dry_run_lists_and_deletes_nothing(server: FakeServer) -> None:
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == SUMMARY
-    assert [line.split()[:3] for line in lines[1:4]] == [
-        ["s1", "default", "alice"],
-        ["s2", "acme", "bob"],
-        ["s3", "default", "carol"],
+    assert lines[1].split() == ["ID", "TENANT", "USER", "ASLEEP", "SINCE"]
+    assert [line.split() for line in lines[2:5]] == [
+        ["s1", "default", "alice", "3h", "ago"],
+        ["s2", "acme", "bob", "3h", "ago"],
+        ["s3", "default", "carol", "3h", "ago"],
     ]
-    assert all("asleep since 3h ago" in line for line in lines[1:4])
-    assert lines[4] == "dry run: nothing deleted"
+    assert lines[5] == "dry run: nothing deleted"
     assert server.deleted == []
 
 
