@@ -90,9 +90,11 @@ def render_page(
     *,
     active: str = "",
     frame_src: str | None = None,
+    styles: tuple[str, ...] = (),
 ) -> HTMLResponse:
     """A console page: the shared chrome around ``main`` (trusted markup, no user data),
-    loading ``scripts`` (names under ``/ui/static/``; missing ones are left out)."""
+    loading ``scripts`` and ``styles`` besides console.css (names under ``/ui/static/``;
+    missing ones are left out)."""
     nav = "".join(
         f'<a href="{href}"{CURRENT if key == active else ""}>{label}</a>'
         for key, href, label in (
@@ -106,12 +108,17 @@ def render_page(
         for name in ["console.js", *scripts]
         if has_asset(name)
     )
+    links = "".join(
+        f'<link rel="stylesheet" href="/ui/static/{name}?v={_version(name)}">'
+        for name in styles
+        if has_asset(name)
+    )
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)} · dormant</title>
 <link rel="stylesheet" href="/ui/static/console.css?v={_version("console.css")}">
-<link rel="icon" href="/ui/static/favicon.svg">
+{links}<link rel="icon" href="/ui/static/favicon.svg">
 </head><body>
 <header class="bar"><a class="brand" href="/ui">dormant</a><nav>{nav}</nav>
 <span class="who" id="who"></span>
