@@ -57,7 +57,7 @@ const commands = {
     return locator.textContent();
   },
   eval: (c) => page.evaluate(c.expr),
-  screenshot: (c) => page.screenshot({ path: c.path, fullPage: false }).then(() => c.path),
+  screenshot: (c) => page.screenshot({ path: c.path, fullPage: Boolean(c.full) }).then(() => c.path),
   // The response's status of a navigation (goto answers null).
   open: (c) => page.goto(c.url, { waitUntil: "load" }).then((r) => (r ? r.status() : null)),
   // Requests to any other origin than c.origin are aborted and remembered (see `blocked`).
@@ -69,6 +69,26 @@ const commands = {
       return route.abort();
     }).then(() => null),
   blocked: () => blocked,
+  // Only loopback hosts (127.0.0.1, localhost, [::1]) are reached; anything else is aborted
+  // and remembered (see `blocked`): the page must not need the internet.
+  onlyLoopback: () =>
+    context.route("**/*", (route) => {
+      const url = route.request().url();
+      const { hostname, protocol } = new URL(url);
+      if (["127.0.0.1", "localhost", "[::1]"].includes(hostname) || protocol === "data:") return route.continue();
+      blocked.push(url);
+      return route.abort();
+    }).then(() => null),
+  viewport: (c) => page.setViewportSize({ width: c.width, height: c.height }).then(() => null),
+  fill: (c) => page.fill(c.selector, c.text).then(() => null),
+  press: (c) => page.press(c.selector, c.key).then(() => null),
+  // The page's cookies (also HttpOnly ones), and cookies set as given (to forge one).
+  cookies: () => context.cookies(),
+  addCookies: (c) => context.addCookies(c.cookies).then(() => null),
+  clearCookies: () => context.clearCookies().then(() => null),
+  // Waits until a function of the page (an expression) is truthy; answers its value.
+  waitUntil: (c) =>
+    page.waitForFunction(c.expr, null, { timeout: c.timeout || 20000 }).then((h) => h.jsonValue()),
   // Waits for an element (also across navigations and reloads).
   waitFor: (c) =>
     page.locator(c.selector).first().waitFor({ timeout: c.timeout || 20000 }).then(() => page.url()),

@@ -50,7 +50,9 @@
       ["keep alive until", s.keepalive_until ? clock(s.keepalive_until) : null],
       ["busy until", s.busy_until ? clock(s.busy_until) : null],
       ["url", s.url ? el("a", { href: s.url, target: "_blank", rel: "noopener noreferrer" }, s.url) : null],
-      ["labels", Object.entries(s.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ")],
+      // dormant.* labels are dormant's own bookkeeping (the id, user, tenant shown above).
+      ["labels", Object.entries(s.labels || {}).filter(([k]) => !k.startsWith("dormant."))
+        .map(([k, v]) => `${k}=${v}`).join(", ")],
       ["error", s.error],
       ["queue", s.queue_position ? `#${s.queue_position} behind ${s.queue_limit}` : undefined],
     ]);

@@ -69,7 +69,7 @@
       ["Actions", actionButtons(s, () => scheduleReread(300))],
     ];
     return el("tr", { dataset: { id: s.id, state: s.state } },
-      cells.map(([label, ...content]) => el("td", { dataset: { label } }, content)));
+      cells.map(([label, ...content]) => el("td", { dataset: { label } }, el("div", {}, content))));
   }
 
   function render(data) {
