@@ -577,7 +577,7 @@ class Settings(BaseModel):
             policies[name] = build_adaptive(body) if adaptive else build_policy(base, body)
         if self.policy == ADAPTIVE_PRESET:
             policies["default"] = build_adaptive(self.policy_overrides)
-        else:
+        elif self.policy not in self.policies:  # a preset; a [policies.NAME] is taken below
             policies["default"] = build_policy(self.policy, self.policy_overrides)
         if self.policy in self.policies:
             policies["default"] = policies[self.policy].with_overrides(self.policy_overrides)

@@ -35,14 +35,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import claim_ports, kill_marked, marked_processes, wait_until
+from tests.e2e.conftest import Server, claim_ports, kill_marked, marked_processes, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -371,3 +371,82 @@ def test_every_command_block_of_the_readme_runs_on_a_fresh_install(
     total = time.monotonic() - started
     report = "\n".join(f"  {what:<28} {seconds:6.1f} s" for what, seconds in timings)
     print(f"\nREADME walkthrough on a fresh install: {total:.1f} s\n{report}")
+
+
+# --- the configuration examples ----------------------------------------------------------------
+
+
+def _toml_blocks() -> list[Block]:
+    return [b for b in parse_blocks(README.read_text()) if b.lang == "toml"]
+
+
+def test_every_toml_block_of_the_readme_loads(tmp_path: Path) -> None:
+    from dormant.config import load_settings
+
+    blocks = _toml_blocks()
+    assert len(blocks) >= 6
+    for n, block in enumerate(blocks):
+        path = tmp_path / f"block-{n}.toml"
+        path.write_text(block.text)
+        settings = load_settings(path, environ={})  # also builds the catalog: every template
+        named = re.findall(r"^\[templates\.([a-z]+)\]", block.text, re.M)
+        assert sorted(settings.templates) == sorted(named), block.line
+        catalog = settings.catalog()
+        for name in named:
+            assert catalog.templates[name].policy in catalog.policies, (block.line, name)
+
+
+def test_the_configuration_example_makes_its_named_policy_the_default(tmp_path: Path) -> None:
+    from dormant.config import load_settings
+
+    (block,) = [b for b in _toml_blocks() if 'policy = "team"' in b.text]
+    path = tmp_path / "dormant.toml"
+    path.write_text(block.text)
+    default = load_settings(path, environ={}).catalog().policies["default"]
+    assert default.sleep_after == 45 * 60  # [policies.team]: conservative, sleep_after = "45m"
+    assert default.warn_before == 120
+    assert default.delete_after == 7 * 86400  # the rest from the conservative preset
+
+
+def test_the_readme_docker_templates_serve_on_the_test_image(
+    server_factory: Callable[..., Server], docker_host: str, tmp_path: Path
+) -> None:
+    """Each docker template of the README runs a session on the image that
+    scripts/podman-up.sh builds. The storage example binds below ``/srv/shared``: here that
+    is a folder of the test's."""
+    from tests.integration import podman
+
+    blocks = [b for b in _toml_blocks() if 'runtime = "docker"' in b.text]
+    assert len(blocks) == 2
+    shared = tmp_path / "srv-shared"
+    (shared / "datasets").mkdir(parents=True)
+    scope = f"{podman.RUN_LABEL}={podman.RUN_ID}"
+    try:
+        for n, block in enumerate(blocks):
+            config = tmp_path / f"docker-{n}.toml"
+            config.write_text(block.text.replace("/srv/shared", str(shared)))
+            server = server_factory(
+                DORMANT_CONFIG=str(config),
+                DORMANT_DOCKER_HOST=docker_host,
+                DORMANT_DOCKER_SCOPE=scope,
+            )
+            admin = server.client()
+            created = admin.post(
+                "/v1/sessions", params={"wait": 60}, json={"user_id": "gina", "template": "ide"}
+            )
+            assert created.status_code == 201, created.text
+            session = created.json()
+            assert session["state"] == "running", (block.line, session)
+            page = server.port_answers(session["port"])
+            assert page is not None and page.status_code == 200, block.line
+            assert page.text == "dormant test container\n"
+            gone = admin.delete(f"/v1/sessions/{session['id']}", params={"wait": 60})
+            assert gone.status_code == 202, gone.text
+            assert gone.json()["outcome"]["ok"] is True
+            server.stop()
+    finally:
+        listed = podman.podman(
+            "volume", "ls", "--format", "{{.Name}}", "--filter", f"label={scope}", check=False
+        )
+        for name in listed.stdout.split():  # home-{tenant}-{user} outlives its session
+            podman.podman("volume", "rm", "-f", name, check=False)
