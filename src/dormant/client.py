@@ -176,27 +176,38 @@ def _waiting(wait: float | None) -> dict[str, Any] | None:
 
 
 def _check(response: httpx.Response) -> Any:
-    status = response.status_code
-    if status >= 400:
-        try:
-            err = response.json()["error"]
-            code, message = str(err["code"]), str(err["message"])
-        except (ValueError, KeyError, TypeError):
-            code, message = "http_error", response.text[:500]
-            if status == 404:  # not dormant at all (another server, or a path prefix too many)
-                code = "not_found"
-                message = f"nothing answers {response.request.url.path}: {URL_HINT}"
-        if status == 404 and message == "Not Found":  # dormant, but no such route
-            message = f"no such API call ({response.request.url.path}): {URL_HINT}"
-        raise ApiError(status, code, message)
+    if response.status_code >= 400:
+        raise _refusal(response)
     if not response.content:
         return None
     try:
         return response.json()
     except ValueError:
         raise ApiError(
-            status, "not_dormant", f"the answer to {response.request.url} is not JSON: {URL_HINT}"
+            response.status_code,
+            "not_dormant",
+            f"the answer to {response.request.url} is not JSON: {URL_HINT}",
         ) from None
+
+
+def _refusal(response: httpx.Response) -> ApiError:
+    """The server's ``{"error"}``; a 404 that can only come from the wrong address (another
+    server, a path too many) says what address is wanted."""
+    status, path = response.status_code, response.request.url.path
+    try:
+        err = response.json()["error"]
+        code, message = str(err["code"]), str(err["message"])
+    except (ValueError, KeyError, TypeError):
+        if status == 404:
+            return ApiError(404, "not_found", f"nothing answers {path}: {URL_HINT}")
+        return ApiError(status, "http_error", response.text[:500])
+    if status == 404 and message == "Not Found":  # dormant, but no such route
+        message = f"no such API call ({path}): {URL_HINT}"
+    elif status == 404 and "/v1/sessions/" not in path and "/v1/users/" not in path:
+        # only a call on one session or user answers 404 from dormant's API: this is another
+        # server (dormant's session proxy, say) at that address
+        message = f"{message} ({path}): {URL_HINT}"
+    return ApiError(status, code, message)
 
 
 def _filters(

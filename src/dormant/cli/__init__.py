@@ -24,8 +24,8 @@ from dormant.simulate.cli import simulate_app
 
 class _PlainHelp(TyperGroup):
     """The root group: every value a command takes shows a name in its help (``--price
-    PRICE``), never typer's type tags (``<float>``, ``<list[str]>``), in commands that did not
-    name it themselves (``dormant simulate``'s)."""
+    PRICE``), never typer's type tags (``<float>``, ``<list[str]>``), and command lists show
+    whole summaries, also in commands that did not see to it themselves (``simulate``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -45,6 +45,9 @@ def _name_values(command: Any) -> None:
         if getattr(param, "param_type_name", "") == "argument":
             # typer lists an argument as "NAME <str>" even with a metavar (options drop it)
             param.display_type_rich = _no_type_tag
+    if not command.short_help and command.help:
+        # click cuts a summary at ~45 characters with "..."; a paragraph is wrapped instead
+        command.short_help = " ".join(command.help.split("\n\n")[0].split())
     for sub in getattr(command, "commands", {}).values():
         _name_values(sub)
 

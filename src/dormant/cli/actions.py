@@ -224,7 +224,7 @@ def sessions_events(
 
 
 #: Policy values that are numbers but not durations (every other number is seconds).
-NOT_DURATIONS = frozenset({"missed_pongs", "trust", "prior_weight"})
+NOT_DURATIONS = frozenset({"missed_pongs", "trust", "prior_weight", "half_life"})
 
 
 def show_value(name: str, value: Any) -> str:

@@ -93,13 +93,25 @@ def policies(
     if wanted:
         emit({"items": items})
         return
+    flat = [_flatten(p["values"]) for p in items]
     settings: list[str] = []
-    for policy in items:
-        settings += [k for k in policy["values"] if k not in settings]
+    for values in flat:
+        settings += [k for k in values if k not in settings]
     table(
         ["SETTING", *(p["name"] for p in items)],
-        [[s, *(_short(s, p["values"].get(s)) for p in items)] for s in settings],
+        [[s, *(_short(s.rpartition(".")[2], v.get(s)) for v in flat)] for s in settings],
     )
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings (``adaptive``'s) as rows of their own: ``adaptive.trust``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def stats(
