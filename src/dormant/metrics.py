@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -10,8 +11,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dormant.engine import Engine, EngineEvent
-from dormant.engine.notify import DeadlineDue, OrphanRemoved, Transitioned, Warned
+from dormant.engine.notify import (
+    DeadlineDue,
+    OperationFinished,
+    OrphanRemoved,
+    Transitioned,
+    Warned,
+)
+from dormant.engine.outcome import OperationKind, OperationStatus
+from dormant.policy import State
 from dormant.reconciler import Reconciler
+
+#: Seconds: from a fraction of a second (a process) to minutes (an image pull).
+_OPERATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
@@ -40,6 +52,35 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
             registry=self.registry,
         )
+        self.operations_finished_total = Counter(
+            "dormant_operations_finished_total",
+            "Operations (create, start, stop, remove) that ended, by kind and outcome (done, "
+            "failed, superseded, interrupted).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.operations_duration_seconds = Histogram(
+            "dormant_operations_duration_seconds",
+            "Time from an operation's intent to its end, by kind.",
+            ["kind"],
+            buckets=_OPERATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.wakes_duration_seconds = Histogram(
+            "dormant_wakes_duration_seconds",
+            "Wake latency: from leaving sleeping (or failed) to running.",
+            buckets=_OPERATION_BUCKETS,
+            registry=self.registry,
+        )
+        # Every label value exists from the start (at 0): a rate() over a series that appears
+        # only with its first event misses that event.
+        for kind in OperationKind:
+            self.operations_duration_seconds.labels(kind.value)
+            for status in OperationStatus:
+                if status is not OperationStatus.PENDING:
+                    self.operations_finished_total.labels(kind.value, status.value)
+        #: Sessions waking now: when each left sleeping (or failed).
+        self._waking: dict[str, datetime] = {}
         self.registry.register(_EngineCollector(engine, reconciler))
         engine.listeners.append(self.observe)
 
@@ -58,6 +99,11 @@ class Metrics:
                 self.sessions_created_total.inc()
             case Transitioned(to_state=to_state, code=code):
                 self.transitions_applied_total.labels(to_state.value, code).inc()
+                self._wake_step(event)
+            case OperationFinished(kind=kind, outcome=outcome, seconds=seconds):
+                self.operations_finished_total.labels(kind, outcome).inc()
+                if seconds is not None:
+                    self.operations_duration_seconds.labels(kind).observe(seconds)
             case Warned():
                 self.warnings_sent_total.inc()
             case OrphanRemoved():
@@ -66,6 +112,16 @@ class Metrics:
                 self.deadlines_late_seconds.observe(max(0.0, late))
             case _:
                 pass
+
+    def _wake_step(self, event: Transitioned) -> None:
+        sid = event.session_id
+        if event.from_state in (State.SLEEPING, State.FAILED) and event.to_state is State.STARTING:
+            self._waking[sid] = event.session.state_since
+            return
+        began = self._waking.pop(sid, None)
+        if began is not None and event.to_state is State.RUNNING:
+            seconds = (event.session.state_since - began).total_seconds()
+            self.wakes_duration_seconds.observe(max(0.0, seconds))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -79,6 +135,11 @@ class _EngineCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         yield GaugeMetricFamily(
             "dormant_sessions_live_count", "Sessions not deleted.", value=self.engine.live_count()
+        )
+        yield GaugeMetricFamily(
+            "dormant_sessions_queued_count",
+            "Sessions waiting for capacity (admission queues), as the last admission pass saw.",
+            value=self.engine.queue_length,
         )
         yield GaugeMetricFamily(
             "dormant_deadlines_pending_count",

@@ -368,7 +368,15 @@ class Reconciler:
             elif step.kind == "close-operation" and step.operation_id is not None:
                 await engine.close_operation(step.operation_id, step.reason)
             if acted:
-                log.info("reconcile %s %s: %s", step.kind, step.target, step.reason)
+                # Dormant's view and the runtime's disagreed: somebody should know.
+                noisy = step.kind in ("mark-vanished", "stop-stray", "repair-failed")
+                log.log(
+                    logging.WARNING if noisy else logging.INFO,
+                    "reconcile %s %s: %s",
+                    step.kind,
+                    step.target,
+                    step.reason,
+                )
             else:
                 log.debug("reconcile %s %s: nothing to do on a fresh look", step.kind, step.target)
         except DormantError as exc:

@@ -4,6 +4,7 @@ MemoryStore, SqlStore on SQLite (the default) and SqlStore on a real PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
 
@@ -818,3 +819,80 @@ async def test_the_queue_is_listed_oldest_first(store: Store) -> None:
     assert got is not None
     await store.update_session(got.replace(queued_at=None, queue_kind=None), got.version)
     assert [r.id for r in await store.list_queued()] == ["b0", "b1"]
+
+
+async def test_transition_counts_outlive_a_purge(store: Store) -> None:
+    sleep = NewEvent("transition", "idle", "inactivity", "running", "stopping", "sleep")
+    await store.insert_session(record("p1"), CREATED, None)
+    got = await store.get_session("p1")
+    assert got is not None
+    gone = await store.update_session(
+        got.replace(state=State.DELETED, deleted_at=T0),
+        got.version,
+        [sleep, NewEvent("transition", "bye", "manual", "stopping", "deleted", "delete")],
+        T0,
+    )
+    assert gone.state is State.DELETED
+    assert await store.purge_deleted(T0 + timedelta(days=1), 10) == 1
+    assert await store.list_events("p1") == []
+    assert await store.event_counts("t1") == {
+        "create": {"create": 1},
+        "sleep": {"inactivity": 1},
+        "delete": {"manual": 1},
+    }
+
+
+async def test_levels_are_counted_from_stored_activity_and_thresholds(store: Store) -> None:
+    now = T0 + timedelta(hours=1)
+    running = record("l0").replace(state=State.RUNNING)
+    cases = {
+        "l1": {"last_activity_at": now - timedelta(seconds=30)},  # active
+        "l2": {"last_activity_at": now - timedelta(minutes=5)},  # idle
+        "l3": {"last_activity_at": now - timedelta(minutes=30)},  # background
+        "l4": {},  # background: created an hour ago, never active
+        "l5": {"ever_connected": True, "connections": 0},  # disconnected
+        "l6": {"ever_connected": True, "connections": 2, "last_activity_at": now},  # active
+        # its own thresholds: 5 minutes ago is still active for it
+        "l7": {
+            "last_activity_at": now - timedelta(minutes=5),
+            "policy": {"active_within": 600.0, "idle_within": 1200.0},
+        },
+    }
+    for sid, changes in cases.items():
+        await _put(store, running.replace(id=sid, container_name=f"c-{sid}", **changes))
+    await _put(store, record("l8").replace(state=State.SLEEPING, last_activity_at=now))
+    await _put(store, running.replace(id="l9", container_name="c-l9", tenant="t2"))
+    assert await store.count_by_level("t1", now) == {
+        "active": 3,
+        "idle": 1,
+        "background": 2,
+        "disconnected": 1,
+    }
+    assert (await store.count_by_level(None, now))["background"] == 3
+    assert await store.count_by_level("nobody", now) == {
+        "active": 0,
+        "idle": 0,
+        "background": 0,
+        "disconnected": 0,
+    }
+
+
+async def test_activity_samples_keep_their_time_and_source_and_newest_come_last(
+    store: Store,
+) -> None:
+    await store.insert_session(record("s1"), CREATED, None)
+    await store.insert_session(record("s2"), CREATED, None)
+    at = T0 + timedelta(minutes=3)
+    sample = NewEvent("activity", "build activity via gateway", "build", at=at, source="gateway")
+    await store.add_samples([("s1", sample), ("s2", dataclasses.replace(sample, at=None))], T0)
+    first, second = await store.list_events("s1")
+    assert (second.type, second.code, second.source, second.at) == (
+        "activity",
+        "build",
+        "gateway",
+        at,
+    )
+    assert first.source is None
+    assert (await store.list_events("s2"))[-1].at == T0
+    assert [e.code for e in await store.list_events("s1", 1, newest=True)] == ["build"]
+    assert [e.code for e in await store.list_events("s1", 1)] == ["create"]

@@ -153,3 +153,16 @@ async def test_a_sessions_policy_has_its_overrides(rig: Rig, api: Api) -> None:
     await rig.settle()
     missing = await api.client.get("/v1/sessions/nope/policy")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+async def test_refusals_are_logged_as_warnings_with_the_key_id_never_the_key(
+    rig: Rig, api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dormant.api")
+    assert (await api.client.get("/v1/sessions/nope?x=secret")).status_code == 404
+    bad = await api.client.get("/v1/sessions", headers={"X-API-Key": "dk_abc123_notthekey"})
+    assert bad.status_code == 401
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert lines[0].startswith(f"refused 404 not_found GET /v1/sessions/nope key={api.key_id}: ")
+    assert lines[1].startswith("refused 401 unauthorized GET /v1/sessions key=abc123: ")
+    assert not any("secret" in line or "notthekey" in line for line in lines)

@@ -91,9 +91,37 @@ def _allowed_methods(request: Request) -> list[str]:
     ]
 
 
+def key_id_of(request: Request) -> str | None:
+    """The id part of the request's API key (``dk_<id>_<secret>``), to name it in logs: the
+    public half only, never the key; ``None`` without a key or for one of another shape."""
+    key = request.headers.get("x-api-key", "")
+    prefix, _, rest = key.partition("_")
+    key_id, sep, _ = rest.partition("_")
+    if prefix != "dk" or not sep or not key_id.isalnum() or len(key_id) > 32:
+        return None
+    return key_id
+
+
+def log_refusal(request: Request, status: int, code: str, message: str) -> None:
+    """A refused request, at WARNING: its status and code, method and path, and the key id
+    it came with (the path only: query strings may carry what a client should not log)."""
+    key_id = key_id_of(request)
+    log.warning(
+        "refused %d %s %s %s key=%s: %s",
+        status,
+        code,
+        request.method,
+        request.url.path[:200],
+        key_id or "-",
+        message[:300],
+        extra={"status": status, "code": code, "path": request.url.path, "key_id": key_id},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DormantError)
-    async def _dormant(_: Request, exc: DormantError) -> JSONResponse:
+    async def _dormant(request: Request, exc: DormantError) -> JSONResponse:
+        log_refusal(request, exc.status, exc.code, str(exc))
         response = error_response(exc.status, exc.code, str(exc))
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is None and exc.status == 503:

@@ -399,6 +399,9 @@ def build_router(
 
     @router.get("/sessions/{session_id}/events", response_model=EventList)
     async def events(session_id: str, who: Who) -> EventList:
+        """The newest 500 entries of the session's timeline, oldest first: transitions,
+        decisions, operations and activity samples (at most one a minute). Deleted sessions
+        keep theirs until purged. Errors: 404 (unknown or another tenant's)."""
         await engine.get_any(session_id, who.scope)
         rows = await engine.timeline(session_id)
         return EventList(
@@ -412,6 +415,8 @@ def build_router(
                     action=e.action,
                     code=e.code,
                     reason=e.reason,
+                    kind=e.code if e.type == "activity" and e.source else None,
+                    source=e.source,
                 )
                 for e in rows
             ],
@@ -479,21 +484,11 @@ def build_router(
 
     @router.get("/stats", response_model=Stats)
     async def stats(who: Who) -> Stats:
-        by_state = await engine.counts_by_state(who.scope)
-        by_level = {lvl.value: 0 for lvl in Level}
-        after = None
-        while True:
-            page = await engine.list_sessions(
-                tenant=who.scope, after_id=after, limit=1000, state=State.RUNNING
-            )
-            for record in page:
-                by_level[engine.describe(record)[0].value] += 1
-            if len(page) < 1000:
-                break
-            after = page[-1].id
+        """Counts from the shared store (the same on every replica), each a query on an
+        index or a kept count: never a walk over sessions."""
         return Stats(
-            sessions_by_state=by_state,
-            sessions_by_level=by_level,
+            sessions_by_state=await engine.counts_by_state(who.scope),
+            sessions_by_level=await engine.counts_by_level(who.scope),
             transitions_by_reason=await engine.transition_counts(who.scope),
             orphans_removed=reconciler.orphans_removed,
         )

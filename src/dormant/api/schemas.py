@@ -197,6 +197,10 @@ class EventOut(BaseModel):
     action: str | None
     code: str | None
     reason: str
+    #: Of an activity sample (``type`` ``activity``): the activity's kind and where it came
+    #: from (``api``, ``gateway``, ``proxy``).
+    kind: str | None = None
+    source: str | None = None
 
 
 class EventList(BaseModel):

@@ -22,11 +22,16 @@ from dormant.policy import (
     apply_activity,
 )
 from dormant.policy.activity import merge_times
+from dormant.store.records import NewEvent
 
 log = logging.getLogger("dormant.engine")
 
 #: Activity stamped this far in the future is a client clock error, not a plan.
 MAX_CLOCK_SKEW = timedelta(seconds=60)
+#: At most one activity sample per session this often goes into its timeline (per replica).
+SAMPLE_EVERY = timedelta(minutes=1)
+#: Samples held while the store cannot take them; beyond this the oldest are dropped.
+MAX_HELD_SAMPLES = 10_000
 
 
 class ActivityBuffer(OperationRunner):
@@ -53,6 +58,7 @@ class ActivityBuffer(OperationRunner):
         self.events_applied += 1
         if kind.category is not Category.MEANINGFUL:
             return
+        self._sample(session_id, kind, at, source, now)
         self._emit(ActivitySeen(session_id, kind, source))
         if session_id in self._warned:
             self._warned.discard(session_id)
@@ -62,9 +68,35 @@ class ActivityBuffer(OperationRunner):
         if state is State.SLEEPING:
             self._spawn_op(session_id, None, lambda: self._wake_on_activity(session_id, kind))
 
+    def _sample(
+        self, sid: str, kind: ActivityKind, at: datetime, source: str, now: datetime
+    ) -> None:
+        """Keep this activity in the timeline if the session has no sample from the last
+        minute, so that why a session still ran at 10:30 can be answered afterwards."""
+        last = self._sampled.get(sid)
+        if last is not None and now - last < SAMPLE_EVERY:
+            return
+        self._sampled[sid] = now
+        reason = f"{kind.value} activity via {source}"
+        self._samples.append((sid, NewEvent("activity", reason, kind.value, at=at, source=source)))
+
+    async def flush_samples(self) -> int:
+        """Write the activity samples taken since the last flush, in one transaction."""
+        if not self._samples:
+            return 0
+        batch, self._samples = self._samples, []
+        try:
+            await self.store.add_samples(batch, self.clock.now())
+        except BaseException:  # kept for the next flush (cancellation at shutdown too)
+            self._samples = (batch + self._samples)[-MAX_HELD_SAMPLES:]
+            raise
+        return len(batch)
+
     async def flush(self) -> int:
-        """Write buffered activity: one write per session, ``max(old, new)``."""
+        """Write buffered activity: one write per session, ``max(old, new)``; and the
+        activity samples."""
         await self.save_models()
+        await self.flush_samples()
         if not self._pending:
             return 0
         batch, self._pending = self._pending, {}

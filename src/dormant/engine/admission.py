@@ -33,7 +33,7 @@ from dormant.engine.limits import (
     positions,
     queue_key,
 )
-from dormant.engine.notify import EngineEvent, Queued, Transitioned
+from dormant.engine.notify import EngineEvent, QueueChanged, Queued, Transitioned
 from dormant.engine.outcome import OperationKind
 from dormant.engine.reads import ReadSide
 from dormant.errors import CapacityExhausted, DormantError
@@ -58,6 +58,8 @@ class Admission(ReadSide):
         #: Queued session -> the session put to sleep to make room for it (evict_idle).
         self._evicted_for: dict[str, str] = {}
         self._last_queued: datetime | None = None
+        #: Sessions waiting for capacity, as the last admission pass of this process saw.
+        self.queue_length = 0
 
     def _queue_time(self) -> datetime:
         """Now, strictly after the last time this process queued something: FIFO order holds
@@ -254,6 +256,9 @@ class Admission(ReadSide):
 
     async def _tell_positions(self) -> None:
         queued = await self.store.list_queued()
+        if len(queued) != self.queue_length:
+            self.queue_length = len(queued)
+            self._emit(QueueChanged(len(queued)))
         now_at = positions(queued)
         limits = {r.id: r.queue_limit for r in queued}
         for sid in set(self._told_positions) - set(now_at):

@@ -41,7 +41,7 @@ from dormant.policy import (
 from dormant.policy.adaptive import GapModel, Learner
 from dormant.runtimes import Runtime
 from dormant.store.base import Store
-from dormant.store.records import SessionRecord
+from dormant.store.records import NewEvent, SessionRecord
 
 log = logging.getLogger("dormant.engine")
 T = TypeVar("T")
@@ -143,6 +143,13 @@ class EngineCore:
         self._live_instances: list[str] = []
         #: The last claim took all that was due (else look again at once).
         self._claimed_all = True
+        #: Operations this process began: id -> (session, kind, when its intent was written),
+        #: to tell listeners how each ended and how long it took (OperationFinished).
+        self._ops_begun: dict[int, tuple[str, str, datetime | None]] = {}
+        #: Activity samples for timelines: when each session's last was taken, and those not
+        #: yet written (the activity flush writes them).
+        self._sampled: dict[str, datetime] = {}
+        self._samples: list[tuple[str, NewEvent]] = []
 
     async def drain(self) -> None:
         """Wait for every operation in flight (tests and graceful shutdown)."""
@@ -242,7 +249,10 @@ class EngineCore:
     def _log_transition(
         self, record: SessionRecord, old: State | None, new: State, code: str, reason: str
     ) -> None:
-        log.info(
+        # A failure and a container that vanished behind dormant's back need someone's eyes.
+        bad = new is State.FAILED or code == "container_exited"
+        log.log(
+            logging.WARNING if bad else logging.INFO,
             "transition session=%s %s -> %s code=%s reason=%s",
             record.id,
             old.value if old else "-",

@@ -365,6 +365,7 @@ class Engine(Admission):
             self._queued_new(record)
             return record
         assert op_id is not None
+        self._op_begun(op_id, sid, OperationKind.CREATE, now)
         self._spawn_op(sid, op_id, lambda: self._run_start(sid, op_id, creating=True))
         return record
 

@@ -82,8 +82,36 @@ class Queued:
     limit: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class OperationFinished:
+    """An operation (intent row) ended: ``kind`` (``create``, ``start``, ``stop``,
+    ``remove``), ``outcome`` (``done``, ``failed``, ``superseded``, ``interrupted``) and how
+    long it took from its intent to its end (``None`` when this process did not see it begin,
+    e.g. an operation resumed after a restart)."""
+
+    session_id: str
+    kind: str
+    outcome: str
+    seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueChanged:
+    """How many sessions wait for capacity now (all admission queues together)."""
+
+    length: int
+
+
 EngineEvent = (
-    Transitioned | Warned | WarningCancelled | ActivitySeen | DeadlineDue | OrphanRemoved | Queued
+    Transitioned
+    | Warned
+    | WarningCancelled
+    | ActivitySeen
+    | DeadlineDue
+    | OrphanRemoved
+    | Queued
+    | OperationFinished
+    | QueueChanged
 )
 
 Listener = Callable[[EngineEvent], None]

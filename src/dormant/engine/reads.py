@@ -50,10 +50,16 @@ class ReadSide(Recovery):
         return await self.store.get_session(session_id)
 
     async def timeline(self, session_id: str, limit: int = 500) -> list[EventRecord]:
-        return await self.store.list_events(session_id, limit)
+        """The newest ``limit`` entries of a session's timeline (activity samples included),
+        oldest first."""
+        return await self.store.list_events(session_id, limit, newest=True)
 
     async def counts_by_state(self, tenant: str | None) -> dict[str, int]:
         return await self.store.count_by_state(tenant)
+
+    async def counts_by_level(self, tenant: str | None) -> dict[str, int]:
+        """Running sessions by level, counted by the store (every replica agrees)."""
+        return await self.store.count_by_level(tenant, self.clock.now())
 
     async def transition_counts(self, tenant: str | None) -> dict[str, dict[str, int]]:
         return await self.store.event_counts(tenant)

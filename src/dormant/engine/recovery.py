@@ -179,6 +179,8 @@ class Recovery(Scheduler):
 
     def resume_intent(self, session_id: str, kind: str, op_id: int, reason: str) -> None:
         """Carry out a sleep or wake accepted before a crash (reconciler)."""
+        if kind in ("stop", "start"):
+            self._op_begun(op_id, session_id, kind, None)
         if kind == "stop":
             self._spawn_op(
                 session_id, op_id, lambda: self._run_stop(session_id, "reconcile", reason, op_id)
@@ -190,6 +192,7 @@ class Recovery(Scheduler):
 
     def resume_delete(self, session_id: str, op_id: int, reason: str) -> None:
         """Carry out a deletion acknowledged before a crash (reconciler)."""
+        self._op_begun(op_id, session_id, "remove", None)
         self._delete_requested.add(session_id)
         self._spawn_op(
             session_id, op_id, lambda: self._run_delete(session_id, "reconcile", reason, op_id)

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from dormant.engine.core import _FENCE, EngineCore
-from dormant.engine.notify import Transitioned
+from dormant.engine.notify import OperationFinished, Transitioned
 from dormant.engine.outcome import OperationKind, OperationStatus
 from dormant.errors import (
     Conflict,
@@ -130,16 +130,24 @@ class SessionWriter(EngineCore):
         return level(view, policy, now), decide(view, policy, now)
 
     async def _intent(self, record: SessionRecord, kind: OperationKind) -> int:
-        return await self._patiently(
+        now = self.clock.now()
+        op_id = await self._patiently(
             lambda: self.store.insert_operation(
                 record.id,
                 kind,
                 record.container_name,
                 record.labels,
                 self.settings.instance_id,
-                self.clock.now(),
+                now,
             )
         )
+        self._op_begun(op_id, record.id, kind, now)
+        return op_id
+
+    def _op_begun(self, op_id: int, sid: str, kind: str, at: datetime | None) -> None:
+        """Remember an operation this process carries out (``at`` None: begun elsewhere or
+        before a restart, so its duration is unknown)."""
+        self._ops_begun.setdefault(op_id, (sid, str(kind), at))
 
     async def _finish_op(
         self, op_id: int, status: OperationStatus, attempts: int, error: str | None
@@ -148,6 +156,11 @@ class SessionWriter(EngineCore):
         await self._patiently(
             lambda: self.store.finish_operation(op_id, status, attempts, error, now)
         )
+        begun = self._ops_begun.pop(op_id, None)
+        if begun is not None:
+            sid, kind, at = begun
+            seconds = None if at is None else max(0.0, (now - at).total_seconds())
+            self._emit(OperationFinished(sid, kind, status.value, seconds))
 
     async def _transition(
         self,
@@ -240,6 +253,7 @@ class SessionWriter(EngineCore):
         self._state.pop(sid, None)
         self._learners.pop(sid, None)
         self._pending.pop(sid, None)
+        self._sampled.pop(sid, None)
         self._warned.discard(sid)
         self._delete_requested.discard(sid)
         self.deadlines.discard(sid)

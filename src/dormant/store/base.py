@@ -183,11 +183,28 @@ class Store(abc.ABC):
     ) -> None: ...
 
     @abc.abstractmethod
-    async def list_events(self, session_id: str, limit: int = 500) -> list[EventRecord]: ...
+    async def list_events(
+        self, session_id: str, limit: int = 500, *, newest: bool = False
+    ) -> list[EventRecord]:
+        """A session's timeline in order: its first ``limit`` entries, or with ``newest``
+        its last ``limit``."""
 
     @abc.abstractmethod
     async def event_counts(self, tenant: str | None) -> dict[str, dict[str, int]]:
-        """``{action: {code: n}}`` over transitions caused by decisions and requests."""
+        """``{action: {code: n}}`` over transitions caused by decisions and requests
+        (:attr:`NewEvent.counted`), counted as written by ``insert_session`` and
+        ``update_session``: all-time, purging a deleted session does not lower them."""
+
+    @abc.abstractmethod
+    async def count_by_level(self, tenant: str | None, now: datetime) -> dict[str, int]:
+        """Running sessions by level at ``now`` (every level present, 0 if none), by
+        :func:`dormant.policy.level` with each session's ``active_within`` and ``idle_within``
+        and its stored (flushed) activity; without reading every row's policy."""
+
+    @abc.abstractmethod
+    async def add_samples(self, samples: Sequence[tuple[str, NewEvent]], now: datetime) -> None:
+        """Timeline entries of many sessions at once (activity samples: each with its own
+        ``at``, else ``now``), in one transaction."""
 
     # api keys
     @abc.abstractmethod

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dormant.errors import Conflict, InvalidInput
-from dormant.policy import ActivityTimes, State
+from dormant.policy import ActivityTimes, Level, PolicySettings, State, level
 from dormant.store.base import KeyTaken, NameTaken, Store
 from dormant.store.records import (
     AdmissionCounts,
@@ -50,6 +50,7 @@ from dormant.store.records import (
     NewEvent,
     OperationRecord,
     SessionRecord,
+    level_thresholds,
 )
 
 _SESSION_FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))
@@ -178,6 +179,8 @@ class MemoryStore(Store):
         self._adaptive: dict[str, dict[str, Any]] = {}
         self._op_id = 0
         self._event_id = 0
+        #: (tenant, action, code) -> transitions, all-time (kept as events are added).
+        self._transitions: dict[tuple[str, str, str], int] = {}
         self._deployment: str | None = None
         #: session id -> (instance, lease until): claims of due work (``claim_due``)
         self._claims: dict[str, tuple[str | None, datetime | None]] = {}
@@ -222,6 +225,11 @@ class MemoryStore(Store):
         self._sessions[record.id] = record
 
     def _add_events(self, session_id: str, events: Sequence[NewEvent], now: datetime) -> None:
+        owner = self._sessions.get(session_id)
+        for e in events:
+            if e.counted and owner is not None:
+                key = (owner.tenant, e.action or "", e.code or "")
+                self._transitions[key] = self._transitions.get(key, 0) + 1
         if not events or not self.keep_events:
             return
         timeline = self._events.setdefault(session_id, [])
@@ -231,13 +239,14 @@ class MemoryStore(Store):
                 EventRecord(
                     self._event_id,
                     session_id,
-                    now,
+                    _utc(e.at, "event time") if e.at is not None else now,
                     e.type,
                     e.from_state,
                     e.to_state,
                     e.action,
                     e.code,
                     e.reason,
+                    e.source,
                 )
             )
 
@@ -568,21 +577,36 @@ class MemoryStore(Store):
     async def add_events(self, session_id: str, events: Sequence[NewEvent], now: datetime) -> None:
         self._add_events(session_id, events, _utc(now, f"events of {session_id}"))
 
-    async def list_events(self, session_id: str, limit: int = 500) -> list[EventRecord]:
-        return list(self._events.get(session_id, ())[: max(limit, 0)])
+    async def list_events(
+        self, session_id: str, limit: int = 500, *, newest: bool = False
+    ) -> list[EventRecord]:
+        timeline = self._events.get(session_id, [])
+        if limit <= 0:
+            return []
+        return list(timeline[-limit:] if newest else timeline[:limit])
 
     async def event_counts(self, tenant: str | None) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
-        for sid, timeline in self._events.items():
-            if tenant is not None:
-                r = self._sessions.get(sid)
-                if r is None or r.tenant != tenant:
-                    continue
-            for e in timeline:
-                if e.type == "transition" and e.action is not None:
-                    by_code = out.setdefault(e.action, {})
-                    by_code[str(e.code)] = by_code.get(str(e.code), 0) + 1
+        for (owner, action, code), n in self._transitions.items():
+            if tenant is None or owner == tenant:
+                by_code = out.setdefault(action, {})
+                by_code[code] = by_code.get(code, 0) + n
         return out
+
+    async def count_by_level(self, tenant: str | None, now: datetime) -> dict[str, int]:
+        now = _utc(now, "count_by_level now")
+        out = {lvl.value: 0 for lvl in Level}
+        for r in self._sessions.values():
+            if r.state is State.RUNNING and (tenant is None or r.tenant == tenant):
+                active, idle = level_thresholds(r.policy)
+                thresholds = PolicySettings(active_within=active, idle_within=idle)
+                out[level(r.view(), thresholds, now).value] += 1
+        return out
+
+    async def add_samples(self, samples: Sequence[tuple[str, NewEvent]], now: datetime) -> None:
+        now = _utc(now, "add_samples now")
+        for sid, e in samples:
+            self._add_events(sid, [e], now)
 
     # api keys -------------------------------------------------------------------------------
 

@@ -142,6 +142,8 @@ class EventRecord:
     action: str | None
     code: str | None
     reason: str
+    #: Where an activity sample came from (``api``, ``gateway``, ``proxy``); else None.
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,28 @@ class NewEvent:
     from_state: str | None = None
     to_state: str | None = None
     action: str | None = None
+    #: When it happened, if not when it is written (an activity sample).
+    at: datetime | None = None
+    source: str | None = None
+
+    @property
+    def counted(self) -> bool:
+        """A transition a decision or a request caused: counted by action and code
+        (``Store.event_counts``)."""
+        return self.type == "transition" and self.action is not None
+
+
+def level_thresholds(policy: dict[str, Any]) -> tuple[float, float]:
+    """``(active_within, idle_within)`` of a session's policy, in seconds (the store keeps
+    them beside the session to count levels without reading every policy)."""
+    return (
+        float(policy.get("active_within", DEFAULT_ACTIVE_WITHIN)),
+        float(policy.get("idle_within", DEFAULT_IDLE_WITHIN)),
+    )
+
+
+DEFAULT_ACTIVE_WITHIN = 120.0
+DEFAULT_IDLE_WITHIN = 600.0
 
 
 @dataclass(frozen=True, slots=True)

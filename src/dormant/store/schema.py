@@ -99,7 +99,12 @@ sessions = Table(
     Column("claimed_by", String(64)),
     Column("claim_until", UTCDateTime()),
     Column("fence", Integer, nullable=False, default=0, server_default="0"),
+    #: The policy's level thresholds (seconds), kept beside the row so that ``/v1/stats``
+    #: counts levels in SQL (``count_by_level``); written from ``policy`` with every write.
+    Column("active_within", Float, nullable=False, default=120.0, server_default="120"),
+    Column("idle_within", Float, nullable=False, default=600.0, server_default="600"),
     Index("ix_sessions_next_action_at", "next_action_at"),
+    Index("ix_sessions_state_levels", "state", "active_within", "idle_within"),
     Index("ix_sessions_tenant_user", "tenant", "user_id"),
     Index("ix_sessions_state", "state"),
     Index("ux_sessions_port", "port", unique=True),
@@ -151,8 +156,23 @@ session_events = Table(
     Column("action", String(20)),
     Column("code", String(40)),
     Column("reason", Text, nullable=False),
+    #: Of an activity sample: where it came from (``api``, ``gateway``, ``proxy``).
+    Column("source", String(40)),
     Index("ix_session_events_session", "session_id", "id"),
     Index("ix_session_events_code", "type", "code"),
+)
+
+#: Transitions caused by decisions and requests, counted by tenant, action and code as they
+#: are written (in the same transaction), so that ``/v1/stats`` reads a few rows instead of
+#: grouping every timeline. Counts are all-time: purging a deleted session keeps them.
+transition_counts = Table(
+    "transition_counts",
+    metadata,
+    Column("tenant", String(100), nullable=False),
+    Column("action", String(20), nullable=False),
+    Column("code", String(40), nullable=False),
+    Column("n", Integer, nullable=False),
+    PrimaryKeyConstraint("tenant", "action", "code", name="pk_transition_counts"),
 )
 
 api_keys = Table(

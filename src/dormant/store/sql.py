@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from dormant.errors import Conflict, DormantError, InvalidInput, TemporaryError
 from dormant.policy import ActivityTimes, State
+from dormant.store import counting
 from dormant.store.base import KeyTaken, NameTaken, Store
 from dormant.store.records import (
     AdmissionCounts,
@@ -78,13 +79,14 @@ def _event_rows(session_id: str, events: Sequence[NewEvent], now: datetime) -> l
     return [
         {
             "session_id": session_id,
-            "at": now,
+            "at": e.at or now,
             "type": e.type,
             "from_state": e.from_state,
             "to_state": e.to_state,
             "action": e.action,
             "code": e.code,
             "reason": e.reason,
+            "source": e.source,
         }
         for e in events
     ]
@@ -229,10 +231,13 @@ class SqlStore(Store):
                             created_at=record.created_at,
                         )
                     )
-                await conn.execute(insert(sessions).values(**record.to_row()))
+                await conn.execute(
+                    insert(sessions).values(**record.to_row(), **counting.level_columns(record))
+                )
                 await conn.execute(
                     insert(session_events), _event_rows(record.id, [event], record.created_at)
                 )
+                await counting.count_transitions(conn, record.tenant, [event])
                 if intent is not None:
                     kind, instance_id = intent
                     result = await conn.execute(
@@ -298,6 +303,7 @@ class SqlStore(Store):
         values: dict[str, Any] = new.to_row()
         del values["id"]
         values.update(_activity_kept(new))
+        values.update(counting.level_columns(new))
         guard = [sessions.c.id == record.id, sessions.c.version == expected_version]
         if fence is not None:
             guard.append(sessions.c.fence == fence)
@@ -313,6 +319,7 @@ class SqlStore(Store):
                         insert(session_events),
                         _event_rows(record.id, events, now or record.state_since),
                     )
+                    await counting.count_transitions(conn, new.tenant, events)
         except IntegrityError as exc:
             raise Conflict(f"session {record.id}: {exc.orig}") from exc
         except OperationalError as exc:
@@ -617,34 +624,41 @@ class SqlStore(Store):
             return
         async with self.engine.begin() as conn:
             await conn.execute(insert(session_events), _event_rows(session_id, events, now))
+            if any(e.counted for e in events):
+                owner = select(sessions.c.tenant).where(sessions.c.id == session_id)
+                tenant = (await conn.execute(owner)).scalar()
+                if tenant is not None:
+                    await counting.count_transitions(conn, str(tenant), events)
 
-    async def list_events(self, session_id: str, limit: int = 500) -> list[EventRecord]:
+    async def list_events(
+        self, session_id: str, limit: int = 500, *, newest: bool = False
+    ) -> list[EventRecord]:
+        order = session_events.c.id.desc() if newest else session_events.c.id
         query = (
             select(session_events)
             .where(session_events.c.session_id == session_id)
-            .order_by(session_events.c.id)
+            .order_by(order)
             .limit(limit)
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [EventRecord(**dict(r._mapping)) for r in rows]
+        events = [EventRecord(**dict(r._mapping)) for r in rows]
+        return events[::-1] if newest else events
 
     async def event_counts(self, tenant: str | None) -> dict[str, dict[str, int]]:
-        query = (
-            select(session_events.c.action, session_events.c.code, func.count())
-            .where(session_events.c.type == "transition", session_events.c.action.is_not(None))
-            .group_by(session_events.c.action, session_events.c.code)
-        )
-        if tenant is not None:
-            query = query.join(sessions, sessions.c.id == session_events.c.session_id).where(
-                sessions.c.tenant == tenant
-            )
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        out: dict[str, dict[str, int]] = {}
-        for action, code, n in rows:
-            out.setdefault(str(action), {})[str(code)] = int(n)
-        return out
+            return await counting.transitions_by_reason(conn, tenant)
+
+    async def count_by_level(self, tenant: str | None, now: datetime) -> dict[str, int]:
+        async with self.engine.connect() as conn:
+            return await counting.levels(conn, tenant, now)
+
+    async def add_samples(self, samples: Sequence[tuple[str, NewEvent]], now: datetime) -> None:
+        if not samples:
+            return
+        rows = [row for sid, e in samples for row in _event_rows(sid, [e], now)]
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(session_events), rows)
 
     # api keys -------------------------------------------------------------------------------
 
