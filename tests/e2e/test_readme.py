@@ -337,6 +337,17 @@ def _check(name: str, output: str, home: Path) -> None:
         pytest.fail(f"README.md names a block {name!r} that this test does not check")
 
 
+def _check_installed_docs(port: int) -> None:
+    """The wheel that ``pip install .`` built ships /docs's assets (package data)."""
+    docs = httpx.get(f"http://127.0.0.1:{port}/docs", timeout=10)
+    assert docs.status_code == 200
+    scripts = re.findall(r'src="(/docs/assets/[^"]+)"', docs.text)
+    assert len(scripts) == 1, docs.text
+    bundle = httpx.get(f"http://127.0.0.1:{port}{scripts[0]}", timeout=10)
+    assert bundle.status_code == 200
+    assert len(bundle.content) > 500_000  # the whole Swagger UI bundle
+
+
 def test_every_command_block_of_the_readme_runs_on_a_fresh_install(
     walkthrough: Walkthrough,
 ) -> None:
@@ -360,6 +371,8 @@ def test_every_command_block_of_the_readme_runs_on_a_fresh_install(
         if "name" in block.options:
             _check(block.name, output, walkthrough.home)
             checked.add(block.name)
+        if "background" in block.flags and "pip install" in block.text:
+            _check_installed_docs(walkthrough.ports[0])
         if block.name == "demo":
             shown = json.loads(next(ln for ln in output.splitlines() if "session_id" in ln))
             page = httpx.get(shown["url"], timeout=10)
