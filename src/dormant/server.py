@@ -289,6 +289,7 @@ def create_app(settings: Settings, clock: Clock | None = None, proxy_socket: Any
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await startup(services)
         await gateway.start()
+        console.start()
         if proxy is not None:
             await proxy.start(proxy_socket)
         try:

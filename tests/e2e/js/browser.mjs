@@ -86,9 +86,17 @@ const commands = {
   cookies: () => context.cookies(),
   addCookies: (c) => context.addCookies(c.cookies).then(() => null),
   clearCookies: () => context.clearCookies().then(() => null),
-  // Waits until a function of the page (an expression) is truthy; answers its value.
-  waitUntil: (c) =>
-    page.waitForFunction(c.expr, null, { timeout: c.timeout || 20000 }).then((h) => h.jsonValue()),
+  // Waits until an expression of the page is truthy; answers its value. Polled through
+  // page.evaluate (waitForFunction compiles a string, which a strict CSP forbids).
+  waitUntil: async (c) => {
+    const deadline = Date.now() + (c.timeout || 20000);
+    for (;;) {
+      const value = await page.evaluate(c.expr);
+      if (value) return value;
+      if (Date.now() > deadline) throw new Error(`${c.expr} stayed falsy: ${JSON.stringify(value)}`);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  },
   // Waits for an element (also across navigations and reloads).
   waitFor: (c) =>
     page.locator(c.selector).first().waitFor({ timeout: c.timeout || 20000 }).then(() => page.url()),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from fastapi import APIRouter, FastAPI
 
-from dormant.api.console.live import live_router
+from dormant.api.console.live import RereadAfterChange, live_router
 from dormant.api.console.mirror import SessionMirror
 from dormant.api.console.pages import pages_router, render_page, security_headers
 from dormant.api.console.signin import COOKIE, CSRF_HEADER, CookieAuth, signin_router
@@ -45,6 +45,10 @@ class Console:
     auth: CookieAuth
     mirror: SessionMirror
     routers: list[APIRouter] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Once the engine has loaded: read the sessions now, not at the first page."""
+        self.mirror.preload()
 
     async def close(self) -> None:
         await self.mirror.close()
@@ -90,6 +94,7 @@ def install_console(app: FastAPI, console: Console) -> None:
     requests (``app.state.console``); the mirror follows the engine from now on."""
     for router in console.routers:
         app.include_router(router)
+    app.add_middleware(RereadAfterChange, mirror=console.mirror)
     app.state.console = console.auth
     app.state.console_parts = console
     console.mirror.attach()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dormant.api.console.mirror import MAX_PER_PAGE, SORTS, SessionMirror
 from dormant.api.console.mirror import Query as TableQuery
@@ -23,6 +25,38 @@ from dormant.store.records import SessionRecord
 #: A stream says it is alive this often (proxies drop silent connections).
 KEEPALIVE = 15.0
 STATES = ("queued", "creating", "starting", "running", "stopping", "sleeping", "deleting", "failed")
+
+
+#: API calls that change a session without a transition (so without an engine event).
+_QUIET_CHANGE = re.compile(r"^/v1/sessions/([A-Za-z0-9_-]{1,64})/(?:keepalive|busy)$")
+
+
+class RereadAfterChange:
+    """After a successful keepalive or busy call, the mirror reads that session's row again
+    (those change a session without a transition, so without an engine event)."""
+
+    def __init__(self, app: ASGIApp, mirror: SessionMirror) -> None:
+        self.app = app
+        self.mirror = mirror
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = _QUIET_CHANGE.match(scope["path"])
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def sent(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        await self.app(scope, receive, sent)
+        if 200 <= status < 300:
+            self.mirror.changed_by_request(match.group(1))
 
 
 def live_router(

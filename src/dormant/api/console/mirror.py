@@ -1,12 +1,16 @@
 """The console's live view of every session: an in-memory mirror, kept by engine events,
 queried (filter, search, sort, page) without the store, and watched by the browsers' streams.
 
-The mirror loads the store's live sessions once, on first use. From then on the engine's
-typed events keep it (a transition carries the new row; activity updates the row's last
-activity; a queue move re-reads the one row). What another replica changes reaches this
-process through the store only, so while a browser watches (a stream is open) the mirror
-re-reads the store every ``refresh`` seconds and pushes the rows that differ; with nobody
-watching it re-reads lazily, when a page is asked and its copy is older than that.
+The mirror loads the store's live sessions once (at start, or on first use). From then on the
+engine's typed events keep it: a transition carries the new row, activity updates the row's
+last activity, a queue move re-reads the one row, and so does a successful API call that
+changes a session without a transition (keepalive, busy; see :class:`RereadAfterChange`).
+What another replica changes reaches this process through the store only, so while a browser
+watches (a stream is open) the mirror re-reads the store and pushes the rows that differ:
+every ``refresh`` seconds when other instances are live, else every ``settle`` seconds as a
+safety net (connection counts, which change without an event); never more often than ten
+times the last read took, so that reading 10,000 rows (~0.5 s on SQLite) stays under a tenth
+of a core. With nobody watching it re-reads lazily, when a page is asked of a stale copy.
 """
 
 from __future__ import annotations
@@ -97,10 +101,14 @@ class SessionMirror:
         engine: Engine,
         *,
         refresh: float = 5.0,
+        settle: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.refresh_interval = refresh
+        self.settle_interval = settle
+        #: How long the last full read of the store took (seconds).
+        self.load_seconds = 0.0
         self.clock = clock
         self.rows: dict[str, SessionRecord] = {}
         self.loaded_at: float | None = None
@@ -187,6 +195,7 @@ class SessionMirror:
         if self._loading is None:
             self._loading = asyncio.Lock()
         async with self._loading:
+            began = self.clock()
             fresh: dict[str, SessionRecord] = {}
             after: str | None = None
             while True:
@@ -198,6 +207,7 @@ class SessionMirror:
             first = self.loaded_at is None
             old, self.rows = self.rows, fresh
             self.loaded_at = self.clock()
+            self.load_seconds = self.loaded_at - began
             self.refreshes += 1
             if first:
                 return
@@ -210,8 +220,9 @@ class SessionMirror:
 
     async def current(self) -> None:
         """Make sure the copy is loaded and, when no stream keeps it, recent enough."""
+        age = self.clock() - self.loaded_at if self.loaded_at is not None else 0.0
         stale = self.loaded_at is None or (
-            self._task is None and self.clock() - self.loaded_at > self.refresh_interval
+            self._task is None and age > max(self.refresh_interval, 10 * self.load_seconds)
         )
         if stale:
             await self.load()
@@ -232,7 +243,9 @@ class SessionMirror:
         """While someone watches: re-read the store (other replicas' changes) now and then."""
         try:
             while self.watchers:
-                await asyncio.sleep(self.refresh_interval)
+                others = await self._others_live()
+                every = self.refresh_interval if others else self.settle_interval
+                await asyncio.sleep(max(every, 10 * self.load_seconds))
                 if not self.watchers:
                     break
                 try:
@@ -241,6 +254,33 @@ class SessionMirror:
                     log.warning("console could not refresh its sessions: %s", exc)
         finally:
             self._task = None
+
+    async def _others_live(self) -> bool:
+        """Whether another ``dormant serve`` shares the store (its changes make no events here)."""
+        try:
+            live = await self.engine.live_instances()
+        except Exception:
+            return True  # cannot tell: assume so, and keep re-reading
+        me = self.engine.settings.instance_id
+        return any(i.id != me for i in live)
+
+    def preload(self) -> None:
+        """Read the store in the background now, so the first page asked is served at once."""
+
+        async def load() -> None:
+            try:
+                await self.current()
+            except Exception as exc:
+                log.warning("console could not read the sessions: %s", exc)
+
+        task = asyncio.create_task(load())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def changed_by_request(self, session_id: str) -> None:
+        """An API call changed the session without a transition: read its row again."""
+        if self.loaded_at is not None:
+            self._reread(session_id)
 
     # asking -------------------------------------------------------------------------------------
 
