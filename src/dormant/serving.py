@@ -38,6 +38,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
+from dormant.api.console.live import ENDLESS
 from dormant.errors import InvalidInput
 
 log = logging.getLogger("dormant.serving")
@@ -188,6 +189,16 @@ class GuardedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timers()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.scope.get(ENDLESS):
+            # An endless response (the console's event stream) would hold a graceful shutdown
+            # for its whole timeout: close it now (the app sees the client leave; browsers
+            # reconnect to whichever server answers next).
+            self.transport.close()
+            return
+        super().shutdown()
 
     # timers ----------------------------------------------------------------------------------
 

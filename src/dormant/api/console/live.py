@@ -22,6 +22,9 @@ from dormant.errors import InvalidInput
 from dormant.policy import Level
 from dormant.store.records import SessionRecord
 
+#: Set in the ASGI scope of a response that never ends by itself (the event stream): the
+#: server closes such connections at once on shutdown instead of waiting for them.
+ENDLESS = "dormant.endless"
 #: A stream says it is alive this often (proxies drop silent connections).
 KEEPALIVE = 15.0
 STATES = ("queued", "creating", "starting", "running", "stopping", "sleeping", "deleting", "failed")
@@ -131,6 +134,7 @@ def live_router(
         """Server-sent events: ``sessions`` with ``{"changed": [session...], "removed":
         [id...]}`` whenever sessions this caller may see change (``session``: only that one)."""
         await mirror.current()
+        request.scope[ENDLESS] = True
         watcher = mirror.watch(who.scope, session)
 
         async def events() -> AsyncIterator[bytes]:
