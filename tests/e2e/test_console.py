@@ -9,6 +9,7 @@ set; the 1280x800 sessions page is also written to ``docs/console.png`` for the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -19,6 +20,7 @@ import pytest
 
 from tests.e2e.conftest import Server
 from tests.e2e.gateway_support import Browser
+from tests.e2e.proxy_support import proxy_config
 
 pytestmark = pytest.mark.e2e
 
@@ -43,6 +45,24 @@ def reachable(selector: str) -> str:
     }})()"""
 
 
+def sid_text(session_id: str) -> str:
+    """What the echo app (proxy_support's default template) answers."""
+    return f"hello from {session_id}"
+
+
+async def frame_text(browser: Browser, prefix: str, timeout: float = 20.0) -> str:
+    """The text of the preview iframe once it shows something (read through the browser:
+    the console's own scripts cannot read another origin's frame)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = await browser.do("frameText", prefix=prefix)
+        if text and "Waking" not in text:
+            return str(text)
+        if time.monotonic() > deadline:
+            pytest.fail(f"the preview never showed the session: {text!r}")
+        await asyncio.sleep(0.1)
+
+
 async def shot(browser: Browser, path: Path, keep: Path | None = None) -> None:
     await browser.do("screenshot", path=str(path))
     assert path.read_bytes()[:8] == PNG
@@ -56,7 +76,7 @@ async def shot(browser: Browser, path: Path, keep: Path | None = None) -> None:
 async def test_console_in_chromium(
     server_factory: Callable[..., Server], tmp_path: Path, browser: Browser
 ) -> None:
-    server = server_factory()
+    server = server_factory(DORMANT_CONFIG=str(proxy_config(tmp_path / "dormant.toml")))
     key_id = server.key.split("_")[1]
     print(f"screenshots in {tmp_path}")
     alice = server.create("alice", labels={"team": "design"})["id"]
@@ -127,6 +147,22 @@ async def test_console_in_chromium(
     assert (await browser.do("text", selector="#s-state")) == "sleeping"
     assert await browser.do("eval", expr="!!document.querySelector('#usage[data-session]')")
     await shot(browser, tmp_path / "console-session.png")
+
+    # A running session's preview: its URL (through the proxy) in an iframe, at three widths.
+    await browser.do("open", url=f"{server.url}/ui/sessions/{alice}")
+    await browser.do("waitText", selector="#s-state", text="running")
+    await browser.do("click", selector="#preview-open")
+    src = await browser.do("waitUntil", expr="document.querySelector('#preview').src")
+    assert src.startswith(f"{server.proxy_url}/"), src
+    shown = await frame_text(browser, server.proxy_url)
+    assert sid_text(alice) in shown, shown  # the session's own page, inside the console
+    await browser.do("click", selector=".devices button[data-width='390px']")
+    width = await browser.do("eval", expr="document.querySelector('#preview').offsetWidth")
+    assert width == 390
+    await browser.do("eval", expr="document.querySelector('#preview').scrollIntoView()")
+    await shot(browser, tmp_path / "console-preview.png")
+    await browser.do("open", url=f"{server.url}/ui/sessions/{sid}")
+    await browser.do("waitText", selector="#s-state", text="sleeping")
 
     # The same pages on a phone: cards instead of a wide table, every action reachable.
     await browser.do("viewport", width=390, height=844)

@@ -79,6 +79,12 @@ const commands = {
       blocked.push(url);
       return route.abort();
     }).then(() => null),
+  // The text of the first frame whose URL starts with c.prefix (an iframe of another origin,
+  // which the page's own scripts cannot read); null while there is none.
+  frameText: async (c) => {
+    const frame = page.frames().find((f) => f.url().startsWith(c.prefix));
+    return frame ? frame.evaluate(() => document.body ? document.body.innerText : "") : null;
+  },
   viewport: (c) => page.setViewportSize({ width: c.width, height: c.height }).then(() => null),
   fill: (c) => page.fill(c.selector, c.text).then(() => null),
   press: (c) => page.press(c.selector, c.key).then(() => null),

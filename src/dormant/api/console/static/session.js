@@ -12,8 +12,11 @@
       [el("dt", {}, k), el("dd", {}, v === null || v === "" ? "—" : v)]));
   }
 
-  function seconds(value) {
-    return typeof value === "number" && value >= 60 ? `${value} s (${Console.seconds(value)})` : value;
+  // The policy's durations are in seconds (its counts and switches are not).
+  const DURATION = /(after|before|grace|lifetime|interval|within|keepalive|busy|timeout)$/;
+  function seconds(key, value) {
+    if (typeof value !== "number" || !DURATION.test(key)) return value;
+    return value >= 60 ? `${value} s (${Console.seconds(value)})` : `${value} s`;
   }
 
   async function loadSession() {
@@ -82,7 +85,7 @@
     try {
       const p = await api(`/v1/sessions/${encodeURIComponent(sid)}/policy`);
       facts("#policy", [["policy", p.policy], ...Object.entries(p.values || {}).map(([k, v]) =>
-        [k, typeof v === "object" && v !== null ? JSON.stringify(v) : String(seconds(v))])]);
+        [k, typeof v === "object" && v !== null ? JSON.stringify(v) : String(seconds(k, v))])]);
     } catch (err) {
       facts("#policy", [["policy", session ? session.policy : null],
         ["values", err.status === 404 ? "not available" : err.message]]);
@@ -104,8 +107,8 @@
     $("#timeline tbody").replaceChildren(...items.map((e) => {
       const change = e.from_state || e.to_state ? `${e.from_state || "·"} → ${e.to_state || "·"}`
         : e.action || e.kind || "";
-      const extra = [e.code, e.kind && e.action ? e.kind : null, e.source ? `via ${e.source}` : null]
-        .filter(Boolean).join(" · ");
+      const extra = [e.code !== change ? e.code : null, e.kind && e.kind !== change ? e.kind : null,
+        e.source ? `via ${e.source}` : null].filter(Boolean).join(" · ");
       return el("tr", { dataset: { type: e.type } },
         el("td", { dataset: { label: "When" }, title: e.at }, clock(e.at)),
         el("td", { dataset: { label: "What" } }, el("span", { class: `ev ev-${e.type}` }, e.type)),
