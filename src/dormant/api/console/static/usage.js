@@ -32,7 +32,7 @@
     const max = Math.max(top || 0, ...values) || 1;
     ctx.beginPath();
     values.forEach((v, i) => {
-      const x = (i / (KEEP - 1)) * w;
+      const x = (i / (values.length - 1)) * w;
       const y = h - 2 - (v / max) * (h - 4);
       if (i === 0) ctx.moveTo(x, y);
       else ctx.lineTo(x, y);
