@@ -47,6 +47,13 @@ def test_sign_in_sets_a_strict_httponly_cookie_bound_to_the_key(server: Server) 
         me = response.json()
         assert me["admin"] is True and me["key_id"] == server.key.split("_")[1]
         assert len(me["csrf"]) >= 32
+        # Over https (here: a TLS terminator on loopback, which uvicorn trusts) it is Secure.
+        https = httpx.post(
+            f"{server.url}/ui/api/signin",
+            json={"key": server.key},
+            headers={"X-Forwarded-Proto": "https"},
+        )
+        assert https.status_code == 200 and "Secure" in https.headers["set-cookie"]
         # The cookie alone reads the REST API, scoped like the key.
         assert client.get("/v1/sessions").status_code == 200
         assert client.get("/ui/api/me").json()["csrf"] == me["csrf"]
