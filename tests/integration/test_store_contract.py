@@ -896,3 +896,27 @@ async def test_activity_samples_keep_their_time_and_source_and_newest_come_last(
     assert (await store.list_events("s2"))[-1].at == T0
     assert [e.code for e in await store.list_events("s1", 1, newest=True)] == ["build"]
     assert [e.code for e in await store.list_events("s1", 1)] == ["create"]
+
+
+async def test_levels_follow_flushed_activity_and_updates(store: Store) -> None:
+    now = T0 + timedelta(hours=1)
+    await _put(store, record("f1").replace(state=State.RUNNING))
+    await _put(store, record("f2").replace(state=State.RUNNING))
+    assert (await store.count_by_level("t1", now))["background"] == 2
+    await store.flush_activity({"f1": ActivityTimes(now - timedelta(seconds=10), "build", "api")})
+    got = await store.get_session("f2")
+    assert got is not None
+    await store.update_session(
+        got.replace(last_activity_at=now - timedelta(minutes=4)), got.version
+    )
+    assert await store.count_by_level("t1", now) == {
+        "active": 1,
+        "idle": 1,
+        "background": 0,
+        "disconnected": 0,
+    }
+    # a write carrying older activity does not move the session back
+    fresh = await store.get_session("f1")
+    assert fresh is not None
+    await store.update_session(fresh.replace(last_activity_at=T0), fresh.version)
+    assert (await store.count_by_level("t1", now))["active"] == 1

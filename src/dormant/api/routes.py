@@ -7,9 +7,9 @@ from typing import Annotated, Any, Protocol, TypeVar
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from dormant.api.audit import log_action, requested_by
-from dormant.api.auth import Forbidden
 from dormant.api.catalog import build_catalog_router
 from dormant.api.errors import ApiError
+from dormant.api.observe import build_observe_router
 from dormant.api.principal import Who
 from dormant.api.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -20,10 +20,6 @@ from dormant.api.schemas import (
     BroadcastIn,
     BroadcastOut,
     CreateSession,
-    EventList,
-    EventOut,
-    InstanceList,
-    InstanceOut,
     LastActivity,
     LinkIn,
     LinkOut,
@@ -33,7 +29,6 @@ from dormant.api.schemas import (
     SessionList,
     SessionOut,
     SessionSpec,
-    Stats,
     TokenIn,
     TokenOut,
     UntilIn,
@@ -397,31 +392,6 @@ def build_router(
         state = outcome.state if outcome else State.DELETING.value
         return Accepted(id=session_id, state=state, accepted="delete", outcome=outcome)
 
-    @router.get("/sessions/{session_id}/events", response_model=EventList)
-    async def events(session_id: str, who: Who) -> EventList:
-        """The newest 500 entries of the session's timeline, oldest first: transitions,
-        decisions, operations and activity samples (at most one a minute). Deleted sessions
-        keep theirs until purged. Errors: 404 (unknown or another tenant's)."""
-        await engine.get_any(session_id, who.scope)
-        rows = await engine.timeline(session_id)
-        return EventList(
-            session_id=session_id,
-            items=[
-                EventOut(
-                    at=e.at,
-                    type=e.type,
-                    from_state=e.from_state,
-                    to_state=e.to_state,
-                    action=e.action,
-                    code=e.code,
-                    reason=e.reason,
-                    kind=e.code if e.type == "activity" and e.source else None,
-                    source=e.source,
-                )
-                for e in rows
-            ],
-        )
-
     @router.post("/sessions/{session_id}/links", status_code=201, response_model=LinkOut)
     async def link(
         session_id: str, who: Who, request: Request, body: LinkIn | None = None
@@ -462,38 +432,8 @@ def build_router(
         log_action("logout", who, None, user=user_id, deleted=len(deleted))
         return LogoutOut(user_id=user_id, deleted=deleted)
 
-    @router.get("/instances", response_model=InstanceList)
-    async def instances(who: Who) -> InstanceList:
-        if not who.admin:
-            raise Forbidden("the instances of a deployment are shown to admin keys only")
-        lease = engine.instance_lease()
-        return InstanceList(
-            items=[
-                InstanceOut(
-                    id=i.id,
-                    host=i.host,
-                    pid=i.pid,
-                    started_at=i.started_at,
-                    heartbeat_at=i.heartbeat_at,
-                    lease_until=i.heartbeat_at + lease,
-                    this=i.id == engine.settings.instance_id,
-                )
-                for i in await engine.live_instances()
-            ]
-        )
-
-    @router.get("/stats", response_model=Stats)
-    async def stats(who: Who) -> Stats:
-        """Counts from the shared store (the same on every replica), each a query on an
-        index or a kept count: never a walk over sessions."""
-        return Stats(
-            sessions_by_state=await engine.counts_by_state(who.scope),
-            sessions_by_level=await engine.counts_by_level(who.scope),
-            transitions_by_reason=await engine.transition_counts(who.scope),
-            orphans_removed=reconciler.orphans_removed,
-        )
-
     router.include_router(build_catalog_router(engine))
+    router.include_router(build_observe_router(engine, reconciler))
     return router
 
 

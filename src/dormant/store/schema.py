@@ -49,6 +49,9 @@ metadata = MetaData()
 
 #: The predicate of the partial unique index on session names.
 LIVE = "state != 'deleted'"
+#: The predicate of ix_sessions_disconnected: had connections, has none (level
+#: ``disconnected``); connection counts change far less often than activity.
+DISCONNECTED = "ever_connected AND connections = 0"
 
 sessions = Table(
     "sessions",
@@ -103,8 +106,19 @@ sessions = Table(
     #: counts levels in SQL (``count_by_level``); written from ``policy`` with every write.
     Column("active_within", Float, nullable=False, default=120.0, server_default="120"),
     Column("idle_within", Float, nullable=False, default=600.0, server_default="600"),
+    #: The minute of the last meaningful activity (of the creation if none): an indexed
+    #: column that changes at most once a minute, so activity flushes stay cheap (PostgreSQL
+    #: updates in place while no indexed value changes) and levels count recent rows only.
+    Column("anchor_minute", UTCDateTime()),
     Index("ix_sessions_next_action_at", "next_action_at"),
-    Index("ix_sessions_state_levels", "state", "active_within", "idle_within"),
+    Index("ix_sessions_state_idle", "state", "idle_within"),
+    Index("ix_sessions_state_anchor", "state", "anchor_minute"),
+    Index(
+        "ix_sessions_disconnected",
+        "state",
+        sqlite_where=text(DISCONNECTED),
+        postgresql_where=text(DISCONNECTED),
+    ),
     Index("ix_sessions_tenant_user", "tenant", "user_id"),
     Index("ix_sessions_state", "state"),
     Index("ux_sessions_port", "port", unique=True),

@@ -124,6 +124,15 @@ def _activity_kept(new: SessionRecord) -> dict[str, Any]:
     }
 
 
+def _anchor_kept(new: SessionRecord) -> Any:
+    at = literal(new.last_activity_at, UTCDateTime())
+    later = and_(
+        at.is_not(None),
+        or_(sessions.c.last_activity_at.is_(None), sessions.c.last_activity_at < at),
+    )
+    return counting.anchor_kept(later, new.last_activity_at)
+
+
 #: Rows per activity-flush transaction.
 FLUSH_CHUNK = 500
 #: Admission: states holding a running slot (besides a create not queued), and every state
@@ -304,6 +313,7 @@ class SqlStore(Store):
         del values["id"]
         values.update(_activity_kept(new))
         values.update(counting.level_columns(new))
+        values["anchor_minute"] = _anchor_kept(new)
         guard = [sessions.c.id == record.id, sessions.c.version == expected_version]
         if fence is not None:
             guard.append(sessions.c.fence == fence)
@@ -388,6 +398,11 @@ class SqlStore(Store):
                 last_activity_source=case(
                     (newer, bindparam("b_source")), else_=sessions.c.last_activity_source
                 ),
+                # Changes once a minute at most: most flushes change no indexed value.
+                anchor_minute=case(
+                    (newer, bindparam("b_minute", type_=UTCDateTime())),
+                    else_=sessions.c.anchor_minute,
+                ),
                 last_seen_at=case(
                     (
                         and_(
@@ -409,6 +424,9 @@ class SqlStore(Store):
                 "b_at": t.last_activity_at,
                 "b_kind": t.last_activity_kind,
                 "b_source": t.last_activity_source,
+                "b_minute": None
+                if t.last_activity_at is None
+                else counting.minute_of(t.last_activity_at),
                 "b_seen": t.last_seen_at,
             }
             # In session id order: two replicas flushing overlapping batches then lock the

@@ -1,8 +1,10 @@
 """Telemetry: activity samples' source, level thresholds beside each session, transition counts
 
 - ``session_events.source``: where an activity sample came from (``api``, ``gateway``, ``proxy``).
-- ``sessions.active_within`` / ``idle_within`` (seconds, from the session's policy) and
-  ``ix_sessions_state_levels``: ``/v1/stats`` counts running sessions by level in SQL.
+- ``sessions.active_within`` / ``idle_within`` (seconds, from the session's policy),
+  ``anchor_minute`` (the minute of the last meaningful activity, else of the creation) and
+  ``ix_sessions_state_idle``, ``ix_sessions_state_anchor``, ``ix_sessions_disconnected``:
+  ``/v1/stats`` counts running sessions by level in SQL, reading recent rows only.
 - ``transition_counts``: transitions by tenant, action and code, kept as they are written;
   filled here from the timelines that exist.
 
@@ -30,22 +32,34 @@ def upgrade() -> None:
             sa.Column("active_within", sa.Float(), nullable=False, server_default="120")
         )
         batch.add_column(sa.Column("idle_within", sa.Float(), nullable=False, server_default="600"))
+        batch.add_column(sa.Column("anchor_minute", sa.DateTime(timezone=True)))
     bind = op.get_bind()
     # The thresholds of existing sessions, from their policy documents.
     if bind.dialect.name == "postgresql":
         op.execute(
             "UPDATE sessions SET "
             "active_within = COALESCE((policy::jsonb ->> 'active_within')::float, 120), "
-            "idle_within = COALESCE((policy::jsonb ->> 'idle_within')::float, 600)"
+            "idle_within = COALESCE((policy::jsonb ->> 'idle_within')::float, 600), "
+            "anchor_minute = date_trunc('minute', "
+            "COALESCE(last_activity_at, created_at) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
         )
     else:
         op.execute(
             "UPDATE sessions SET "
             "active_within = COALESCE(json_extract(policy, '$.active_within'), 120), "
-            "idle_within = COALESCE(json_extract(policy, '$.idle_within'), 600)"
+            "idle_within = COALESCE(json_extract(policy, '$.idle_within'), 600), "
+            "anchor_minute = strftime('%Y-%m-%d %H:%M:00.000000', "
+            "COALESCE(last_activity_at, created_at))"
         )
+    op.create_index("ix_sessions_state_idle", "sessions", ["state", "idle_within"])
+    op.create_index("ix_sessions_state_anchor", "sessions", ["state", "anchor_minute"])
+    disconnected = sa.text("ever_connected AND connections = 0")
     op.create_index(
-        "ix_sessions_state_levels", "sessions", ["state", "active_within", "idle_within"]
+        "ix_sessions_disconnected",
+        "sessions",
+        ["state"],
+        sqlite_where=disconnected,
+        postgresql_where=disconnected,
     )
     op.create_table(
         "transition_counts",
@@ -66,8 +80,11 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("transition_counts")
-    op.drop_index("ix_sessions_state_levels", table_name="sessions")
+    op.drop_index("ix_sessions_disconnected", table_name="sessions")
+    op.drop_index("ix_sessions_state_anchor", table_name="sessions")
+    op.drop_index("ix_sessions_state_idle", table_name="sessions")
     with op.batch_alter_table("sessions") as batch:
+        batch.drop_column("anchor_minute")
         batch.drop_column("idle_within")
         batch.drop_column("active_within")
     with op.batch_alter_table("session_events") as batch:
