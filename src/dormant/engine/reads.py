@@ -72,6 +72,7 @@ class ReadSide(Recovery):
 
     async def close_operation(self, op_id: int, reason: str) -> None:
         """An intent the reconciler found converged without it."""
+        self._ops_begun.pop(op_id, None)
         await self.store.finish_operation(
             op_id, OperationStatus.INTERRUPTED, 0, reason, self.clock.now()
         )
