@@ -82,3 +82,19 @@ async def test_a_failed_create_is_counted_and_logged_as_a_warning(
         if r.levelno == logging.WARNING and re.search(rf"{record.id}.*-> failed", r.getMessage())
     ]
     assert len(failed) == 1, [r.getMessage() for r in caplog.records]
+
+
+async def test_a_vanished_container_is_logged_as_a_warning(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    record = await rig.engine.create_session(tenant="t", user_id="u")
+    await rig.settle()
+    caplog.set_level(logging.INFO)
+    rig.runtime.containers.clear()  # the container died behind dormant's back
+    await Reconciler(rig.engine).run()
+    await rig.engine.drain()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        f"session={record.id} running -> sleeping code=container_exited" in m for m in warnings
+    ), warnings
+    assert f"reconcile mark-vanished {record.id}: container is missing" in warnings
