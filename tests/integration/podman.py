@@ -108,12 +108,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_get(port: int, path: str = "/") -> str | None:
-    """The body served on ``port``, or None if nothing answers."""
+def http_get(port: int, path: str = "/", host: str = "127.0.0.1") -> str | None:
+    """The body served on ``host:port``, or None if nothing answers."""
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as response:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=3) as response:
             return str(response.read().decode())
     except OSError:
         return None

@@ -1,126 +1,39 @@
-"""The Runtime contract (``dormant.runtimes.base``), one suite on every backend: the FakeRuntime
-that unit tests rely on (``dormant.testing``), the ProcessRuntime on real local processes and the
-DockerRuntime on the project's Podman (scoped to this test run with ``testrun=RUN_ID``).
+"""The Runtime contract (``dormant.runtimes.base``), one suite on every backend: every kit in
+``tests/integration/kits`` (the FakeRuntime that unit tests rely on, the ProcessRuntime on real
+local processes, the DockerRuntime on the project's Podman, …).
 
-Every container a test makes is removed by the ``kit`` fixture, also when the test fails; for
-Podman the ``containers`` fixture then checks that none of this run's remain."""
+Every container a test makes is removed by the ``kit`` fixture, also when the test fails, and
+the fixture checks that none remains."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dormant.errors import DormantError, RuntimeFailure
-from dormant.runtimes import (
-    ContainerInfo,
-    ContainerSpec,
-    ContainerStatus,
-    Endpoint,
-    Resources,
-    Runtime,
-)
-from dormant.runtimes.docker import DockerRuntime
-from dormant.runtimes.process import ProcessRuntime
+from dormant.runtimes import ContainerStatus, Endpoint, Resources
 from dormant.testing import FakeRuntime
 
-from .podman import CONTAINER_PORT, IMAGE, RUN_ID, RUN_LABEL, free_port, http_get
+from .kits import CUSTOM, Kit, kits
+from .podman import free_port, http_get
 
 pytestmark = pytest.mark.integration
 
-CUSTOM = {"dormant.user": "alice", "acme.team": "blue"}
 
-
-@dataclass
-class Kit:
-    """One backend under test: its runtime, specs that work on it, and a way to see it serve."""
-
-    kind: str
-    runtime: Runtime
-    #: A second runtime on the same backend: a restarted dormant (the fake has only itself).
-    reopen: Callable[[], Runtime]
-    made: list[str] = field(default_factory=list)
-
-    def spec(self, session: str | None = None, *, name: str | None = None) -> ContainerSpec:
-        session = session or f"c{uuid.uuid4().hex[:12]}"
-        name = name or f"dormant-{session}"
-        labels = {"dormant.managed": "true", "dormant.session": session, **CUSTOM}
-        extra: dict[str, Any] = {}
-        if self.kind == "docker":
-            labels[RUN_LABEL] = RUN_ID
-            extra = {"image": IMAGE, "container_port": CONTAINER_PORT}
-        if name not in self.made:
-            self.made.append(name)
-        return ContainerSpec(
-            name=name,
-            session_id=session,
-            labels=labels,
-            port=free_port(),
-            start_timeout=20,
-            stop_timeout=2,
-            **extra,
-        )
-
-    async def serves(self, spec: ContainerSpec) -> bool:
-        """An HTTP GET on the port answers (the fake has no port: it says it runs)."""
-        if isinstance(self.runtime, FakeRuntime):
-            return spec.name in self.runtime.running()
-        assert spec.port is not None
-        return await asyncio.to_thread(http_get, spec.port) is not None
-
-    async def accepts(self, endpoint: Endpoint) -> bool:
-        """A TCP connection to ``endpoint`` is accepted."""
-        try:
-            async with asyncio.timeout(3):
-                _, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
-
-    async def listed(self, name: str) -> ContainerInfo | None:
-        return next((i for i in await self.runtime.list_managed() if i.name == name), None)
-
-
-@pytest.fixture(params=["fake", "process", "docker"])
+@pytest.fixture(params=list(kits()))
 async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Kit]:
-    runtime: Runtime
-    reopen: Callable[[], Runtime]
-    if request.param == "fake":
-        fake = FakeRuntime()
-        runtime, reopen = fake, lambda: fake
-    elif request.param == "process":
-        root = tmp_path / "processes"
-        runtime, reopen = ProcessRuntime(root), lambda: ProcessRuntime(root)
-    else:
-        host: str = request.getfixturevalue("docker_host")
-        request.getfixturevalue("containers")  # purges this run's containers after the test
-
-        def reopen() -> Runtime:
-            return DockerRuntime(host, scope={RUN_LABEL: RUN_ID})
-
-        runtime = reopen()
-    kit = Kit(request.param, runtime, reopen)
+    opened = await kits()[request.param].open(request, tmp_path)
     try:
-        yield kit
+        yield opened
     finally:
-        try:
-            for name in kit.made:
-                await runtime.remove(name, {})
-            left = [i.name for i in await runtime.list_managed() if i.name in kit.made]
-        finally:
-            await runtime.close()
-        assert left == []
+        await opened.close()
 
 
 def json_able(state: dict[str, Any]) -> bool:
@@ -225,22 +138,23 @@ async def test_failures_are_dormant_errors(kit: Kit) -> None:
 
 async def test_start_reports_an_endpoint_that_accepts_connections(kit: Kit) -> None:
     rt, s = kit.runtime, kit.spec()
-    assert s.port is not None
     state = await rt.start(s.name, {**await rt.create(s), "port": s.port})
     assert json_able(state)
     endpoint = Endpoint.from_state(state)
     assert endpoint is not None, state
     assert state["endpoint"] == {"host": endpoint.host, "port": endpoint.port}
-    if isinstance(rt, FakeRuntime):  # serves nothing: it reports where it would
-        assert endpoint == Endpoint("127.0.0.1", s.port)
-    else:
+    assert endpoint == await kit.endpoint_of(s)  # where the backend says it serves
+    if kit.host_ports:
+        assert s.port is not None
+        assert endpoint == Endpoint("127.0.0.1", s.port)  # a published port
+    if kit.serves_traffic:
         assert await kit.accepts(endpoint)  # start returned once it served there
-        assert (endpoint.host, endpoint.port) == ("127.0.0.1", s.port)  # a published port
     # stopped and started again (a wake): an endpoint again, serving
-    state = await rt.start(s.name, await rt.stop(s.name, state))
+    state = await rt.start(s.name, {**await rt.stop(s.name, state), "port": s.port})
     again = Endpoint.from_state(state)
     assert again is not None
-    if not isinstance(rt, FakeRuntime):
+    assert again == await kit.endpoint_of(s)
+    if kit.serves_traffic:
         assert await kit.accepts(again)
 
 
@@ -248,6 +162,16 @@ async def test_the_port_a_session_serves_on_follows_start_or_create_as_declared(
     kit: Kit,
 ) -> None:
     rt, s = kit.runtime, kit.spec()
+    if not kit.host_ports:
+        # No host port at all (a pod's address): a port given to start changes nothing.
+        first = await rt.start(s.name, {**await rt.create(s), "port": None})
+        moved = await rt.start(s.name, {**await rt.stop(s.name, first), "port": free_port()})
+        endpoint = Endpoint.from_state(moved)
+        assert endpoint is not None and endpoint == await kit.endpoint_of(s)
+        assert endpoint.port == Endpoint.from_state(first).port  # type: ignore[union-attr]
+        assert await kit.accepts(endpoint)
+        await rt.stop(s.name, moved)
+        return
     assert s.port is not None
     if not rt.ports_follow_start:
         # Bound at create (docker): a port given to a later start is not where it serves.
@@ -263,26 +187,26 @@ async def test_the_port_a_session_serves_on_follows_start_or_create_as_declared(
     other = free_port()  # the port was released while it slept; a wake brings another
     moved = await rt.start(s.name, {**stopped, "port": other})
     assert Endpoint.from_state(moved) == Endpoint("127.0.0.1", other)
-    if not isinstance(rt, FakeRuntime):
+    if kit.serves_traffic:
         assert await kit.accepts(Endpoint("127.0.0.1", other))
-        assert not await kit.serves(s)  # nothing on the old one
+        assert http_get(s.port) is None  # nothing on the old one
         info = await rt.inspect(s.name)
         assert info is not None and info.detail["port"] == other
     # found running on another port (a repair): started again on the one given
     third = free_port()
     moved = await rt.start(s.name, {**moved, "port": third})
     assert Endpoint.from_state(moved) == Endpoint("127.0.0.1", third)
-    if not isinstance(rt, FakeRuntime):
+    if kit.serves_traffic:
         assert await kit.accepts(Endpoint("127.0.0.1", third))
         assert not await kit.accepts(Endpoint("127.0.0.1", other))
     await rt.stop(s.name, moved)
 
 
-async def _load(port: int, stop: asyncio.Event) -> int:
-    """HTTP requests to ``port`` one after another until ``stop``: work for the session's CPU."""
+async def _load(endpoint: Endpoint, stop: asyncio.Event) -> int:
+    """HTTP requests to ``endpoint`` one after another until ``stop``: work for the session."""
     sent = 0
     while not stop.is_set():
-        await asyncio.to_thread(http_get, port)
+        await asyncio.to_thread(http_get, endpoint.port, "/", endpoint.host)
         sent += 1
     return sent
 
@@ -297,6 +221,9 @@ async def test_stats_reads_a_running_container_and_none_otherwise(kit: Kit) -> N
     state = await rt.start(name, state)
 
     idle = await rt.stats(name, state)
+    if not kit.measures_stats:  # the backend cannot tell: the default, never an error
+        assert idle is None
+        return
     assert idle is not None
     assert isinstance(idle.cpu_percent, float) and idle.cpu_percent >= 0
     assert idle.at.tzinfo is not None
@@ -305,11 +232,12 @@ async def test_stats_reads_a_running_container_and_none_otherwise(kit: Kit) -> N
     else:
         assert 0 < idle.memory_bytes < 1024**3  # a small server's resident memory
         # the docker runtime applies the template's limit; the process runtime enforces none
-        expected_limit = 64 * 1024**2 if kit.kind == "docker" else None
+        expected_limit = 64 * 1024**2 if kit.enforces_memory_limit else None
         assert idle.memory_limit_bytes == expected_limit
         stop = asyncio.Event()
-        assert s.port is not None
-        loader = [asyncio.create_task(_load(s.port, stop)) for _ in range(4)]
+        endpoint = await kit.endpoint_of(s)
+        assert endpoint is not None
+        loader = [asyncio.create_task(_load(endpoint, stop)) for _ in range(4)]
         try:
             busy = await rt.stats(name, state)
         finally:
