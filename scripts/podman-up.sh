@@ -61,39 +61,19 @@ if [ ! -f "$CONF" ] || [ "$(cat "$CONF")" != "$(printf '%s' "$want_conf")" ]; th
 fi
 
 # 3. test image -----------------------------------------------------------------------------
-# A busybox root filesystem: /bin/busybox with its applets as symlinks, /www with an index page,
-# and /bin/serve, an init that serves /www over HTTP on $PORT (default 8080) and exits on TERM
-# (busybox httpd as PID 1 would ignore SIGTERM).
+# scripts/test-image-rootfs.sh: busybox with an HTTP server that exits on TERM.
 if ! podman image exists "$IMAGE"; then
   log "building $IMAGE"
-  root=$(mktemp -d)
-  trap 'rm -rf "$root"' EXIT
-  mkdir -p "$root"/{bin,etc,www,tmp,proc,sys,dev,data}
-  cp /bin/busybox "$root/bin/busybox"
-  for applet in $(/bin/busybox --list); do
-    [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
-  done
-  echo 'dormant test container' >"$root/www/index.html"
-  echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
-  echo 'root:x:0:' >"$root/etc/group"
-  cat >"$root/bin/serve" <<'EOF'
-#!/bin/sh
-# serve [DIR]: HTTP on $PORT (8080) for DIR (/www); exits at once on TERM or INT.
-trap 'exit 0' TERM INT
-httpd -f -p "${PORT:-8080}" -h "${1:-/www}" &
-wait
-EOF
-  chmod 755 "$root/bin/serve"
-  chmod 1777 "$root/tmp"
-  tar -C "$root" -cf "$root.tar" .
+  tarball=$(mktemp --suffix=.tar)
+  trap 'rm -f "$tarball"' EXIT
+  bash "$(dirname "$0")/test-image-rootfs.sh" "$tarball"
   podman import \
     --change 'CMD ["/bin/serve"]' \
     --change 'EXPOSE 8080' \
     --change 'VOLUME /data' \
     --change 'ENV PATH=/bin' \
-    "$root.tar" "$IMAGE" >/dev/null
-  rm -f "$root.tar"
-  rm -rf "$root"
+    "$tarball" "$IMAGE" >/dev/null
+  rm -f "$tarball"
   trap - EXIT
 fi
 

@@ -42,7 +42,10 @@ from dormant.runtimes import BindMount, ContainerSpec, Resources, VolumeMount
 from dormant.runtimes.base import RETAIN_SESSION, RETAIN_USER
 from dormant.runtimes.process import resolve_user
 
-KNOWN_RUNTIMES = ("process", "docker")
+KNOWN_RUNTIMES = ("process", "docker", "swarm", "kubernetes")
+#: Runtimes that run an image (a template names ``image`` and ``port``; volumes, networks,
+#: isolation apply). Each checks what it cannot do in its ``Runtime.validate``.
+CONTAINER_RUNTIMES = ("docker", "swarm", "kubernetes")
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)b?$", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _ENV_PATTERN = re.compile(r"^[A-Za-z0-9_*?]{1,128}$")
@@ -219,24 +222,24 @@ class TemplateConfig(BaseModel):
 
     @model_validator(mode="after")
     def _user_runtime(self) -> TemplateConfig:
-        if self.ready.exec is not None and self.runtime != "docker":
-            raise ValueError("ready.exec runs in a container: it needs the docker runtime")
+        if self.ready.exec is not None and self.runtime not in CONTAINER_RUNTIMES:
+            raise ValueError("ready.exec runs in a container: it needs a container runtime")
         if self.user is not None and self.runtime == "process":
             try:
                 resolve_user(self.user)
             except InvalidInput as exc:
                 raise ValueError(f"user: {exc}") from None
-        if self.network is not None and self.runtime != "docker":
-            raise ValueError("network is for the docker runtime (a process serves on a host port)")
-        if self.runtime != "docker":
+        if self.network is not None and self.runtime not in CONTAINER_RUNTIMES:
+            raise ValueError("network is for container runtimes (a process serves on a host port)")
+        if self.runtime not in CONTAINER_RUNTIMES:
             for name in ("volumes", "binds", "workdir", "shm_size"):
                 if getattr(self, name):
                     raise ValueError(
-                        f"{name} is for the docker runtime (a process template has home = "
+                        f"{name} is for container runtimes (a process template has home = "
                         '"user" or "session" for a kept directory)'
                     )
         elif self.home is not None:
-            raise ValueError("home is for the process runtime (a docker template has volumes)")
+            raise ValueError("home is for the process runtime (a container template has volumes)")
         return self
 
     def volume_templates(self) -> tuple[VolumeTemplate, ...]:
@@ -262,9 +265,9 @@ class TemplateConfig(BaseModel):
         return tuple(mounts)
 
     @model_validator(mode="after")
-    def _docker(self) -> TemplateConfig:
-        if self.runtime == "docker":
-            from dormant.runtimes.docker import validate_spec
+    def _container(self) -> TemplateConfig:
+        if self.runtime in CONTAINER_RUNTIMES:
+            from dormant.runtimes import runtime_class
 
             try:
                 volumes = tuple(
@@ -276,9 +279,11 @@ class TemplateConfig(BaseModel):
             except InvalidInput as exc:
                 raise ValueError(f"volumes: {exc}") from None
             if not self.image:
-                raise ValueError("the docker runtime needs an image")
+                raise ValueError(f"the {self.runtime} runtime needs an image")
             if self.port is None:
-                raise ValueError("the docker runtime needs port (the port inside the container)")
+                raise ValueError(
+                    f"the {self.runtime} runtime needs port (the port inside the container)"
+                )
             probe = ContainerSpec(
                 name="dormant-template-check",
                 session_id="check",
@@ -304,7 +309,7 @@ class TemplateConfig(BaseModel):
                 shm_size=self.shm_size,
             )
             try:
-                validate_spec(probe)
+                runtime_class(self.runtime).validate(probe)
             except InvalidInput as exc:
                 raise ValueError(str(exc)) from None
         return self
@@ -381,8 +386,20 @@ class Settings(BaseModel):
     #: ``DOCKER_HOST`` or ``unix:///var/run/docker.sock``.
     docker_host: str | None = Field(default=None, max_length=500)
     #: ``key=value[,key=value]``: labels that confine the docker runtime to its own containers
-    #: (several deployments or test runs on one engine); ``DORMANT_DOCKER_SCOPE``.
+    #: (several deployments or test runs on one engine); ``DORMANT_DOCKER_SCOPE``. The swarm
+    #: runtime takes the same scope for its services.
     docker_scope: str | None = Field(default=None, max_length=500)
+    #: The swarm runtime's Docker Engine API, a Swarm manager (``DORMANT_SWARM_HOST``);
+    #: default ``docker_host``'s default.
+    swarm_host: str | None = Field(default=None, max_length=500)
+    #: The kubernetes runtime: the namespace its pods and claims live in, and where its
+    #: credentials come from: in-cluster (a service account) when dormant runs in a pod, else
+    #: this kubeconfig file (default ``KUBECONFIG`` or ``~/.kube/config``) and context.
+    kubernetes_namespace: str = Field(
+        default="default", max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+    )
+    kubernetes_kubeconfig: str | None = Field(default=None, max_length=1000)
+    kubernetes_context: str | None = Field(default=None, max_length=253)
     #: How long operations wait for an unreachable runtime before failing (seconds).
     runtime_outage_patience: float = Field(default=300.0, ge=0, le=86400)
     #: How long background operations wait out an unreachable database (seconds); a store

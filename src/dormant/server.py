@@ -96,8 +96,20 @@ def build_runtimes(settings: Settings) -> dict[str, Runtime]:
         runtimes["docker"] = DockerRuntime(
             settings.docker_host, scope=settings.docker_scope_labels()
         )
+    if "swarm" in wanted:
+        from dormant.runtimes.swarm import SwarmRuntime
+
+        runtimes["swarm"] = SwarmRuntime(settings.swarm_host, scope=settings.docker_scope_labels())
+    if "kubernetes" in wanted:
+        from dormant.runtimes.kubernetes import KubernetesRuntime
+
+        runtimes["kubernetes"] = KubernetesRuntime(
+            namespace=settings.kubernetes_namespace,
+            kubeconfig=settings.kubernetes_kubeconfig,
+            context=settings.kubernetes_context,
+        )
     # Other backends plug in through the dormant.runtimes entry points.
-    for name in wanted - {"process", "docker"}:
+    for name in wanted - {"process", "docker", "swarm", "kubernetes"}:
         from dormant.runtimes import runtime_class
 
         runtimes[name] = runtime_class(name)()

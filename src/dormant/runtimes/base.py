@@ -282,6 +282,12 @@ class Runtime(abc.ABC):
     async def ping(self) -> None:
         """Raise :class:`dormant.errors.RuntimeUnavailable` if the backend cannot be reached."""
 
+    @classmethod
+    def validate(cls, spec: ContainerSpec) -> None:
+        """Raise :class:`dormant.errors.InvalidInput` if ``spec`` can never work on this backend
+        (a malformed value, a feature it does not have), without contacting it: templates are
+        checked this way when the configuration loads. Default: accepts all."""
+
     async def check(self, spec: ContainerSpec) -> None:
         """Raise :class:`dormant.errors.InvalidInput` if ``spec`` cannot work on this backend
         (an invalid value, an unknown image), before anything is made. Default: accepts all."""

@@ -507,6 +507,10 @@ class DockerRuntime(Runtime):
         except DormantError as exc:
             raise RuntimeUnavailable(str(exc)) from exc
 
+    @classmethod
+    def validate(cls, spec: ContainerSpec) -> None:
+        validate_spec(spec)
+
     async def check(self, spec: ContainerSpec) -> None:
         container_config(spec)
         assert spec.image is not None

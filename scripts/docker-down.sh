@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Undoes scripts/docker-up.sh: stops the dockerd it started (the package, the data root with the
+# Swarm state and the test image stay; they make the next start fast). With --purge first
+# removes every service and container labelled dormant.managed=true.
+set -euo pipefail
+
+RUN_DIR=${DORMANT_DOCKER_RUN_DIR:-/run/dormant}
+SOCK="$RUN_DIR/docker.sock"
+PIDFILE="$RUN_DIR/docker.pid"
+DOCKER=/usr/bin/docker
+[ -x "$DOCKER" ] || DOCKER=$(command -v docker || echo docker)
+
+if [ "${1:-}" = "--purge" ] && [ -S "$SOCK" ]; then
+  d() { "$DOCKER" -H "unix://$SOCK" "$@"; }
+  services=$(d service ls -q --filter label=dormant.managed=true 2>/dev/null || true)
+  # shellcheck disable=SC2086
+  [ -z "$services" ] || d service rm $services >/dev/null
+  ids=$(d ps -aq --filter label=dormant.managed=true 2>/dev/null || true)
+  # shellcheck disable=SC2086
+  [ -z "$ids" ] || d rm -f -v $ids >/dev/null
+fi
+
+if [ -f "$PIDFILE" ]; then
+  pid=$(cat "$PIDFILE")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid"
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$PIDFILE"
+fi
+rm -f "$SOCK"
+echo "docker-down: stopped" >&2
