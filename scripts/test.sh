@@ -29,6 +29,13 @@ if podman_env=$(bash scripts/podman-up.sh); then
 else
   echo "scripts/podman-up.sh failed: the docker runtime's tests will fail" >&2
 fi
+echo "== Docker Engine as a single-node Swarm (the docker runtime's tests on Docker Engine, the swarm runtime's)"
+if docker_env=$(bash scripts/docker-up.sh); then
+  eval "$docker_env"
+  export DORMANT_DOCKER_ENGINE_HOST
+else
+  echo "scripts/docker-up.sh failed: the Docker Engine and swarm tests will fail" >&2
+fi
 echo "== chromium and the JavaScript test tools (the gateway's tests fail, never skip, without them)"
 if [ ! -x /usr/bin/chromium ]; then
   SUDO=""
