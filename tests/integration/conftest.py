@@ -1,8 +1,9 @@
 """Integration fixtures. ``store`` is each implementation of the Store contract: the
 MemoryStore, and a migrated SqlStore on SQLite and on the real PostgreSQL (a throw-away database
-per test). The docker runtime's tests use a real Podman
-(``podman.py``); whatever they do, their containers are removed, and after the session none of
-this run's containers labelled ``dormant.managed=true`` may remain (on CI: none at all)."""
+per test). The docker runtime's tests run on real engines, Podman and Docker Engine
+(``engines.py``; the ``engine`` fixture is each of them); whatever they do, their containers are
+removed, and after the session none of this run's containers or volumes labelled
+``dormant.managed=true`` may remain on either engine (on CI: none at all)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dormant.runtimes.docker import DockerRuntime
 from dormant.store import MemoryStore, SqlStore, Store
 from dormant.store.migrate import upgrade_async
 
-from . import podman
+from .engines import ENGINES, PODMAN, RUN_ID, RUN_LABEL, ContainerEngine, container_names
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -59,36 +60,59 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 @pytest.fixture(scope="session")
 def docker_host() -> str:
-    return podman.podman_host()
+    """Podman's Docker API: the engine of tests that run on one engine only."""
+    return PODMAN.host()
+
+
+@pytest.fixture(scope="session", params=sorted(ENGINES))
+def engine(request: pytest.FixtureRequest) -> ContainerEngine:
+    """Each engine the docker runtime is tested on (Podman and Docker Engine), started."""
+    chosen = ENGINES[request.param]
+    chosen.host()
+    return chosen
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_leaked_containers() -> Iterator[None]:
+    """After the session no container or dormant-made volume of this run remains on any engine
+    (on CI: none at all)."""
     yield
-    if not podman.was_used():
-        return
-    left = podman.purge_run()
-    assert not left, f"tests left containers labelled dormant.managed=true: {left}"
-    if os.environ.get("CI"):
-        stray = podman.container_names(podman.managed_containers(all_runs=True))
-        podman.remove_containers(stray)
-        assert not stray, f"containers labelled dormant.managed=true remain: {sorted(stray)}"
+    problems = []
+    for used in (e for e in ENGINES.values() if e.started):
+        left = used.purge_run()
+        volumes = used.managed_volumes()
+        used.remove_volumes(volumes)
+        if left or volumes:
+            problems.append(f"{used.kind}: containers {left}, volumes {sorted(volumes)}")
+        if os.environ.get("CI"):
+            stray = container_names(used.managed_containers(all_runs=True))
+            used.remove_containers(stray)
+            stray_volumes = used.managed_volumes(all_runs=True)
+            used.remove_volumes(stray_volumes)
+            if stray or stray_volumes:
+                problems.append(
+                    f"{used.kind} (any run): containers {sorted(stray)}, "
+                    f"volumes {sorted(stray_volumes)}"
+                )
+    assert not problems, f"tests left things labelled dormant.managed=true: {problems}"
 
 
 @pytest.fixture
-def containers(docker_host: str) -> Iterator[None]:
-    """Removes this run's containers after the test, also on failure, and checks it worked."""
+def containers() -> Iterator[None]:
+    """Removes this run's containers from every engine started so far after the test, also on
+    failure, and checks it worked. (Not tied to one engine, so that kits can ask for it.)"""
     try:
         yield
     finally:
-        podman.purge_run()
-        assert podman.managed_containers() == []
+        for used in (e for e in ENGINES.values() if e.started):
+            used.purge_run()
+            assert used.managed_containers() == [], used.kind
 
 
 @pytest.fixture
-async def docker_runtime(docker_host: str, containers: None) -> AsyncIterator[DockerRuntime]:
-    """The docker runtime on Podman, confined to this run's containers (and closed after)."""
-    runtime = DockerRuntime(docker_host, scope={podman.RUN_LABEL: podman.RUN_ID})
+async def docker_runtime(engine: ContainerEngine, containers: None) -> AsyncIterator[DockerRuntime]:
+    """The docker runtime on each engine, confined to this run's containers (closed after)."""
+    runtime = DockerRuntime(engine.host(), scope={RUN_LABEL: RUN_ID})
     try:
         yield runtime
     finally:

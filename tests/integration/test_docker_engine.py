@@ -1,10 +1,10 @@
-"""The engine and the reconciler on the docker runtime, against a real engine (Podman)."""
+"""The engine and the reconciler on the docker runtime, against each real engine (Podman and
+Docker Engine)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -24,8 +24,15 @@ from dormant.store import SqlStore
 from dormant.store.migrate import upgrade_async
 from dormant.store.records import InstanceRecord
 
-from . import podman
-from .podman import CONTAINER_PORT, IMAGE, RUN_ID, RUN_LABEL, http_get
+from .engines import (
+    CONTAINER_PORT,
+    IMAGE,
+    RUN_ID,
+    RUN_LABEL,
+    ContainerEngine,
+    container_names,
+    http_get,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,10 +57,11 @@ TEMPLATES = {
 
 @dataclass
 class Rig:
-    engine: Engine
+    engine: ContainerEngine
     store: SqlStore
     runtime: DockerRuntime
     reconciler: Reconciler
+    on: ContainerEngine
 
     async def create(self, template: str = "web") -> str:
         record = await self.engine.create_session(
@@ -69,12 +77,16 @@ class Rig:
 
 
 async def make_rig(
-    tmp_path: Path, host: str, patience: float = 0.0, ports: range = range(30100, 30200)
+    tmp_path: Path,
+    on: ContainerEngine,
+    host: str | None = None,
+    patience: float = 0.0,
+    ports: range = range(30100, 30200),
 ) -> Rig:
     url = f"sqlite+aiosqlite:///{tmp_path / 'dormant.db'}"
     await upgrade_async(url)
     store = SqlStore(url)
-    runtime = DockerRuntime(host, scope={RUN_LABEL: RUN_ID})
+    runtime = DockerRuntime(host or on.host(), scope={RUN_LABEL: RUN_ID})
     engine = Engine(
         store,
         {"docker": runtime},
@@ -88,12 +100,12 @@ async def make_rig(
         ),
     )
     await engine.heartbeat()
-    return Rig(engine, store, runtime, Reconciler(engine, debounce=0.1, min_gap=0.1))
+    return Rig(engine, store, runtime, Reconciler(engine, debounce=0.1, min_gap=0.1), on)
 
 
 @pytest.fixture
-async def rig(tmp_path: Path, docker_host: str, containers: None) -> AsyncIterator[Rig]:
-    r = await make_rig(tmp_path, docker_host)
+async def rig(tmp_path: Path, engine: ContainerEngine, containers: None) -> AsyncIterator[Rig]:
+    r = await make_rig(tmp_path, engine)
     try:
         yield r
     finally:
@@ -109,7 +121,7 @@ async def test_a_session_serves_sleeps_wakes_with_its_files_and_is_deleted(rig: 
     assert record.port is not None
     name = record.container_name
     assert await asyncio.to_thread(http_get, record.port, "/starts.txt") == "started\n"
-    labels = json.loads(podman.podman("inspect", name).stdout)[0]["Config"]["Labels"]
+    labels = rig.on.inspect(name)["Config"]["Labels"]
     for key in ("managed", "session", "user", "tenant", "template", "instance", "created"):
         assert f"dormant.{key}" in labels
     assert labels["dormant.session"] == sid and labels["dormant.user"] == "alice"
@@ -126,12 +138,12 @@ async def test_a_session_serves_sleeps_wakes_with_its_files_and_is_deleted(rig: 
     assert await rig.state(sid) is State.RUNNING
     assert await asyncio.to_thread(http_get, record.port, "/starts.txt") == "started\nstarted\n"
 
-    volumes = {m["Name"] for m in json.loads(podman.podman("inspect", name).stdout)[0]["Mounts"]}
+    volumes = {m["Name"] for m in rig.on.inspect(name)["Mounts"]}
     await rig.engine.delete(sid)
     await rig.engine.drain()
     assert await rig.state(sid) is State.DELETED
     assert await rig.runtime.inspect(name) is None
-    assert not volumes & podman.volumes()
+    assert not volumes & rig.on.volumes()
 
 
 async def test_a_container_exiting_at_start_fails_the_session_with_its_logs(rig: Rig) -> None:
@@ -150,7 +162,7 @@ async def test_an_unknown_image_is_refused_before_a_session_or_container_exists(
             tenant="t", user_id="alice", template="ghost", labels={RUN_LABEL: RUN_ID}
         )
     assert await rig.store.list_sessions() == []
-    assert podman.managed_containers() == []
+    assert rig.on.managed_containers() == []
 
 
 async def test_isolation_settings_of_a_template_reach_the_container(rig: Rig) -> None:
@@ -159,12 +171,13 @@ async def test_isolation_settings_of_a_template_reach_the_container(rig: Rig) ->
     # read-only root: the start script cannot append to /www, so it failed, with the reason
     assert record.state is State.FAILED
     assert record.error is not None and "Read-only file system" in record.error
-    host = json.loads(podman.podman("inspect", record.container_name).stdout)[0]["HostConfig"]
+    host = rig.on.inspect(record.container_name)["HostConfig"]
     assert host["ReadonlyRootfs"] is True
     assert any("no-new-privileges" in o for o in host["SecurityOpt"])
 
 
 def hand_made(
+    on: ContainerEngine,
     name: str,
     session: str,
     instance: str,
@@ -172,7 +185,7 @@ def hand_made(
     deployment: str | None = None,
 ) -> None:
     owner = ["--label", f"dormant.deployment={deployment}"] if deployment else []
-    podman.podman(
+    on.cli(
         "create",
         "--name",
         name,
@@ -198,24 +211,26 @@ async def test_reconcile_removes_orphans_but_not_another_live_instances_containe
     now = rig.engine.clock.now()
     ours = await rig.engine.ensure_deployment()
     await rig.store.heartbeat_instance(InstanceRecord("other-live", "elsewhere", 1, now, now))
-    hand_made(f"dormant-orphan-{RUN_ID}", "no-such-session", "long-gone", deployment=ours)
-    hand_made(f"dormant-theirs-{RUN_ID}", "their-session", "other-live", deployment=ours)
-    hand_made(f"dormant-mine-{RUN_ID}", "no-such-session-2", "it-1", deployment=ours)
+    hand_made(rig.on, f"dormant-orphan-{RUN_ID}", "no-such-session", "long-gone", deployment=ours)
+    hand_made(rig.on, f"dormant-theirs-{RUN_ID}", "their-session", "other-live", deployment=ours)
+    hand_made(rig.on, f"dormant-mine-{RUN_ID}", "no-such-session-2", "it-1", deployment=ours)
     # made "after the sweep began" (a session may not be visible yet): left alone too
     future = (now + timedelta(hours=1)).isoformat()
-    hand_made(f"dormant-young-{RUN_ID}", "young-session", "long-gone", future, deployment=ours)
+    hand_made(
+        rig.on, f"dormant-young-{RUN_ID}", "young-session", "long-gone", future, deployment=ours
+    )
     # another deployment's, and one from before deployment ids with no session here: never ours
-    hand_made(f"dormant-foreign-{RUN_ID}", "x", "long-gone", deployment="0123456789abcdef")
-    hand_made(f"dormant-legacy-{RUN_ID}", "y", "long-gone")
+    hand_made(rig.on, f"dormant-foreign-{RUN_ID}", "x", "long-gone", deployment="0123456789abcdef")
+    hand_made(rig.on, f"dormant-legacy-{RUN_ID}", "y", "long-gone")
 
     plan = await rig.reconciler.run(dry_run=True)
-    assert podman.container_names(podman.managed_containers()) >= {f"dormant-orphan-{RUN_ID}"}
+    assert container_names(rig.on.managed_containers()) >= {f"dormant-orphan-{RUN_ID}"}
 
     steps = await rig.reconciler.run()
     removed = {s.target for s in steps if s.kind == "remove-orphan"}
     assert removed == {f"dormant-orphan-{RUN_ID}", f"dormant-mine-{RUN_ID}"}
     assert {s.target for s in plan if s.kind == "remove-orphan"} == removed
-    names = podman.container_names(podman.managed_containers())
+    names = container_names(rig.on.managed_containers())
     assert f"dormant-orphan-{RUN_ID}" not in names
     assert f"dormant-mine-{RUN_ID}" not in names
     assert f"dormant-theirs-{RUN_ID}" in names
@@ -231,7 +246,7 @@ async def test_a_container_stopped_behind_dormants_back_marks_the_session_asleep
 ) -> None:
     sid = await rig.create()
     record = await rig.engine.get(sid)
-    podman.podman("stop", "-t", "1", record.container_name)
+    rig.on.cli("stop", "-t", "1", record.container_name)
     await rig.reconciler.run()
     assert await rig.state(sid) is State.SLEEPING
     events = await rig.store.list_events(sid)
@@ -249,7 +264,7 @@ async def test_an_engine_event_wakes_the_reconciler(rig: Rig) -> None:
     loop = asyncio.create_task(rig.reconciler.loop(interval=3600))  # only events can wake it
     try:
         await asyncio.wait_for(rig.runtime.watching.wait(), 60)  # the event stream is connected
-        podman.podman("rm", "-f", "-v", "-t", "0", record.container_name)
+        rig.on.remove_containers([record.container_name])
         for _ in range(600):
             if await rig.state(sid) is State.SLEEPING:
                 break
@@ -263,10 +278,12 @@ async def test_an_engine_event_wakes_the_reconciler(rig: Rig) -> None:
 
 
 async def test_during_an_engine_outage_operations_wait_and_nothing_is_wrongly_deleted(
-    tmp_path: Path, docker_host: str, containers: None
+    tmp_path: Path, engine: ContainerEngine, containers: None
 ) -> None:
-    with podman.private_service(tmp_path) as service:
-        rig = await make_rig(tmp_path, service.url, patience=3600, ports=range(30200, 30300))
+    with engine.private_api(tmp_path) as service:
+        rig = await make_rig(
+            tmp_path, engine, service.url, patience=3600, ports=range(30200, 30300)
+        )
         try:
             sleeper, doomed = await rig.create(), await rig.create()
             assert await rig.state(sleeper) is State.RUNNING
@@ -292,22 +309,22 @@ async def test_during_an_engine_outage_operations_wait_and_nothing_is_wrongly_de
 
 
 async def test_a_delete_that_gives_up_stays_deleting_until_the_reconciler_finishes_it(
-    tmp_path: Path, docker_host: str, containers: None
+    tmp_path: Path, engine: ContainerEngine, containers: None
 ) -> None:
-    with podman.private_service(tmp_path) as service:
-        rig = await make_rig(tmp_path, service.url, patience=0, ports=range(30300, 30400))
+    with engine.private_api(tmp_path) as service:
+        rig = await make_rig(tmp_path, engine, service.url, patience=0, ports=range(30300, 30400))
         try:
             sid = await rig.create()
             service.kill()
             await rig.engine.delete(sid)
             await rig.engine.drain()
             assert await rig.state(sid) is State.DELETING  # never deleted with a container left
-            assert f"dormant-{sid}" in podman.container_names(podman.managed_containers())
+            assert f"dormant-{sid}" in container_names(rig.on.managed_containers())
             service.start()
             await rig.reconciler.run()
             await rig.engine.drain()
             assert await rig.state(sid) is State.DELETED
-            assert f"dormant-{sid}" not in podman.container_names(podman.managed_containers())
+            assert f"dormant-{sid}" not in container_names(rig.on.managed_containers())
         finally:
             await rig.engine.drain()
             await rig.runtime.close()

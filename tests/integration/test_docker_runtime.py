@@ -1,9 +1,9 @@
-"""The docker runtime against a real engine (Podman's Docker-compatible API)."""
+"""The docker runtime against each real engine (Podman's Docker-compatible API and Docker
+Engine): every test that needs an engine runs on both."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,8 +13,16 @@ from dormant.errors import InvalidInput, RuntimeFailure, RuntimeUnavailable, Tem
 from dormant.runtimes import ContainerSpec, ContainerStatus, Resources
 from dormant.runtimes.docker import DockerRuntime, ImageMissing
 
-from . import podman
-from .podman import CONTAINER_PORT, IMAGE, RUN_ID, RUN_LABEL, free_port, http_get
+from .engines import (
+    CONTAINER_PORT,
+    IMAGE,
+    RUN_ID,
+    RUN_LABEL,
+    ContainerEngine,
+    container_names,
+    free_port,
+    http_get,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -51,13 +59,8 @@ def runtime(docker_runtime: DockerRuntime) -> DockerRuntime:
     return docker_runtime
 
 
-def inspect(name: str) -> dict[str, object]:
-    rows = json.loads(podman.podman("inspect", name).stdout)
-    return dict(rows[0])
-
-
 async def test_lifecycle_serves_sleeps_wakes_with_files_and_removes_volumes(
-    runtime: DockerRuntime,
+    runtime: DockerRuntime, engine: ContainerEngine
 ) -> None:
     s = spec(
         sid(),
@@ -71,15 +74,17 @@ async def test_lifecycle_serves_sleeps_wakes_with_files_and_removes_volumes(
     assert info.session_id == s.session_id
     assert info.labels["dormant.managed"] == "true"
     # the image declares VOLUME /data: the container has an anonymous volume
-    volume = next(m["Name"] for m in inspect(s.name)["Mounts"] if m["Destination"] == "/data")  # type: ignore[attr-defined]
-    assert volume in podman.volumes()
+    volume = next(
+        m["Name"] for m in engine.inspect(s.name)["Mounts"] if m["Destination"] == "/data"
+    )  # type: ignore[attr-defined]
+    assert volume in engine.volumes()
 
     state = await runtime.start(s.name, state)
     assert state["host_port"] == s.port
     assert await asyncio.to_thread(http_get, s.port) == "dormant test container\n"
     assert await asyncio.to_thread(http_get, s.port, "/starts.txt") == "started\n"
     # published on 127.0.0.1 only
-    bindings = inspect(s.name)["HostConfig"]["PortBindings"]  # type: ignore[index]
+    bindings = engine.inspect(s.name)["HostConfig"]["PortBindings"]  # type: ignore[index]
     assert bindings == {f"{CONTAINER_PORT}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(s.port)}]}
 
     state = await runtime.stop(s.name, state)
@@ -92,8 +97,8 @@ async def test_lifecycle_serves_sleeps_wakes_with_files_and_removes_volumes(
 
     await runtime.remove(s.name, state)
     assert await runtime.inspect(s.name) is None
-    assert s.name not in podman.container_names(podman.managed_containers())
-    assert volume not in podman.volumes()
+    assert s.name not in container_names(engine.managed_containers())
+    assert volume not in engine.volumes()
 
 
 async def test_stop_and_remove_of_nothing_succeed(runtime: DockerRuntime) -> None:
@@ -139,7 +144,7 @@ async def test_create_of_an_existing_name_for_the_same_session_adopts_it(
 
 
 async def test_name_conflict_with_another_sessions_container_is_refused_and_kept(
-    runtime: DockerRuntime,
+    runtime: DockerRuntime, engine: ContainerEngine
 ) -> None:
     s = spec(sid())
     other = replace(s, session_id="someone-else", labels={**s.labels, "dormant.session": "x"})
@@ -148,15 +153,17 @@ async def test_name_conflict_with_another_sessions_container_is_refused_and_kept
         await runtime.create(s)
     info = await runtime.inspect(s.name)
     assert info is not None and info.session_id == "x"  # never removed by a create
-    assert inspect(s.name)["Id"] == old["id"]
+    assert engine.inspect(s.name)["Id"] == old["id"]
 
 
-async def test_name_conflict_with_a_foreign_container_is_refused(runtime: DockerRuntime) -> None:
+async def test_name_conflict_with_a_foreign_container_is_refused(
+    runtime: DockerRuntime, engine: ContainerEngine
+) -> None:
     s = spec(sid())
-    podman.podman("create", "--name", s.name, "--label", f"{RUN_LABEL}={RUN_ID}", IMAGE)
+    engine.cli("create", "--name", s.name, "--label", f"{RUN_LABEL}={RUN_ID}", IMAGE)
     with pytest.raises(RuntimeFailure, match="not managed by dormant"):
         await runtime.create(s)
-    assert "Labels" in inspect(s.name)["Config"]  # type: ignore[operator]  # still there
+    assert "Labels" in engine.inspect(s.name)["Config"]  # type: ignore[operator]  # still there
 
 
 async def test_container_exiting_at_start_fails_with_the_tail_of_its_logs(
@@ -196,7 +203,9 @@ async def test_unknown_image_is_refused_before_anything_is_made(runtime: DockerR
     assert await runtime.inspect(s.name) is None
 
 
-async def test_resources_and_isolation_reach_the_engine(runtime: DockerRuntime) -> None:
+async def test_resources_and_isolation_reach_the_engine(
+    runtime: DockerRuntime, engine: ContainerEngine
+) -> None:
     s = spec(
         sid(),
         resources=Resources(cpus=0.5, memory="64m", pids_limit=64),
@@ -212,7 +221,7 @@ async def test_resources_and_isolation_reach_the_engine(runtime: DockerRuntime) 
     )
     state = await runtime.start(s.name, await runtime.create(s))
     assert await asyncio.to_thread(http_get, s.port) is not None  # it started: /tmp writable
-    host = inspect(s.name)["HostConfig"]
+    host = engine.inspect(s.name)["HostConfig"]
     assert isinstance(host, dict)
     assert host["Memory"] == 64 * 1024**2
     assert host["NanoCpus"] == 500_000_000
@@ -225,12 +234,14 @@ async def test_resources_and_isolation_reach_the_engine(runtime: DockerRuntime) 
     await runtime.stop(s.name, state)
 
 
-async def test_network_mode_none_starts_without_a_published_port(runtime: DockerRuntime) -> None:
+async def test_network_mode_none_starts_without_a_published_port(
+    runtime: DockerRuntime, engine: ContainerEngine
+) -> None:
     s = spec(sid(), network_mode="none")
     state = await runtime.start(s.name, await runtime.create(s))
     info = await runtime.inspect(s.name)
     assert info is not None and info.status is ContainerStatus.RUNNING
-    assert inspect(s.name)["HostConfig"]["NetworkMode"] == "none"  # type: ignore[index]
+    assert engine.inspect(s.name)["HostConfig"]["NetworkMode"] == "none"  # type: ignore[index]
     await runtime.stop(s.name, state)
 
 
@@ -245,18 +256,18 @@ def http_get_at(host: str, port: int) -> str | None:
 
 
 async def test_a_session_on_a_network_has_no_host_port_and_serves_at_its_address(
-    runtime: DockerRuntime,
+    runtime: DockerRuntime, engine: ContainerEngine
 ) -> None:
     network = f"dormant-test-{RUN_ID}"
-    existed = podman.podman("network", "exists", network, check=False).returncode == 0
+    existed = engine.network_exists(network)
     first, second = spec(sid(), port=None, network=network), spec(sid(), port=None, network=network)
     try:
         state = await runtime.create(first)  # the network is made on demand
-        assert podman.podman("network", "exists", network, check=False).returncode == 0
-        made = json.loads(podman.podman("network", "inspect", network).stdout)[0]
-        assert "dormant.managed" not in (made.get("labels") or {})  # shared: not dormant's
+        made = engine.inspect(network, "network")
+        # shared: not dormant's (Podman says "labels", Docker "Labels")
+        assert "dormant.managed" not in (made.get("labels") or made.get("Labels") or {})
         state = await runtime.start(first.name, state)
-        raw = inspect(first.name)
+        raw = engine.inspect(first.name)
         address = raw["NetworkSettings"]["Networks"][network]["IPAddress"]  # type: ignore[index]
         assert address and address != "127.0.0.1"
         assert state["endpoint"] == {"host": address, "port": CONTAINER_PORT}
@@ -287,8 +298,8 @@ async def test_a_session_on_a_network_has_no_host_port_and_serves_at_its_address
         await runtime.remove(first.name, {})
         await runtime.remove(second.name, {})
         if not existed:
-            podman.podman("network", "rm", "-f", network, check=False)
-    assert podman.podman("network", "exists", network, check=False).returncode != 0 or existed
+            engine.remove_network(network)
+    assert not engine.network_exists(network) or existed
 
 
 @pytest.mark.parametrize(
@@ -346,19 +357,21 @@ async def test_unreachable_engine_is_a_temporary_error() -> None:
         await rt.close()
 
 
-async def test_list_managed_sees_every_labelled_container(runtime: DockerRuntime) -> None:
+async def test_list_managed_sees_every_labelled_container(
+    runtime: DockerRuntime, engine: ContainerEngine
+) -> None:
     a, b = spec(sid()), spec(sid())
     await runtime.create(a)
     await runtime.start(b.name, await runtime.create(b))
-    podman.podman(
+    engine.cli(
         "create", "--name", f"unlabelled-{RUN_ID}", "--label", f"{RUN_LABEL}={RUN_ID}", IMAGE
     )
     other = f"dormant-other-scope-{RUN_ID}"
-    podman.podman("create", "--name", other, "--label", "dormant.managed=true", IMAGE)
+    engine.cli("create", "--name", other, "--label", "dormant.managed=true", IMAGE)
     try:
         found = {i.name: i for i in await runtime.list_managed()}
     finally:
-        podman.remove_containers([other])
+        engine.remove_containers([other])
     assert other not in found  # managed, but outside this runtime's scope
     assert found[a.name].labels[RUN_LABEL] == RUN_ID
     assert found[a.name].status is ContainerStatus.STOPPED
@@ -390,11 +403,11 @@ async def test_watch_reports_events_of_managed_containers(runtime: DockerRuntime
 
 
 async def test_engine_outage_and_recovery(
-    docker_host: str, containers: None, tmp_path: Path
+    engine: ContainerEngine, containers: None, tmp_path: Path
 ) -> None:
     """A killed API service: calls fail as temporary; after a restart they work, and the
-    containers it ran are still there (conmon keeps them)."""
-    with podman.private_service(tmp_path) as service:
+    containers it ran are still there (Podman's conmon, Docker's containerd shims keep them)."""
+    with engine.private_api(tmp_path) as service:
         rt = DockerRuntime(service.url, scope={RUN_LABEL: RUN_ID})
         try:
             s = spec(sid())

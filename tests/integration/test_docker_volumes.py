@@ -1,9 +1,9 @@
-"""Volumes, binds, user, workdir and shm_size of the docker runtime on a real engine (Podman)."""
+"""Volumes, binds, user, workdir and shm_size of the docker runtime on each real engine (Podman
+and Docker Engine)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -15,8 +15,7 @@ from dormant.errors import RuntimeFailure
 from dormant.runtimes import BindMount, ContainerSpec, VolumeMount
 from dormant.runtimes.docker import DockerRuntime
 
-from . import podman
-from .podman import CONTAINER_PORT, IMAGE, RUN_ID, RUN_LABEL, free_port, http_get
+from .engines import CONTAINER_PORT, IMAGE, RUN_ID, RUN_LABEL, ContainerEngine, free_port, http_get
 
 pytestmark = pytest.mark.integration
 
@@ -56,16 +55,15 @@ def new_id() -> str:
 
 
 @pytest.fixture
-def volume_names() -> Iterator[list[str]]:
+def volume_names(engine: ContainerEngine) -> Iterator[list[str]]:
     """Names a test may make: removed afterwards whatever happened, and checked gone."""
     names: list[str] = []
     try:
         yield names
     finally:
-        podman.purge_run()
-        for name in names:
-            podman.podman("volume", "rm", "-f", name, check=False)
-        assert not set(names) & podman.volumes()
+        engine.purge_run()
+        engine.remove_volumes(names)
+        assert not set(names) & engine.volumes()
 
 
 @pytest.fixture
@@ -73,16 +71,16 @@ def runtime(docker_runtime: DockerRuntime) -> DockerRuntime:
     return docker_runtime
 
 
-def inspect(kind: str, name: str) -> dict[str, object]:
-    return dict(json.loads(podman.podman(kind, "inspect", name).stdout)[0])
+def inspect(engine: ContainerEngine, kind: str, name: str) -> dict[str, object]:
+    return engine.inspect(name, kind)
 
 
-def exec_sh(container: str, script: str) -> str:
-    return podman.podman("exec", container, "sh", "-c", script).stdout
+def exec_sh(engine: ContainerEngine, container: str, script: str) -> str:
+    return engine.cli("exec", container, "sh", "-c", script).stdout
 
 
 async def test_volumes_are_made_labelled_mounted_kept_or_removed_by_their_rule(
-    runtime: DockerRuntime, volume_names: list[str], tmp_path: Path
+    runtime: DockerRuntime, engine: ContainerEngine, volume_names: list[str], tmp_path: Path
 ) -> None:
     first, second = new_id(), new_id()
     home = f"home-acme-{first}"  # one user's volume, across both sessions
@@ -110,14 +108,14 @@ async def test_volumes_are_made_labelled_mounted_kept_or_removed_by_their_rule(
     state = await runtime.create(s1)
     assert state["made"] is True and state["session_volumes"] == [scratch[0]]
     for name, retain in [(home, "user"), (scratch[0], "session")]:
-        labels = inspect("volume", name)["Labels"]
+        labels = inspect(engine, "volume", name)["Labels"]
         assert labels == {**owner_labels(first, retain, first if retain == "session" else None),
                           RUN_LABEL: RUN_ID}  # fmt: skip
     listed = {v.name: v for v in await runtime.list_volumes()}
     assert {home, scratch[0]} <= set(listed) and listed[home].retain == "user"
     assert listed[home].created_at is not None
 
-    container = inspect("container", s1.name)
+    container = inspect(engine, "container", s1.name)
     mounts = {m["Destination"]: m for m in container["Mounts"]}  # type: ignore[attr-defined]
     assert mounts["/home/dev"]["Name"] == home and mounts["/scratch"]["Name"] == scratch[0]
     assert mounts["/shared"]["Source"] == str(shared) and mounts["/shared"]["RW"] is False
@@ -126,39 +124,39 @@ async def test_volumes_are_made_labelled_mounted_kept_or_removed_by_their_rule(
 
     state = await runtime.start(s1.name, {**state, "port": s1.port})
     assert await asyncio.to_thread(http_get, s1.port) is not None
-    exec_sh(s1.name, "echo kept > /home/dev/notes.txt; echo gone > /scratch/tmp.txt")
-    assert exec_sh(s1.name, "pwd; cat /shared/motd") == "/home/dev\nhello from the host\n"
-    refused = podman.podman("exec", s1.name, "sh", "-c", "echo x > /shared/motd", check=False)
+    exec_sh(engine, s1.name, "echo kept > /home/dev/notes.txt; echo gone > /scratch/tmp.txt")
+    assert exec_sh(engine, s1.name, "pwd; cat /shared/motd") == "/home/dev\nhello from the host\n"
+    refused = engine.cli("exec", s1.name, "sh", "-c", "echo x > /shared/motd", check=False)
     assert refused.returncode != 0  # read-only by default
     # in use by a container: not removed
     assert await runtime.remove_volume(home) is False
 
     await runtime.remove(s1.name, state)
-    assert home in podman.volumes() and scratch[0] not in podman.volumes()
+    assert home in engine.volumes() and scratch[0] not in engine.volumes()
 
     s2 = session_spec(second, scratch[1])
     state2 = await runtime.start(s2.name, {**await runtime.create(s2), "port": s2.port})
-    assert exec_sh(s2.name, "cat /home/dev/notes.txt; ls /scratch") == "kept\n"
+    assert exec_sh(engine, s2.name, "cat /home/dev/notes.txt; ls /scratch") == "kept\n"
     await runtime.remove(s2.name, state2)
     assert await runtime.remove_volume(home) is True
     assert await runtime.remove_volume(home) is True  # not found is success
-    assert not set(volume_names) & podman.volumes()
+    assert not set(volume_names) & engine.volumes()
 
 
 async def test_a_volume_of_another_owner_is_refused_before_a_container_is_made(
-    runtime: DockerRuntime, volume_names: list[str]
+    runtime: DockerRuntime, engine: ContainerEngine, volume_names: list[str]
 ) -> None:
     session = new_id()
     name = f"home-acme-{session}"
     volume_names.append(name)
-    podman.podman("volume", "create", "--label", f"{RUN_LABEL}={RUN_ID}", name)  # hand-made
+    engine.cli("volume", "create", "--label", f"{RUN_LABEL}={RUN_ID}", name)  # hand-made
     s = spec(session, volumes=(VolumeMount(name, "/home/dev", "user", owner_labels("u", "user")),))
     with pytest.raises(RuntimeFailure, match=f"volume {name} exists and is not managed"):
         await runtime.create(s)
     assert await runtime.inspect(s.name) is None
-    podman.podman("volume", "rm", name)
+    engine.cli("volume", "rm", name)
     # another user's (e.g. another tenant whose name looked the same): refused too
-    podman.podman(
+    engine.cli(
         "volume",
         "create",
         *(f"--label={k}={v}" for k, v in owner_labels("someone-else", "user").items()),
@@ -170,12 +168,12 @@ async def test_a_volume_of_another_owner_is_refused_before_a_container_is_made(
 
 
 async def test_user_is_the_containers_user_and_create_says_when_it_made_one(
-    runtime: DockerRuntime,
+    runtime: DockerRuntime, engine: ContainerEngine
 ) -> None:
     s = spec(new_id(), user="1234:1234")
     state = await runtime.create(s)
     assert state["made"] is True
-    assert inspect("container", s.name)["Config"]["User"] == "1234:1234"  # type: ignore[index]
+    assert inspect(engine, "container", s.name)["Config"]["User"] == "1234:1234"  # type: ignore[index]
     assert "made" not in await runtime.create(s)  # found: not made again
     restarted = DockerRuntime(runtime.host, scope={RUN_LABEL: RUN_ID})
     try:
@@ -183,5 +181,5 @@ async def test_user_is_the_containers_user_and_create_says_when_it_made_one(
     finally:
         await restarted.close()
     state = await runtime.start(s.name, {**state, "port": s.port})
-    assert exec_sh(s.name, "id -u").strip() == "1234"
+    assert exec_sh(engine, s.name, "id -u").strip() == "1234"
     await runtime.remove(s.name, state)

@@ -16,7 +16,7 @@ from dormant.runtimes import ContainerSpec, Endpoint
 from dormant.runtimes.docker import DockerRuntime
 from dormant.testing import FakeRuntime
 
-from .podman import CONTAINER_PORT, IMAGE, RUN_ID, RUN_LABEL, free_port
+from .engines import CONTAINER_PORT, IMAGE, RUN_ID, RUN_LABEL, free_port
 
 pytestmark = pytest.mark.integration
 
