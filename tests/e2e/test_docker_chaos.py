@@ -1,12 +1,14 @@
 """Chaos on the docker runtime: ``dormant serve`` killed with SIGKILL at chosen crash points and
 at random moments while sessions are created, put to sleep, woken and deleted concurrently, and
-the Podman API service killed mid-burst. Afterwards the labelled containers must equal the live
+the engine's API killed mid-burst. Afterwards the labelled containers must equal the live
 sessions exactly, nothing may be left in a transitional state, and every session the API
 acknowledged must exist or have a recorded reason for its end.
 
-The engine is a private ``podman system service`` on a socket of this test (same storage as
-the shared one), so killing it disturbs nobody else. ``DORMANT_CHAOS_SESSIONS`` (default 100)
-and ``DORMANT_CHAOS_KILLS`` (default 10) size the burst.
+It runs on each engine (Podman and Docker Engine). The engine's API is one of this test's own,
+so killing it disturbs nobody else: a private ``podman system service`` on a socket of this test
+(same storage as the shared one), or a relay to the shared dockerd (see
+``tests/integration/engines.py``). ``DORMANT_CHAOS_SESSIONS`` (default 100) and
+``DORMANT_CHAOS_KILLS`` (default 10) size the burst.
 """
 
 from __future__ import annotations
@@ -24,8 +26,16 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from ..integration import podman
-from ..integration.podman import CONTAINER_PORT, IMAGE, RUN_ID, RUN_LABEL
+from ..integration.engines import (
+    CONTAINER_PORT,
+    ENGINES,
+    IMAGE,
+    RUN_ID,
+    RUN_LABEL,
+    ContainerEngine,
+    PrivateApi,
+    container_names,
+)
 
 if TYPE_CHECKING:
     from .conftest import Server
@@ -51,25 +61,31 @@ stop_timeout = 1
 """
 
 
+@pytest.fixture(params=sorted(ENGINES))
+def container_engine(request: pytest.FixtureRequest) -> Iterator[ContainerEngine]:
+    """Each engine; this run's containers and dormant's volumes are removed afterwards."""
+    on = ENGINES[request.param]
+    on.host()
+    try:
+        yield on
+    finally:
+        on.purge_run()
+        on.remove_volumes(on.managed_volumes())
+        assert on.managed_containers() == []
+
+
 @pytest.fixture
-def engine(tmp_path: Path, docker_host: str) -> Iterator[podman.PrivateService]:
-    """A private Podman API service; this run's containers are removed afterwards."""
-    service = podman.PrivateService(tmp_path)
+def engine(tmp_path: Path, container_engine: ContainerEngine) -> Iterator[PrivateApi]:
+    """The engine's API of this test's own (it kills it once mid-burst)."""
+    service = container_engine.private_api(tmp_path)
     try:
         yield service.start()
     finally:
         service.kill()
-        podman.purge_run()
-        assert podman.managed_containers() == []
-
-
-@pytest.fixture(scope="module")
-def docker_host() -> str:
-    return podman.podman_host()
 
 
 def docker_server(
-    server_factory: Callable[..., Server], service: podman.PrivateService, tmp_path: Path
+    server_factory: Callable[..., Server], service: PrivateApi, tmp_path: Path
 ) -> Server:
     config = tmp_path / "dormant.toml"
     config.write_text(CONFIG)
@@ -192,8 +208,8 @@ def once(api: Api, method: str, path: str, ok: int, **kw: Any) -> str | None:
     return str(response.json().get("id", path)) if response.content else path
 
 
-def labelled_containers() -> set[str]:
-    return podman.container_names(podman.managed_containers())
+def labelled_containers(on: ContainerEngine) -> set[str]:
+    return container_names(on.managed_containers())
 
 
 def live_sessions(api: Api) -> list[dict[str, Any]]:
@@ -208,11 +224,11 @@ def live_sessions(api: Api) -> list[dict[str, Any]]:
             return items
 
 
-def converged(api: Api) -> tuple[bool, str]:
+def converged(api: Api, on: ContainerEngine) -> tuple[bool, str]:
     sessions = live_sessions(api)
     stuck = [(s["id"], s["state"]) for s in sessions if s["state"] in TRANSITIONAL]
     expected = {f"dormant-{s['id']}" for s in sessions}
-    actual = labelled_containers()
+    actual = labelled_containers(on)
     ok = not stuck and expected == actual
     return ok, (
         f"stuck={stuck} sessions-without-container={sorted(expected - actual)} "
@@ -220,10 +236,10 @@ def converged(api: Api) -> tuple[bool, str]:
     )
 
 
-def wait_converged(api: Api) -> None:
+def wait_converged(api: Api, on: ContainerEngine) -> None:
     deadline = time.monotonic() + CONVERGE_TIMEOUT
     while True:
-        ok, why = converged(api)
+        ok, why = converged(api, on)
         if ok:
             return
         if time.monotonic() > deadline:
@@ -245,7 +261,10 @@ def assert_acknowledged_accounted_for(api: Api, acked: set[str], deleted: set[st
 
 
 def test_crash_points_and_random_kills_converge(
-    server_factory: Callable[..., Server], engine: podman.PrivateService, tmp_path: Path
+    server_factory: Callable[..., Server],
+    container_engine: ContainerEngine,
+    engine: PrivateApi,
+    tmp_path: Path,
 ) -> None:
     server = docker_server(server_factory, engine, tmp_path)
     api = Api(server)
@@ -295,7 +314,7 @@ def test_crash_points_and_random_kills_converge(
             assert not (crash_dir / point).exists()
             server.proc = None
             server.start()
-            wait_converged(api)
+            wait_converged(api, container_engine)
             print(f"[{time.monotonic() - t0:6.1f}s] crash point {point} converged", flush=True)
             if sid and point == "after-remove":
                 assert api.state(sid) is None
@@ -356,15 +375,16 @@ def test_crash_points_and_random_kills_converge(
         # 3. converge: containers == live sessions, nothing transitional, nothing lost
         if server.proc is None:
             server.start()
-        wait_converged(api)
+        wait_converged(api, container_engine)
         assert_acknowledged_accounted_for(api, acked, deleted)
         sessions = live_sessions(api)
         assert len(sessions) >= SESSIONS // 2
         failed = [s for s in sessions if s["state"] == "failed"]
         assert all(s["error"] for s in failed), failed
         print(
-            f"chaos: {SESSIONS} sessions, {kills} kills, {len(acked)} acknowledged, "
-            f"{len(deleted)} deleted, {len(sessions)} live ({len(failed)} failed)"
+            f"chaos on {container_engine.kind}: {SESSIONS} sessions, {kills} kills, "
+            f"{len(acked)} acknowledged, {len(deleted)} deleted, {len(sessions)} live "
+            f"({len(failed)} failed)"
         )
     finally:
         api.close()
