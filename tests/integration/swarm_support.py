@@ -9,13 +9,12 @@ removes this run's volumes. If the engine cannot be started the tests fail; they
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from .engines import DOCKER, RUN_ID, RUN_LABEL, api_get
+from .engines import DOCKER, RUN_ID, RUN_LABEL, api_get, wait_for
 
 TASK_LABEL = "com.docker.swarm.task.id"
 SERVICE_LABEL = "com.docker.swarm.service.name"
@@ -59,16 +58,6 @@ def task_containers(name: str | None = None, *, running: bool = False) -> list[d
 def run_volumes() -> set[str]:
     data = api_get(swarm_host(), "/volumes", filters={"label": [f"{RUN_LABEL}={RUN_ID}"]})
     return {str(v["Name"]) for v in data.get("Volumes") or []}
-
-
-def wait_for(check: Any, *, timeout: float = 60.0, what: str = "") -> Any:
-    """Poll ``check`` until truthy (a bound against hanging, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {timeout:g}s waiting for {what or check}: {value!r}")
-        time.sleep(0.05)
-    return value
 
 
 def purge_swarm() -> list[str]:

@@ -292,6 +292,7 @@ class SwarmRuntime(DockerRuntime):
             tasks = await self._tasks(service=[name])
             running = [t for t in tasks if _task_state(t) == "running" and _wanted(t)]
             replicas = _replicas(spec)
+            earlier = {str(t["ID"]) for t in tasks if t not in running}
             if replicas == 1 and running and (port is None or port == current):
                 return None  # serving already: nothing to change
             earlier = {str(t["ID"]) for t in tasks}
@@ -335,8 +336,9 @@ class SwarmRuntime(DockerRuntime):
         delay = 0.01
         last = "no task yet"
         while True:
-            tasks = await self._tasks(service=[name], **{"desired-state": ["running"]})
-            for task in tasks:
+            # every task (a failed one's desired state is soon "shutdown", with a new one
+            # coming up after Swarm's restart delay: its failure is the answer)
+            for task in await self._tasks(service=[name]):
                 if task["ID"] in earlier:
                     continue
                 status = task.get("Status") or {}
@@ -348,6 +350,8 @@ class SwarmRuntime(DockerRuntime):
                         f"the task of {name} ended while starting ({_task_state(task)}: "
                         f"{status.get('Err') or status.get('Message')}); last output: {output}"
                     )
+                if not _wanted(task):
+                    continue
                 last = f"task {_task_state(task)}: {status.get('Err') or status.get('Message')}"
                 endpoint = await self._task_endpoint(task, state)
                 if endpoint is None or (port is not None and endpoint.port != port):
