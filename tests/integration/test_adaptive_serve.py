@@ -71,12 +71,20 @@ async def test_serve_with_the_adaptive_policy_learns_and_persists(tmp_path: Path
             body = (await client.get(f"/v1/sessions/{sid}")).json()
             assert "no meaningful activity for 1m" in body["next_action"]["reason"]
             services = app.state.services
-            for _ in range(100):  # the flush loop saves the models within a second
+
+            async def observations() -> int:
                 stored = await services.store.load_adaptive()
-                if "user:default/ann" in stored:
+                if "user:default/ann" not in stored:
+                    return 0
+                return GapModel.from_json(stored["user:default/ann"]).observations
+
+            # The flush loop saves the models within a second; the first gap's model may already
+            # be saved, so wait for the second observation rather than for the key.
+            for _ in range(100):
+                if await observations() >= 2:
                     break
                 await asyncio.sleep(0.05)
-            assert GapModel.from_json(stored["user:default/ann"]).observations == 2
+            assert await observations() == 2
 
             clock.advance(61)
             await wait_for(client, sid, "sleeping")  # a minute, not fifteen
