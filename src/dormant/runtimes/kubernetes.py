@@ -182,6 +182,8 @@ class KubernetesRuntime(Runtime):
             serviceaccount=serviceaccount,
             timeout=api_timeout,
         )
+        #: Set while :meth:`watch` is connected to the API server.
+        self.watching = asyncio.Event()
 
     @classmethod
     def validate(cls, spec: ContainerSpec) -> None:
@@ -394,10 +396,13 @@ class KubernetesRuntime(Runtime):
         """Follow pod events; a pod deleted or ended behind dormant's back wakes the reconciler.
         Raises :class:`RuntimeUnavailable` when the stream breaks or ends (the caller watches
         again after a pause)."""
-        async for kind, pod in self.api.watch(PODS, SELECTOR):
-            meta = pod.get("metadata") or {}
-            if is_managed(meta):
-                notify(f"pod {meta.get('name', '?')} {kind.lower()} ({_phase(pod)})")
+        try:
+            async for kind, pod in self.api.watch(PODS, SELECTOR, self.watching):
+                meta = pod.get("metadata") or {}
+                if is_managed(meta):
+                    notify(f"pod {meta.get('name', '?')} {kind.lower()} ({_phase(pod)})")
+        finally:
+            self.watching.clear()
         raise RuntimeUnavailable("watch pods: the API server closed the stream")
 
     async def close(self) -> None:

@@ -174,10 +174,11 @@ class KubeApi:
             params = {**params, "continue": str(more)}
 
     async def watch(
-        self, resource: str, selector: str
+        self, resource: str, selector: str, connected: asyncio.Event | None = None
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``(type, object)`` of each change of ``resource`` matching ``selector`` (the server
-        first replays what exists as ``ADDED``); ends when the server closes the stream."""
+        first replays what exists as ``ADDED``); ends when the server closes the stream.
+        ``connected`` is set once the server has answered."""
         api = await self._client()
         params = {"watch": "true", "labelSelector": selector, "allowWatchBookmarks": "false"}
         what = f"watch {resource}"
@@ -190,6 +191,8 @@ class KubeApi:
                 stream=True,
                 timeout=httpx.Timeout(self.timeout, read=None),
             ) as response:
+                if connected is not None:
+                    connected.set()
                 async for line in response.aiter_lines():
                     if not line.strip():
                         continue
