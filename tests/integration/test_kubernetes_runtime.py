@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import json
 import re
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -419,3 +421,84 @@ async def test_errors_are_translated_and_listing_never_answers_partly(cluster: C
             await gone.watch(lambda what: None)
     finally:
         await gone.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+def _certificate(where: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    cert, key = where / f"{name}.crt", where / f"{name}.key"
+    command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt"]
+    command += ["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", f"/CN={name}"]
+    command += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run(command, check=True, capture_output=True)
+    return cert, key
+
+
+@contextlib.asynccontextmanager
+async def tls_front(upstream_port: int, cert: Path, key: Path) -> AsyncIterator[int]:
+    """An HTTPS address in front of the emulator (which speaks plain HTTP), as the API server
+    is seen from a pod; its port."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    pipes: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        both = asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        task = asyncio.ensure_future(both)
+        pipes.add(task)
+        task.add_done_callback(pipes.discard)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for task in list(pipes):
+            task.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def test_in_cluster_authentication_uses_the_service_accounts_token_and_ca(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = _certificate(tmp_path, "server")
+    account = tmp_path / "serviceaccount"  # what the kubelet mounts into dormant's pod
+    account.mkdir()
+    (account / "token").write_text("in-cluster-token")
+    (account / "ca.crt").write_bytes(cert.read_bytes())
+    (account / "namespace").write_text(cluster.namespace)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    upstream = int(cluster.url.rsplit(":", 1)[1])
+    async with tls_front(upstream, cert, key) as port:
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(port))
+        rt = KubernetesRuntime(cluster.namespace, serviceaccount=str(account))
+        try:
+            await rt.ping()
+            assert await rt.list_managed() == []
+        finally:
+            await rt.close()
+        stranger, _ = _certificate(tmp_path, "stranger")  # did not sign the server's
+        (account / "ca.crt").write_bytes(stranger.read_bytes())
+        untrusting = KubernetesRuntime(cluster.namespace, serviceaccount=str(account))
+        try:
+            with pytest.raises(RuntimeUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusting.ping()
+        finally:
+            await untrusting.close()
+    sent = [r.headers.get("Authorization") for r in cluster.emulator if "/pods" in str(r.url)]
+    sent = [s for s in sent if s is not None]
+    assert sent and set(sent) == {"Bearer in-cluster-token"}

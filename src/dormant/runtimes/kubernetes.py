@@ -73,7 +73,9 @@ from dormant.runtimes.kubernetes_spec import (
 
 SELECTOR = f"{MANAGED_LABEL}=true"
 #: Waiting reasons of a container that cannot start however long dormant waits.
-_HOPELESS = ("InvalidImageName", "CreateContainerConfigError", "CreateContainerError")
+_HOPELESS = ("InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError")
+#: A watch that the server ends sooner than this (seconds) is a failure, not its routine end.
+_SHORTEST_WATCH = 5.0
 
 
 def _parse_time(value: object) -> datetime | None:
@@ -149,8 +151,9 @@ def endpoint_of(pod: dict[str, Any]) -> Endpoint | None:
 
 
 class KubernetesRuntime(Runtime):
-    """Pods in ``namespace`` of the cluster that ``kubeconfig``/``context`` name (or, with
-    neither, the in-cluster service account, then ``KUBECONFIG``/``~/.kube/config``).
+    """Pods in ``namespace`` of the cluster that a kubeconfig names (``kubeconfig``, else
+    ``KUBECONFIG``, else ``~/.kube/config``; its ``context`` or current context) or, when there
+    is none (dormant in a pod), the in-cluster service account (kr8s's order).
 
     ``url`` (a server without authentication, as in tests) and ``serviceaccount`` (the directory
     of its token, CA and namespace) replace what would be found otherwise."""
@@ -265,7 +268,6 @@ class KubernetesRuntime(Runtime):
             with contextlib.suppress(ObjectExists):  # another start made it: wait for that
                 await self.api.request("POST", PODS, body=manifest)
         endpoint = await self._wait_ready(name, timeout)
-        state = {k: v for k, v in state.items() if k != "port"}
         return {**state, "namespace": self.namespace, "endpoint": endpoint.as_dict()}
 
     async def _wait_ready(self, name: str, timeout: float) -> Endpoint:
@@ -394,16 +396,21 @@ class KubernetesRuntime(Runtime):
 
     async def watch(self, notify: Callable[[str], None]) -> None:
         """Follow pod events; a pod deleted or ended behind dormant's back wakes the reconciler.
-        Raises :class:`RuntimeUnavailable` when the stream breaks or ends (the caller watches
-        again after a pause)."""
-        try:
-            async for kind, pod in self.api.watch(PODS, SELECTOR, self.watching):
-                meta = pod.get("metadata") or {}
-                if is_managed(meta):
-                    notify(f"pod {meta.get('name', '?')} {kind.lower()} ({_phase(pod)})")
-        finally:
-            self.watching.clear()
-        raise RuntimeUnavailable("watch pods: the API server closed the stream")
+        An API server ends every watch after a while (``--min-request-timeout``): that is no
+        outage, it is watched again at once (its replay wakes the reconciler once more). Raises
+        :class:`RuntimeUnavailable` when the stream breaks, or ends right after it began."""
+        loop = asyncio.get_running_loop()
+        while True:
+            began = loop.time()
+            try:
+                async for kind, pod in self.api.watch(PODS, SELECTOR, self.watching):
+                    meta = pod.get("metadata") or {}
+                    if is_managed(meta):
+                        notify(f"pod {meta.get('name', '?')} {kind.lower()} ({_phase(pod)})")
+            finally:
+                self.watching.clear()
+            if loop.time() - began < _SHORTEST_WATCH:
+                raise RuntimeUnavailable("watch pods: the API server closed the stream at once")
 
     async def close(self) -> None:
         await self.api.close()

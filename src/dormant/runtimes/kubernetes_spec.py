@@ -221,8 +221,8 @@ def _container(spec: ContainerSpec) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image,
-        # Only what is on the node: dormant never pulls on the docker runtime either, and a
-        # registry hiccup must not turn a wake into a wait (pre-pull, or set it in the image).
+        # Pulled once per node, then every wake starts from the node's copy: no registry
+        # round trip (or registry outage) on the way to serving, even for a ``:latest`` tag.
         "imagePullPolicy": "IfNotPresent",
         "ports": [{"containerPort": spec.container_port, "protocol": "TCP"}],
         "env": [{"name": k, "value": v} for k, v in env.items()],
