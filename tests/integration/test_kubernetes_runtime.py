@@ -25,7 +25,8 @@ from dormant.errors import InvalidInput, RuntimeFailure, RuntimeUnavailable, Tem
 from dormant.policy import PRESETS, State
 from dormant.reconciler import Reconciler
 from dormant.runtimes import BindMount, ContainerSpec, ContainerStatus, Resources, VolumeMount
-from dormant.runtimes.kubernetes import KubernetesRuntime, endpoint_of
+from dormant.runtimes.kubernetes import KubernetesRuntime
+from dormant.runtimes.kubernetes_pods import endpoint_of
 from dormant.store import SqlStore
 from dormant.store.migrate import upgrade_async
 

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, ClassVar
 
 from dormant.errors import DormantError, RuntimeFailure, RuntimeUnavailable, TemporaryError
@@ -56,6 +55,19 @@ from dormant.runtimes.kubernetes_api import (
     KubeApi,
     ObjectExists,
 )
+from dormant.runtimes.kubernetes_pods import (
+    accepts,
+    annotation_seconds,
+    container_info,
+    container_state,
+    endpoint_of,
+    is_ready,
+    is_terminating,
+    parse_time,
+    pod_phase,
+    pod_status,
+    why_ended,
+)
 from dormant.runtimes.kubernetes_spec import (
     SESSION_VOLUMES_ANNOTATION,
     START_TIMEOUT_ANNOTATION,
@@ -76,78 +88,6 @@ SELECTOR = f"{MANAGED_LABEL}=true"
 _HOPELESS = ("InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError")
 #: A watch that the server ends sooner than this (seconds) is a failure, not its routine end.
 _SHORTEST_WATCH = 5.0
-
-
-def _parse_time(value: object) -> datetime | None:
-    if isinstance(value, str) and value:
-        with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return None
-
-
-def _annotation(meta: dict[str, Any], key: str, default: float) -> float:
-    try:
-        return float((meta.get("annotations") or {}).get(key, default))
-    except (TypeError, ValueError):
-        return default
-
-
-def _terminating(pod: dict[str, Any]) -> bool:
-    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
-
-
-def _phase(pod: dict[str, Any]) -> str:
-    return str((pod.get("status") or {}).get("phase") or "Pending")
-
-
-def _ready(pod: dict[str, Any]) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def _container_state(pod: dict[str, Any]) -> dict[str, Any]:
-    statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
-    return dict(statuses[0].get("state") or {})
-
-
-def _ended(pod: dict[str, Any]) -> str:
-    """Why a pod that ended did: exit code, reason, and the output the kubelet kept."""
-    terminated = _container_state(pod).get("terminated") or {}
-    status = pod.get("status") or {}
-    message = terminated.get("message") or status.get("message") or ""
-    return (
-        f"container exited with code {terminated.get('exitCode', '?')} "
-        f"({terminated.get('reason') or status.get('reason') or _phase(pod)}) while starting; "
-        f"last output: {str(message)[-2000:]}"
-    )
-
-
-def _status(pod: dict[str, Any] | None) -> ContainerStatus:
-    if pod is None or _terminating(pod) or _phase(pod) in ("Succeeded", "Failed"):
-        return ContainerStatus.STOPPED
-    return ContainerStatus.RUNNING  # Pending, Running, Unknown: it holds (or will) a node
-
-
-def _container_port(pod: dict[str, Any]) -> int | None:
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        for port in container.get("ports") or []:
-            if isinstance(port.get("containerPort"), int):
-                return int(port["containerPort"])
-    return None
-
-
-def endpoint_of(pod: dict[str, Any]) -> Endpoint | None:
-    """Where a running pod serves: its IP and its container's port."""
-    ip = (pod.get("status") or {}).get("podIP")
-    port = _container_port(pod)
-    if (
-        not isinstance(ip, str)
-        or not ip
-        or port is None
-        or _status(pod) is not ContainerStatus.RUNNING
-    ):
-        return None
-    return Endpoint(ip, port)
 
 
 class KubernetesRuntime(Runtime):
@@ -256,9 +196,9 @@ class KubernetesRuntime(Runtime):
         if template is None:
             raise RuntimeFailure(f"{name} does not exist (create it first)")
         meta = template.get("metadata") or {}
-        timeout = _annotation(meta, START_TIMEOUT_ANNOTATION, 30.0)
+        timeout = annotation_seconds(meta, START_TIMEOUT_ANNOTATION, 30.0)
         pod = await self.api.get(PODS, name)
-        if pod is not None and _status(pod) is ContainerStatus.STOPPED:
+        if pod is not None and pod_status(pod) is ContainerStatus.STOPPED:
             await self._delete_pod(name, pod)  # a pod that ended (or ends): start a new one
             pod = None
         if pod is None:
@@ -267,10 +207,10 @@ class KubernetesRuntime(Runtime):
             manifest["metadata"] = {**manifest.get("metadata", {}), "namespace": self.namespace}
             with contextlib.suppress(ObjectExists):  # another start made it: wait for that
                 await self.api.request("POST", PODS, body=manifest)
-        endpoint = await self._wait_ready(name, timeout)
+        endpoint = await self._waitready(name, timeout)
         return {**state, "namespace": self.namespace, "endpoint": endpoint.as_dict()}
 
-    async def _wait_ready(self, name: str, timeout: float) -> Endpoint:
+    async def _waitready(self, name: str, timeout: float) -> Endpoint:
         """Until the pod is Running and Ready and its address accepts a connection; fail fast
         when it ends or cannot start."""
         loop = asyncio.get_running_loop()
@@ -281,9 +221,9 @@ class KubernetesRuntime(Runtime):
             pod = await self.api.get(PODS, name)
             if pod is None:
                 raise RuntimeFailure(f"{name}: its pod vanished while starting")
-            if _phase(pod) in ("Succeeded", "Failed"):
-                raise RuntimeFailure(f"{name}: {_ended(pod)}")
-            waiting = _container_state(pod).get("waiting") or {}
+            if pod_phase(pod) in ("Succeeded", "Failed"):
+                raise RuntimeFailure(f"{name}: {why_ended(pod)}")
+            waiting = container_state(pod).get("waiting") or {}
             if waiting.get("reason") in _HOPELESS:
                 await self._stop_quietly(name)
                 raise RuntimeFailure(
@@ -292,16 +232,16 @@ class KubernetesRuntime(Runtime):
             endpoint = endpoint_of(pod)
             if (
                 endpoint is not None
-                and _phase(pod) == "Running"
-                and _ready(pod)
-                and await _accepts(endpoint)
+                and pod_phase(pod) == "Running"
+                and is_ready(pod)
+                and await accepts(endpoint)
             ):
                 return endpoint
             if loop.time() > deadline:
                 await self._stop_quietly(name)
                 raise RuntimeFailure(
-                    f"{name}: not serving within {timeout:g}s (pod {_phase(pod)}, "
-                    f"ready {_ready(pod)}, waiting {waiting.get('reason') or '-'})"
+                    f"{name}: not serving within {timeout:g}s (pod {pod_phase(pod)}, "
+                    f"ready {is_ready(pod)}, waiting {waiting.get('reason') or '-'})"
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.25)
@@ -322,8 +262,8 @@ class KubernetesRuntime(Runtime):
         """Delete the pod gracefully and wait until the API server no longer has it (its
         kubelet has ended the container): stopped means nothing runs."""
         meta = pod.get("metadata") or {}
-        grace = _annotation(meta, STOP_TIMEOUT_ANNOTATION, 5.0)
-        if not _terminating(pod):
+        grace = annotation_seconds(meta, STOP_TIMEOUT_ANNOTATION, 5.0)
+        if not is_terminating(pod):
             await self.api.delete(PODS, name, grace=grace)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace + self.api.timeout
@@ -353,7 +293,7 @@ class KubernetesRuntime(Runtime):
         pod = await self.api.get(PODS, name)
         if template is None and pod is None:
             return None
-        return _info(name, template, pod)
+        return container_info(name, template, pod)
 
     async def list_managed(self) -> list[ContainerInfo]:
         templates = {
@@ -366,7 +306,9 @@ class KubernetesRuntime(Runtime):
             for p in await self.api.list(PODS, SELECTOR)
             if is_managed(p.get("metadata") or {})
         }
-        return [_info(n, templates.get(n), pods.get(n)) for n in sorted({*templates, *pods})]
+        return [
+            container_info(n, templates.get(n), pods.get(n)) for n in sorted({*templates, *pods})
+        ]
 
     async def list_volumes(self) -> list[VolumeInfo]:
         infos = []
@@ -379,7 +321,7 @@ class KubernetesRuntime(Runtime):
                 VolumeInfo(
                     name=str(name),
                     labels=original_labels(meta),
-                    created_at=_parse_time(meta.get("creationTimestamp")),
+                    created_at=parse_time(meta.get("creationTimestamp")),
                 )
             )
         return infos
@@ -406,7 +348,7 @@ class KubernetesRuntime(Runtime):
                 async for kind, pod in self.api.watch(PODS, SELECTOR, self.watching):
                     meta = pod.get("metadata") or {}
                     if is_managed(meta):
-                        notify(f"pod {meta.get('name', '?')} {kind.lower()} ({_phase(pod)})")
+                        notify(f"pod {meta.get('name', '?')} {kind.lower()} ({pod_phase(pod)})")
             finally:
                 self.watching.clear()
             if loop.time() - began < _SHORTEST_WATCH:
@@ -414,36 +356,3 @@ class KubernetesRuntime(Runtime):
 
     async def close(self) -> None:
         await self.api.close()
-
-
-def _info(name: str, template: dict[str, Any] | None, pod: dict[str, Any] | None) -> ContainerInfo:
-    source = template if template is not None else pod
-    assert source is not None
-    meta = source.get("metadata") or {}
-    detail: dict[str, Any] = {"namespace": meta.get("namespace")}
-    if pod is not None:
-        endpoint = endpoint_of(pod)
-        detail.update(
-            phase=_phase(pod),
-            ready=_ready(pod),
-            endpoint=None if endpoint is None else endpoint.as_dict(),
-        )
-    return ContainerInfo(
-        name=name,
-        labels=original_labels(meta),
-        status=_status(pod),
-        created_at=_parse_time(meta.get("creationTimestamp")),
-        detail=detail,
-    )
-
-
-async def _accepts(endpoint: Endpoint) -> bool:
-    try:
-        async with asyncio.timeout(1.0):
-            _, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from dormant.runtimes import ContainerSpec, Endpoint, Runtime
-from dormant.runtimes.kubernetes import KubernetesRuntime, endpoint_of
+from dormant.runtimes.kubernetes import KubernetesRuntime
+from dormant.runtimes.kubernetes_pods import endpoint_of
 
 from ..kubelet import Cluster
 from ..podman import IMAGE, free_port
