@@ -503,3 +503,16 @@ async def test_in_cluster_authentication_uses_the_service_accounts_token_and_ca(
     sent = [r.headers.get("Authorization") for r in cluster.emulator if "/pods" in str(r.url)]
     sent = [s for s in sent if s is not None]
     assert sent and set(sent) == {"Bearer in-cluster-token"}
+
+
+async def test_a_watch_the_server_ends_at_once_is_an_outage(cluster: Cluster) -> None:
+    # A watch ended after a while is routine (watched again); one that ends as it begins is not.
+    cluster.emulator[f"get /api/v1/namespaces/{cluster.namespace}/pods"] << b""
+    rt = KubernetesRuntime(cluster.namespace, url=cluster.url)
+    seen: list[str] = []
+    try:
+        with pytest.raises(RuntimeUnavailable, match="closed the stream at once"):
+            await asyncio.wait_for(rt.watch(seen.append), 30)
+    finally:
+        await rt.close()
+    assert seen == [] and not rt.watching.is_set()
