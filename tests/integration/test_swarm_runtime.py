@@ -18,6 +18,7 @@ import pytest
 
 from dormant.errors import InvalidInput, RuntimeFailure
 from dormant.runtimes import ContainerSpec, ContainerStatus, Endpoint, Resources, VolumeMount
+from dormant.runtimes.docker import DockerRuntime
 from dormant.runtimes.swarm import SwarmRuntime
 
 from .engines import CONTAINER_PORT, DOCKER, IMAGE, RUN_ID, RUN_LABEL, free_port, http_get
@@ -103,7 +104,11 @@ async def test_a_session_is_a_service_of_one_replica_or_none_with_its_labels_and
         assert made["Labels"][key] == s.labels[key]
     assert made["Labels"][RUN_LABEL] == RUN_ID  # the runtime's scope
     container = made["TaskTemplate"]["ContainerSpec"]
-    assert container["Labels"] == made["Labels"]
+    # the same labels on the task's containers, but not dormant.managed: those are Swarm's,
+    # and the docker runtime on the same engine must not take them for its own
+    assert container["Labels"] == {
+        k: v for k, v in made["Labels"].items() if k != "dormant.managed"
+    }
     assert (container["ReadOnly"], container["User"], container["Dir"]) == (
         True,
         "1000:1000",
@@ -135,6 +140,12 @@ async def test_a_session_is_a_service_of_one_replica_or_none_with_its_labels_and
     [task] = task_containers(s.name, running=True)
     for key in ("dormant.session", "dormant.user", "dormant.tenant", "dormant.deployment"):
         assert task["Labels"][key] == s.labels[key]
+    assert "dormant.managed" not in task["Labels"]
+    docker = DockerRuntime(DOCKER.host(), scope={RUN_LABEL: RUN_ID})
+    try:  # not one of the docker runtime's containers on that engine
+        assert task["Id"] not in {i.detail["id"] for i in await docker.list_managed()}
+    finally:
+        await docker.close()
     host_config = DOCKER.inspect(task["Id"])["HostConfig"]
     assert (host_config["Memory"], host_config["NanoCpus"], host_config["PidsLimit"]) == (
         64 * 1024**2,

@@ -2,10 +2,12 @@
 
 Running is 1 replica, sleeping 0 replicas (the task's container is stopped and removed by Swarm;
 the session's volumes keep its files), deleted is the service removed. The session's labels are
-on the service and, through its ContainerSpec, on its task's containers. The service body is the
-docker runtime's container body in Swarm's words (:mod:`dormant.runtimes.swarm_spec`); what a
-service cannot do (a network mode, ``shm_size``, no-new-privileges on API 1.41) is refused when
-the template loads.
+on the service and, through its ContainerSpec, on its task's containers, except
+``dormant.managed=true``: a task's container is Swarm's to make and remove, and the docker
+runtime on the same engine must not list it as one of its own (nor remove it as an orphan).
+The service body is the docker runtime's container body in Swarm's words
+(:mod:`dormant.runtimes.swarm_spec`); what a service cannot do (a network mode, ``shm_size``,
+no-new-privileges on API 1.41) is refused when the template loads.
 
 **Endpoint.** The session's host port is published in host mode (``PublishMode: host``: the
 ingress routing mesh is not used) on the node that runs the task, and the endpoint is that
@@ -496,10 +498,11 @@ class SwarmRuntime(DockerRuntime):
 
     async def watch(self, notify: Callable[[str], None]) -> None:
         """Service events (the engine cannot filter them by label: those of the services this
-        process knows as dormant's are passed on) and the labelled task containers' events."""
+        process knows as dormant's are passed on) and the events of the task containers,
+        which carry the session's labels (but ``dormant.managed``)"""
         filters = {"type": ["service", "container"]}
         params = {"filters": json.dumps(filters)}
-        wanted = dict(item.split("=", 1) for item in self._label_filter())
+        wanted = dict(self.scope)
         docker = self._client()
         try:
             async with docker._query("events", params=params, timeout=None) as response:
@@ -529,8 +532,8 @@ class SwarmRuntime(DockerRuntime):
         if event.get("Type") == "service":
             name = str(attrs.get("name", ""))
             return f"service {action} {name}" if name in self._known else None
-        if any(attrs.get(k) != v for k, v in wanted.items()):
-            return None
+        if SESSION_LABEL not in attrs or any(attrs.get(k) != v for k, v in wanted.items()):
+            return None  # not a task container of dormant's (they carry the session label)
         return f"task {action} {attrs.get(_SERVICE_LABEL) or attrs.get('name', '')}"
 
 

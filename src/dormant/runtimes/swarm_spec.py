@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from dormant.errors import InvalidInput
-from dormant.runtimes.base import ContainerSpec
+from dormant.runtimes.base import MANAGED_LABEL, ContainerSpec
 from dormant.runtimes.docker import container_config, parse_memory, validate_spec
 
 #: A Swarm service name is a DNS label (the engine refuses ``_`` and ``.``).
@@ -77,8 +77,9 @@ def service_spec(
     volume_driver: str | None,
 ) -> dict[str, Any]:
     """The body of ``POST /services/create`` for ``spec``: 0 replicas (made asleep), the
-    session's labels on the service and on its task containers, its host port published in
-    host mode (or its network joined), pinned to ``node`` when it mounts local volumes."""
+    session's labels on the service and (but ``dormant.managed``) on its task containers, its
+    host port published in host mode (or its network joined), pinned to ``node`` when it
+    mounts local volumes."""
     validate_service(spec)
     config = container_config(spec)
     host = config["HostConfig"]
@@ -95,7 +96,9 @@ def service_spec(
         mounts.append({"Type": "tmpfs", "Target": path, "TmpfsOptions": tmpfs_options(path, raw)})
     container: dict[str, Any] = {
         "Image": spec.image,
-        "Labels": dict(labels),
+        # The session's labels but dormant.managed: a task's container is Swarm's, not one
+        # the docker runtime on the same engine should list (and remove as an orphan).
+        "Labels": {k: v for k, v in labels.items() if k != MANAGED_LABEL},
         "Env": config["Env"],
         "ReadOnly": bool(host.get("ReadonlyRootfs")),
         "StopGracePeriod": int(spec.stop_timeout * 1e9),
