@@ -402,8 +402,11 @@ async def test_errors_are_translated_and_listing_never_answers_partly(cluster: C
     base = f"/api/v1/namespaces/{cluster.namespace}"
     cluster.emulator[f"get {base}/podtemplates"] << 503 << {"kind": "Status", "message": "busy"}
     cluster.emulator[f"get {base}/pods/forbidden"] << 403 << {"kind": "Status", "message": "no"}
+    cluster.emulator[f"post {base}/podtemplates"] << 422 << {"kind": "Status", "message": "bad"}
     rt = KubernetesRuntime(cluster.namespace, url=cluster.url)
     try:
+        with pytest.raises(InvalidInput, match="422"):  # the cluster refused the manifest
+            await rt.create(spec("refused2"))
         with pytest.raises(TemporaryError, match="503"):
             await rt.list_managed()  # the pods would list; the templates do not: no answer
         with pytest.raises(RuntimeFailure, match="403"):

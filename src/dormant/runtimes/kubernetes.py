@@ -22,6 +22,11 @@ accepted. **Watch** follows pod events (``dormant.managed=true``): a pod deleted
 dormant's back wakes the reconciler. ``stats`` answers ``None`` (it would need metrics-server,
 which reads only every 15 s or so: no honest "now").
 
+The API client is kr8s (why: :mod:`dormant.runtimes.kubernetes_api`, the one place where its
+failures become dormant's errors); the manifests are built in
+:mod:`dormant.runtimes.kubernetes_spec`, pods are read in :mod:`dormant.runtimes.kubernetes_pods`.
+The namespace is this runtime's scope (``docker_scope`` does not apply).
+
 Tested only against kmock's in-memory emulator of the API (with a fake kubelet), never against a
 real cluster here.
 """
