@@ -101,7 +101,7 @@ def test_ready_is_one_kind_and_exec_needs_a_container(tmp_path: Path) -> None:
 
     with pytest.raises(InvalidInput, match="one of http, tcp or exec"):
         load('[templates.a]\nready = {http = "/h", tcp = true}\n')
-    with pytest.raises(InvalidInput, match="needs the docker runtime"):
+    with pytest.raises(InvalidInput, match="needs a container runtime"):
         load('[templates.a]\nready = {exec = ["true"]}\n')
     with pytest.raises(InvalidInput, match=r"ready\.http"):
         load('[templates.a]\nready = {http = "no-slash"}\n')
