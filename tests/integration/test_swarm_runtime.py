@@ -254,3 +254,25 @@ async def test_watch_sees_a_service_removed_behind_dormants_back(runtime: SwarmR
     wait_for(lambda: not task_containers(s.name), what="the task container to go")
     assert await runtime.inspect(s.name) is None
     await runtime.remove(s.name, state)  # gone already: fine
+
+
+async def test_with_a_volume_driver_the_mounts_name_it_and_no_node_is_pinned(swarm: str) -> None:
+    runtime = SwarmRuntime(swarm, scope={RUN_LABEL: RUN_ID}, volume_driver="local")
+    try:
+        home = f"home-{RUN_ID}-{uuid.uuid4().hex[:6]}"
+        s = spec(volumes=(volume(home, "/home/dev", "user"),))
+        state = await runtime.start(s.name, await runtime.create(s))
+        assert "node" not in state
+        made = service(s.name)["Spec"]["TaskTemplate"]
+        assert "Placement" not in made or not made["Placement"].get("Constraints")
+        [mount] = [m for m in made["ContainerSpec"]["Mounts"] if m["Type"] == "volume"]
+        assert mount["VolumeOptions"]["DriverConfig"] == {"Name": "local"}
+        made_volume = DOCKER.inspect(home, "volume")
+        assert made_volume["Driver"] == "local"
+        assert made_volume["Labels"]["dormant.user"] == "alice"  # made by dormant, labelled
+        assert await runtime.exec(s.name, ["sh", "-c", "echo x > /home/dev/f"], 10) == (0, "")
+        await runtime.remove(s.name, state)
+        assert home in run_volumes()
+        assert await runtime.remove_volume(home) is True
+    finally:
+        await runtime.close()

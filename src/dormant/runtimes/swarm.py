@@ -46,9 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
-import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import aiodocker
@@ -63,135 +61,31 @@ from dormant.runtimes.base import (
     SESSION_LABEL,
     ContainerInfo,
     ContainerSpec,
-    ContainerStatus,
     Endpoint,
 )
-from dormant.runtimes.docker import (
-    DEFAULT_HOST,
-    ContainerMissing,
-    DockerRuntime,
-    _parse_time,
-    translate,
-)
+from dormant.runtimes.docker import ContainerMissing, translate
 from dormant.runtimes.stats import ContainerStats
+from dormant.runtimes.swarm_api import (
+    SERVICE_LABEL,
+    SwarmApi,
+    container_id,
+    published_port,
+    replica_count,
+    service_info,
+    target_port,
+    task_state,
+    wanted_running,
+)
 from dormant.runtimes.swarm_spec import published, service_spec, validate_service
 
-log = logging.getLogger("dormant.runtimes.swarm")
 
-#: Task states whose container may exist and run (a new or pending task has none yet).
-_LIVE = frozenset({"assigned", "accepted", "preparing", "ready", "starting", "running"})
-_SERVICE_LABEL = "com.docker.swarm.service.name"
-
-
-class SwarmRuntime(DockerRuntime):
+class SwarmRuntime(SwarmApi):
     """Sessions as services on the Swarm whose manager's Engine API is at ``host``
     (``DORMANT_SWARM_HOST``, then ``DOCKER_HOST``, then the usual socket). ``scope`` confines
     it to services and volumes carrying those labels, as for the docker runtime."""
 
     name: ClassVar[str] = "swarm"
     ports_follow_start: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        host: str | None = None,
-        scope: dict[str, str] | None = None,
-        *,
-        volume_driver: str | None = None,
-        api_timeout: float = 30.0,
-        probe_host: str = "127.0.0.1",
-    ) -> None:
-        super().__init__(
-            host
-            or os.environ.get("DORMANT_SWARM_HOST")
-            or os.environ.get("DOCKER_HOST")
-            or DEFAULT_HOST,
-            api_timeout=api_timeout,
-            probe_host=probe_host,
-            scope=scope,
-        )
-        self.volume_driver = volume_driver or os.environ.get("DORMANT_SWARM_VOLUME_DRIVER") or None
-        self._node: str | None = None
-        self._addresses: dict[str, str] = {}
-        #: Names of dormant's services seen by this process: their events are followed.
-        self._known: set[str] = set()
-
-    # plumbing ---------------------------------------------------------------------------------
-
-    async def _api(self, what: str, path: str, **kw: Any) -> Any:
-        """One Engine API call; ``None`` for a 404 (the object does not exist)."""
-        try:
-            return await self._call(what, lambda d: d._query_json(path, **kw))
-        except ContainerMissing:
-            return None
-
-    async def _service(self, name: str) -> dict[str, Any] | None:
-        found: dict[str, Any] | None = await self._api(
-            f"inspect service {name}", f"services/{name}"
-        )
-        if found is not None and (found.get("Spec") or {}).get("Name") != name:
-            return None  # matched an id or a prefix of one: not the service of that name
-        return found
-
-    async def _tasks(self, **filters: list[str]) -> list[dict[str, Any]]:
-        params = {"filters": json.dumps(filters)}
-        rows: list[dict[str, Any]] = await self._call(
-            "list tasks", lambda d: d._query_json("tasks", params=params)
-        )
-        return rows
-
-    async def _running_task(self, name: str) -> dict[str, Any] | None:
-        tasks = await self._tasks(service=[name], **{"desired-state": ["running"]})
-        return next((t for t in tasks if _task_state(t) == "running"), None)
-
-    async def _node_id(self) -> str:
-        """The manager node dormant talks to (where its volumes are made)."""
-        if self._node is None:
-            info = await self._call("info", lambda d: d._query_json("info"))
-            node = ((info or {}).get("Swarm") or {}).get("NodeID")
-            if not node:
-                raise RuntimeFailure(f"the engine at {self.host} is not part of a Swarm")
-            self._node = str(node)
-        return self._node
-
-    async def _node_address(self, node: str) -> str:
-        if node not in self._addresses:
-            info = await self._api(f"inspect node {node}", f"nodes/{node}") or {}
-            address = str((info.get("Status") or {}).get("Addr") or "")
-            self._addresses[node] = address if address not in ("", "0.0.0.0") else self.probe_host
-        return self._addresses[node]
-
-    async def _change(
-        self, name: str, change: Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
-    ) -> dict[str, Any] | None:
-        """Read the service, let ``change`` edit (a copy of) its spec (``None``: nothing to
-        change) and update it; again when Swarm itself updated it meanwhile (its update status
-        moves the version on). The service as read, ``None`` if it does not exist."""
-        for _ in range(8):
-            service = await self._service(name)
-            if service is None:
-                return None
-            wanted = await change(json.loads(json.dumps(service["Spec"])))
-            if wanted is None or await self._update(service, wanted):
-                return service
-        raise TemporaryError(f"update {name}: it keeps changing; will retry")
-
-    async def _update(self, service: dict[str, Any], spec: dict[str, Any]) -> bool:
-        """Update the service to ``spec``; False when its version moved on meanwhile."""
-        version = (service.get("Version") or {}).get("Index")
-        path = f"services/{service['ID']}/update"
-
-        async def update(d: aiodocker.Docker) -> bool:
-            try:
-                await d._query_json(
-                    path, method="POST", params={"version": str(version)}, data=json.dumps(spec)
-                )
-            except DockerError as exc:
-                if "out of sequence" in str(exc.message):
-                    return False
-                raise
-            return True
-
-        return await self._call(f"update {spec['Name']}", update)
 
     # contract ---------------------------------------------------------------------------------
 
@@ -266,41 +160,24 @@ class SwarmRuntime(DockerRuntime):
             f"(deployment {labels.get(DEPLOYMENT_LABEL) or 'unknown'}); not touching it"
         )
 
-    async def _ensure_overlay(self, network: str) -> None:
-        """Make ``network`` an attachable overlay network (without dormant's labels: shared,
-        never removed by dormant) unless it exists."""
-        if network in self._networks:
-            return
-        if await self._api(f"network {network}", f"networks/{network}") is None:
-            body = json.dumps({"Name": network, "Driver": "overlay", "Attachable": True})
-            try:
-                await self._api(
-                    f"create network {network}", "networks/create", method="POST", data=body
-                )
-                log.info("overlay network %s created", network)
-            except RuntimeFailure:
-                if await self._api(f"network {network}", f"networks/{network}") is None:
-                    raise
-        self._networks.add(network)
-
     async def start(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
         port: int | None = None
         earlier: set[str] = set()  # tasks from before an update: not the one to wait for
 
         async def wake(spec: dict[str, Any]) -> dict[str, Any] | None:
             nonlocal port, earlier
-            current = _published_port(spec)
+            current = published_port(spec)
             port = state.get("port") or current
             tasks = await self._tasks(service=[name])
-            running = [t for t in tasks if _task_state(t) == "running" and _wanted(t)]
-            replicas = _replicas(spec)
+            running = [t for t in tasks if task_state(t) == "running" and wanted_running(t)]
+            replicas = replica_count(spec)
             earlier = {str(t["ID"]) for t in tasks if t not in running}
             if replicas == 1 and running and (port is None or port == current):
                 return None  # serving already: nothing to change
             earlier = {str(t["ID"]) for t in tasks}
             spec["Mode"] = {"Replicated": {"Replicas": 1}}
             if port is not None and port != current and "Networks" not in spec["TaskTemplate"]:
-                target = _target_port(spec) or state.get("container_port")
+                target = target_port(spec) or state.get("container_port")
                 spec["EndpointSpec"] = {"Mode": "vip", "Ports": [published(target, int(port))]}
             elif replicas == 1:  # wanted, not running (exited, failed): a new task
                 template = spec["TaskTemplate"]
@@ -344,17 +221,17 @@ class SwarmRuntime(DockerRuntime):
                 if task["ID"] in earlier:
                     continue
                 status = task.get("Status") or {}
-                if _task_state(task) in ("failed", "rejected", "complete", "shutdown"):
+                if task_state(task) in ("failed", "rejected", "complete", "shutdown"):
                     output = await self._task_log(task)
                     with contextlib.suppress(DormantError):
                         await self.stop(name, {"stop_timeout": 1})  # no restarts by Swarm
                     raise RuntimeFailure(
-                        f"the task of {name} ended while starting ({_task_state(task)}: "
+                        f"the task of {name} ended while starting ({task_state(task)}: "
                         f"{status.get('Err') or status.get('Message')}); last output: {output}"
                     )
-                if not _wanted(task):
+                if not wanted_running(task):
                     continue
-                last = f"task {_task_state(task)}: {status.get('Err') or status.get('Message')}"
+                last = f"task {task_state(task)}: {status.get('Err') or status.get('Message')}"
                 endpoint = await self._task_endpoint(task, state)
                 if endpoint is None or (port is not None and endpoint.port != port):
                     continue
@@ -367,32 +244,9 @@ class SwarmRuntime(DockerRuntime):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
 
-    async def _task_endpoint(self, task: dict[str, Any], state: dict[str, Any]) -> Endpoint | None:
-        if _task_state(task) != "running":
-            return None
-        network = state.get("network")
-        if network is not None:
-            port = state.get("container_port")
-            for attached in task.get("NetworksAttachments") or []:
-                if (attached.get("Network") or {}).get("Spec", {}).get("Name") != network:
-                    continue
-                for address in attached.get("Addresses") or []:
-                    if port is not None:
-                        return Endpoint(str(address).split("/")[0], int(port))
-            return None
-        for bound in ((task.get("Status") or {}).get("PortStatus") or {}).get("Ports") or []:
-            if bound.get("PublishedPort"):
-                node = str(task.get("NodeID") or "")
-                return Endpoint(await self._node_address(node), int(bound["PublishedPort"]))
-        return None
-
-    async def _task_log(self, task: dict[str, Any]) -> str:
-        container = _container_id(task)
-        return await self._log_tail(container) if container else "(no container)"
-
     async def stop(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
         async def sleep(spec: dict[str, Any]) -> dict[str, Any] | None:
-            if _replicas(spec) == 0:
+            if replica_count(spec) == 0:
                 return None
             spec["Mode"] = {"Replicated": {"Replicas": 0}}
             return spec
@@ -402,20 +256,6 @@ class SwarmRuntime(DockerRuntime):
             await self._wait_no_task(name, timeout)
         self._crash_point("after-stop")
         return state
-
-    async def _wait_no_task(self, name: str, timeout: float) -> None:
-        """Until no task of the service runs (or is on its way to)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        delay = 0.02
-        while True:
-            tasks = await self._tasks(service=[name])
-            if not any(_task_state(t) in _LIVE for t in tasks):
-                return
-            if loop.time() > deadline:
-                raise TemporaryError(f"stop {name}: its task still runs; will retry")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
 
     async def remove(self, name: str, state: dict[str, Any]) -> None:
         self._known.discard(name)
@@ -445,19 +285,12 @@ class SwarmRuntime(DockerRuntime):
         if isinstance(volumes, list) and volumes:
             await self._remove_session_volumes([str(v) for v in volumes])
 
-    async def _task_containers(self, name: str) -> list[dict[str, Any]]:
-        params = {"all": "1", "filters": json.dumps({"label": [f"{_SERVICE_LABEL}={name}"]})}
-        rows: list[dict[str, Any]] = await self._call(
-            f"containers of {name}", lambda d: d._query_json("containers/json", params=params)
-        )
-        return rows
-
     async def inspect(self, name: str) -> ContainerInfo | None:
         service = await self._service(name)
         if service is None:
             return None
-        running = await self._running_task(name) if _replicas(service["Spec"]) else None
-        return _info(service, running)
+        running = await self._running_task(name) if replica_count(service["Spec"]) else None
+        return service_info(service, running)
 
     async def list_managed(self) -> list[ContainerInfo]:
         params = {"filters": json.dumps({"label": self._label_filter()})}
@@ -465,7 +298,7 @@ class SwarmRuntime(DockerRuntime):
             "list services", lambda d: d._query_json("services", params=params)
         )
         tasks = await self._tasks(**{"desired-state": ["running"]})
-        running = {t.get("ServiceID"): t for t in tasks if _task_state(t) == "running"}
+        running = {t.get("ServiceID"): t for t in tasks if task_state(t) == "running"}
         infos = []
         for service in services:
             labels = (service.get("Spec") or {}).get("Labels") or {}
@@ -473,8 +306,8 @@ class SwarmRuntime(DockerRuntime):
                 continue
             if labels.get(MANAGED_LABEL) != "true":
                 continue
-            info = _info(
-                service, running.get(service["ID"]) if _replicas(service["Spec"]) else None
+            info = service_info(
+                service, running.get(service["ID"]) if replica_count(service["Spec"]) else None
             )
             self._known.add(info.name)
             infos.append(info)
@@ -484,14 +317,14 @@ class SwarmRuntime(DockerRuntime):
         """The running task's container's stats, read through the manager node's engine."""
         with contextlib.suppress(ContainerMissing):
             task = await self._running_task(name)
-            container = _container_id(task) if task is not None else None
+            container = container_id(task) if task is not None else None
             if container:
                 return await super().stats(container, state)
         return None
 
     async def exec(self, name: str, command: list[str], timeout: float) -> tuple[int, str]:
         task = await self._running_task(name)
-        container = _container_id(task) if task is not None else None
+        container = container_id(task) if task is not None else None
         if not container:
             raise RuntimeFailure(f"{name} has no running task to run a command in")
         return await super().exec(container, command, timeout)
@@ -534,51 +367,4 @@ class SwarmRuntime(DockerRuntime):
             return f"service {action} {name}" if name in self._known else None
         if SESSION_LABEL not in attrs or any(attrs.get(k) != v for k, v in wanted.items()):
             return None  # not a task container of dormant's (they carry the session label)
-        return f"task {action} {attrs.get(_SERVICE_LABEL) or attrs.get('name', '')}"
-
-
-def _task_state(task: dict[str, Any]) -> str:
-    return str((task.get("Status") or {}).get("State") or "")
-
-
-def _wanted(task: dict[str, Any]) -> bool:
-    return task.get("DesiredState") == "running"
-
-
-def _container_id(task: dict[str, Any]) -> str | None:
-    found = ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID")
-    return str(found) if found else None
-
-
-def _replicas(spec: dict[str, Any]) -> int:
-    return int(((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas") or 0)
-
-
-def _published_port(spec: dict[str, Any]) -> int | None:
-    for port in (spec.get("EndpointSpec") or {}).get("Ports") or []:
-        if port.get("PublishedPort"):
-            return int(port["PublishedPort"])
-    return None
-
-
-def _target_port(spec: dict[str, Any]) -> int | None:
-    for port in (spec.get("EndpointSpec") or {}).get("Ports") or []:
-        return int(port["TargetPort"])
-    return None
-
-
-def _info(service: dict[str, Any], running: dict[str, Any] | None) -> ContainerInfo:
-    spec = service.get("Spec") or {}
-    return ContainerInfo(
-        name=str(spec.get("Name")),
-        labels=dict(spec.get("Labels") or {}),
-        status=ContainerStatus.RUNNING if running is not None else ContainerStatus.STOPPED,
-        created_at=_parse_time(service.get("CreatedAt")),
-        detail={
-            "id": service.get("ID"),
-            "port": _published_port(spec),
-            "replicas": _replicas(spec),
-            "task": None if running is None else running.get("ID"),
-            "node": None if running is None else running.get("NodeID"),
-        },
-    )
+        return f"task {action} {attrs.get(SERVICE_LABEL) or attrs.get('name', '')}"
