@@ -19,6 +19,7 @@ from .engines import (
     RUN_ID,
     RUN_LABEL,
     ContainerEngine,
+    api_get,
     container_names,
     free_port,
     http_get,
@@ -300,6 +301,36 @@ async def test_a_session_on_a_network_has_no_host_port_and_serves_at_its_address
         if not existed:
             engine.remove_network(network)
     assert not engine.network_exists(network) or existed
+
+
+async def test_concurrent_first_sessions_on_a_network_make_it_once(
+    engine: ContainerEngine, containers: None
+) -> None:
+    """Docker Engine 20.10 makes a second network of the same name unless told not to (then
+    every use of the name is "ambiguous"); Podman refuses the duplicate. Several dormant
+    processes making the first sessions on a new network at once must end with one network."""
+    network = f"dormant-race-{RUN_ID}"
+    runtimes = [DockerRuntime(engine.host(), scope={RUN_LABEL: RUN_ID}) for _ in range(4)]
+    specs = [spec(sid(), port=None, network=network) for _ in runtimes]
+    try:
+        states = await asyncio.gather(
+            *(rt.create(s) for rt, s in zip(runtimes, specs, strict=True))
+        )
+        assert all(state["made"] for state in states)
+        named = api_get(engine.host(), "/networks", filters={"name": [network]})
+        assert [n["Name"] for n in named if n["Name"] == network] == [network]
+        started = await runtimes[0].start(specs[0].name, states[0])
+        assert started["endpoint"]["port"] == CONTAINER_PORT
+    finally:
+        for rt, s in zip(runtimes, specs, strict=True):
+            await rt.remove(s.name, {})
+            await rt.close()
+        # every one of that name, should there be several (then the name is ambiguous)
+        named = api_get(engine.host(), "/networks", filters={"name": [network]})
+        for found in named:
+            if found["Name"] == network:
+                engine.remove_network(str(found["Id"]))
+    assert not engine.network_exists(network)
 
 
 @pytest.mark.parametrize(

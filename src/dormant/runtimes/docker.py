@@ -154,7 +154,7 @@ class DockerRuntime(DockerVolumes):
         assert spec.image is not None
         await self._ensure_image(spec.image)
         if spec.network is not None:
-            await self._ensure_network(spec.network)
+            config["HostConfig"]["NetworkMode"] = await self._ensure_network(spec.network)
         state: dict[str, Any] = {
             "host_port": spec.port,
             # where readiness is probed: the published port; with the host's network the

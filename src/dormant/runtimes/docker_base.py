@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -61,6 +62,10 @@ CRASH_POINTS = (
 )
 
 
+#: Sorts after every real time (a network whose creation time is unknown is nobody's keeper).
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
 def _status(state: dict[str, Any] | str | None) -> ContainerStatus:
     value = state.get("Status") if isinstance(state, dict) else state
     return ContainerStatus.RUNNING if value == "running" else ContainerStatus.STOPPED
@@ -114,6 +119,8 @@ class DockerBase(Runtime):
         self._images: dict[str, float] = {}
         #: Networks seen or made by this process (sessions on a network: see the module).
         self._networks: set[str] = set()
+        #: Their ids (containers join a network by id: see :meth:`_ensure_network`).
+        self._network_ids: dict[str, str] = {}
         self._crash_dir = os.environ.get("DORMANT_TEST_CRASH_DIR") or None
         #: Containers this process made or adopted, by name: their session id.
         self._made: dict[str, str] = {}
@@ -207,27 +214,59 @@ class DockerBase(Runtime):
             ) from exc
         self._images[image] = loop.time()
 
-    async def _ensure_network(self, network: str) -> None:
-        """Make ``network`` (a plain bridge network, without dormant's labels: it is shared
-        and never removed by dormant) unless it exists."""
-        if network in self._networks:
-            return
-        try:
-            await self._call(f"network {network}", lambda d: d.networks.get(network))
-        except ContainerMissing:
-            try:
+    async def _ensure_network(self, network: str) -> str:
+        """The id of ``network``, made (a plain bridge network, without dormant's labels: it is
+        shared and never removed by dormant) unless it exists.
+
+        Docker Engine 20.10 makes a second network of the same name when two creates race
+        (``CheckDuplicate`` narrows the window but is not atomic; Docker 25 and Podman refuse
+        duplicates), and every later use of the name is then "ambiguous". So the networks of
+        that name are listed after the create, all but the oldest (ties: the lowest id, which
+        every racer agrees on) are removed, and containers join the network by id."""
+        known = self._network_ids.get(network)
+        if known is not None:
+            return known
+        found = await self._networks_named(network)
+        if not found:
+            with contextlib.suppress(RuntimeFailure):  # made meanwhile: Docker 409, Podman 500
                 await self._call(
                     f"create network {network}",
-                    lambda d: d.networks.create({"Name": network, "Driver": "bridge"}),
+                    lambda d: d.networks.create(
+                        {"Name": network, "Driver": "bridge", "CheckDuplicate": True}
+                    ),
                 )
                 log.info("network %s created", network)
-            except RuntimeFailure:
-                # Made by someone else meanwhile? Then it is there now; else the error stands.
-                try:
-                    await self._call(f"network {network}", lambda d: d.networks.get(network))
-                except ContainerMissing:
-                    raise RuntimeFailure(f"network {network} cannot be made") from None
+            found = await self._networks_named(network)
+            if not found:
+                raise RuntimeFailure(f"network {network} cannot be made")
+        keeper, *duplicates = sorted(
+            found, key=lambda n: (_parse_time(n.get("Created")) or _NEVER, str(n.get("Id")))
+        )
+        for duplicate in duplicates:
+            log.warning("network %s exists twice: removing %s", network, duplicate.get("Id"))
+            with contextlib.suppress(DormantError):  # in use: then someone else's choice
+                await self._remove_network(str(duplicate.get("Id")))
         self._networks.add(network)
+        self._network_ids[network] = str(keeper["Id"])
+        return self._network_ids[network]
+
+    async def _networks_named(self, network: str) -> list[dict[str, Any]]:
+        """Networks named exactly ``network`` (the engine's name filter matches parts too)."""
+        params = {"filters": json.dumps({"name": [network]})}
+        rows: list[dict[str, Any]] = await self._call(
+            f"networks {network}", lambda d: d._query_json("networks", params=params)
+        )
+        return [row for row in rows if row.get("Name") == network]
+
+    async def _remove_network(self, network_id: str) -> None:
+        async def delete(d: aiodocker.Docker) -> None:
+            async with d._query(f"networks/{network_id}", method="DELETE") as response:
+                try:
+                    await response.read()
+                finally:
+                    response.close()
+
+        await self._call(f"remove network {network_id}", delete)
 
     async def _log_tail(self, name: str) -> str:
         try:
