@@ -339,9 +339,11 @@ class DockerRuntime(DockerVolumes):
         return await self._call(f"exec in {name}", run, timeout=timeout)
 
     async def stats(self, name: str, state: dict[str, Any]) -> ContainerStats | None:
-        """One stats read (``stream=false``). Docker fills ``precpu_stats`` from a read a
-        second earlier; Podman leaves it empty, and then a second read ``STATS_INTERVAL``
-        later gives the CPU used in between, over the wall time between their stamps."""
+        """One stats read (``stream=false``). Docker Engine answers it after about a second,
+        with ``precpu_stats`` filled from its own earlier sample (20.10 waits as long with
+        ``one-shot``, which only drops that sample: not used); Podman answers at once and
+        leaves it empty, and then a second read ``STATS_INTERVAL`` later gives the CPU used in
+        between, over the wall time between their stamps."""
         info = await self._inspect_raw(name)
         if info is None or _status(info.get("State")) is not ContainerStatus.RUNNING:
             return None
