@@ -10,6 +10,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+# Bytecode for dormant itself (pip compiles only what it installs, not an editable source tree):
+# where PYTHONDONTWRITEBYTECODE is set, every `dormant` process the tests start would otherwise
+# compile the whole package again.
+.venv/bin/python -m compileall -q src
 
 echo "== ruff"
 .venv/bin/ruff check src tests benchmarks
@@ -46,4 +50,15 @@ fi
 npm ci --prefix tests/e2e/js --no-audit --no-fund --loglevel=error \
   || echo "npm ci failed: the JavaScript tests will fail" >&2
 echo "== pytest"
-.venv/bin/pytest -q -p no:cacheprovider "$@"
+if [ "$#" -gt 0 ]; then
+  # Arguments (paths, -k, ...): one pytest run, as asked.
+  .venv/bin/pytest -q -p no:cacheprovider "$@"
+  exit
+fi
+# Unit tests use only CPU, a fake clock and their own temporary files: one worker per core.
+# Integration and end-to-end tests run in one process after them: they share the engines, the
+# session's leak checks purge by this process's run id, and the heavy ones load every core.
+status=0
+.venv/bin/pytest -q -p no:cacheprovider -n auto --dist worksteal tests/unit || status=$?
+.venv/bin/pytest -q -p no:cacheprovider --ignore=tests/unit || status=$?
+exit "$status"

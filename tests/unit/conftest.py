@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from dormant.engine import Engine, EngineSettings, PortAllocator, default_catalog
 from dormant.engine.retry import Backoff
 from dormant.store import SqlStore
-from dormant.store.migrate import upgrade_async
+from dormant.store.migrate import upgrade
 from dormant.testing import FakeClock, FakeRuntime
 
 
@@ -59,10 +60,27 @@ def make_engine(
     )
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated to head once per test run; tests get a copy of the file (the
+    migrations take ~0.3 s, a copy under a millisecond). Alembic's engine is disposed when
+    ``upgrade`` returns, so the write-ahead log is checkpointed into the file."""
+    path = tmp_path_factory.mktemp("migrated") / "dormant.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    assert not path.with_name("dormant.db-wal").exists()
+    return path
+
+
+def migrated_copy(template: Path, directory: Path, name: str = "dormant.db") -> str:
+    """The URL of a fresh copy of the migrated ``template`` in ``directory``."""
+    target = directory / name
+    shutil.copyfile(template, target)
+    return f"sqlite+aiosqlite:///{target}"
+
+
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'dormant.db'}"
-    await upgrade_async(url)
+async def rig(tmp_path: Path, migrated_sqlite: Path) -> AsyncIterator[Rig]:
+    url = migrated_copy(migrated_sqlite, tmp_path)
     store = SqlStore(url)
     clock = FakeClock()
     runtime = FakeRuntime()
