@@ -276,3 +276,24 @@ async def test_with_a_volume_driver_the_mounts_name_it_and_no_node_is_pinned(swa
         assert await runtime.remove_volume(home) is True
     finally:
         await runtime.close()
+
+
+async def test_on_a_network_the_service_joins_an_attachable_overlay_and_publishes_nothing(
+    runtime: SwarmRuntime,
+) -> None:
+    # Made, not started: the endpoint is then the task's overlay address, which only a dormant
+    # attached to that network can reach (not this host's network, where the test runs).
+    network = f"dormant-ov-{RUN_ID}"
+    s = spec(network=network, port=None)
+    try:
+        state = await runtime.create(s)
+        assert state["network"] == network
+        made = DOCKER.inspect(network, "network")
+        assert (made["Driver"], made["Attachable"], made["Scope"]) == ("overlay", True, "swarm")
+        body = service(s.name)["Spec"]
+        assert [n["Target"] for n in body["TaskTemplate"]["Networks"]] in ([network], [made["Id"]])
+        assert body["EndpointSpec"] == {"Mode": "dnsrr"}  # no published port, no virtual IP
+        await runtime.remove(s.name, state)
+    finally:
+        DOCKER.remove_network(network)
+    assert not DOCKER.network_exists(network)
