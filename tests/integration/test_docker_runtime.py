@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from dormant.errors import InvalidInput, RuntimeFailure, RuntimeUnavailable, TemporaryError
 from dormant.runtimes import ContainerSpec, ContainerStatus, Resources
@@ -457,3 +458,43 @@ async def test_engine_outage_and_recovery(
             assert await rt.inspect(s.name) is None
         finally:
             await rt.close()
+
+
+async def test_an_engine_that_refuses_api_1_41_is_spoken_to_in_one_it_serves(
+    tmp_path: Path,
+) -> None:
+    """Docker Engine 29 refuses API 1.41 (its minimum is 1.44); neither engine here does, so a
+    stand-in answers as Docker 29 does: 400 below 1.44, its range on the unversioned /version."""
+    asked: list[str] = []
+
+    async def containers(request: web.Request) -> web.Response:
+        version = request.match_info["version"]
+        asked.append(version)
+        if tuple(int(p) for p in version.split(".")) < (1, 44):
+            message = (
+                f"client version {version} is too old. Minimum supported API version is 1.44, "
+                "please upgrade your client to a newer version"
+            )
+            return web.json_response({"message": message}, status=400)
+        return web.json_response([])
+
+    async def version(request: web.Request) -> web.Response:
+        asked.append("version")
+        return web.json_response({"ApiVersion": "1.52", "MinAPIVersion": "1.44"})
+
+    app = web.Application()
+    app.router.add_get("/v{version}/containers/json", containers)
+    app.router.add_get("/version", version)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    socket_path = tmp_path / "docker29.sock"
+    await web.UnixSite(runner, str(socket_path)).start()
+    rt = DockerRuntime(f"unix://{socket_path}", scope={RUN_LABEL: RUN_ID})
+    try:
+        assert await rt.list_managed() == []
+        assert await rt.list_managed() == []  # negotiated once, then kept
+    finally:
+        await rt.close()
+        await runner.cleanup()
+    assert asked == ["1.41", "version", "1.44", "1.44"]
+    assert rt.api_version == "1.44"

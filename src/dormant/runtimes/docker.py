@@ -56,6 +56,7 @@ from dormant.runtimes.base import (
     Endpoint,
 )
 from dormant.runtimes.docker_base import (
+    API_VERSION,
     CRASH_POINTS,
     DEFAULT_HOST,
     LOG_TAIL_LINES,
@@ -68,6 +69,7 @@ from dormant.runtimes.docker_errors import (
     ContainerMissing,
     ImageMissing,
     NameConflict,
+    refuses_api_version,
     translate,
 )
 from dormant.runtimes.docker_spec import (
@@ -95,6 +97,7 @@ from dormant.runtimes.stats import (
 )
 
 __all__ = [
+    "API_VERSION",
     "CRASH_POINTS",
     "DEFAULT_HOST",
     "LOG_TAIL_LINES",
@@ -117,6 +120,7 @@ __all__ = [
     "container_config",
     "parse_memory",
     "parse_shm_size",
+    "refuses_api_version",
     "translate",
     "validate_mounts",
     "validate_spec",
@@ -477,6 +481,9 @@ class DockerRuntime(DockerVolumes):
                     self.watching.clear()
                     response.close()  # also when cancelled: aiodocker leaves it to us
         except DockerError as exc:
+            if refuses_api_version(exc):  # the next watch speaks one the engine serves
+                with contextlib.suppress(DormantError):
+                    await self._negotiate("events", exc)
             raise translate(exc, "events") from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise RuntimeUnavailable(f"events: container engine unreachable: {exc}") from exc

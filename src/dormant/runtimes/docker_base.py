@@ -30,7 +30,12 @@ from dormant.runtimes.base import (
     ContainerStatus,
     Runtime,
 )
-from dormant.runtimes.docker_errors import ContainerMissing, ImageMissing, translate
+from dormant.runtimes.docker_errors import (
+    ContainerMissing,
+    ImageMissing,
+    refuses_api_version,
+    translate,
+)
 from dormant.runtimes.docker_spec import _LABEL
 
 log = logging.getLogger("dormant.runtimes.docker")
@@ -38,6 +43,8 @@ log = logging.getLogger("dormant.runtimes.docker")
 T = TypeVar("T")
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+#: The Engine API version dormant's requests are written for (Docker Engine 20.10's newest).
+API_VERSION = "1.41"
 #: Seconds between the two stats reads when the engine gives no earlier CPU sample (Podman).
 STATS_INTERVAL = 0.5
 #: Lines of a container's output quoted in the error of a failed start.
@@ -60,6 +67,14 @@ CRASH_POINTS = (
     "after-stop",
     "after-remove",
 )
+
+
+def _version(value: object) -> tuple[int, int] | None:
+    """``"1.44"`` -> ``(1, 44)``; None for anything else."""
+    parts = str(value or "").split(".")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
 
 
 #: Sorts after every real time (a network whose creation time is unknown is nobody's keeper).
@@ -116,6 +131,8 @@ class DockerBase(Runtime):
             if not _LABEL.match(key) or key.startswith("dormant.") or not value or "," in value:
                 raise InvalidInput(f"docker scope label {key}={value!r} is not valid")
         self._docker: aiodocker.Docker | None = None
+        #: The Engine API version spoken (see :meth:`_client`).
+        self.api_version = API_VERSION
         self._images: dict[str, float] = {}
         #: Networks seen or made by this process (sessions on a network: see the module).
         self._networks: set[str] = set()
@@ -142,9 +159,10 @@ class DockerBase(Runtime):
     def _client(self) -> aiodocker.Docker:
         if self._docker is None:
             try:
-                # A fixed API version: no extra /version round trip, and Podman and Docker both
-                # serve 1.41.
-                self._docker = aiodocker.Docker(url=self.host, api_version="v1.41")
+                # A fixed API version: no /version round trip (aiodocker's "auto" makes one per
+                # client). Podman and Docker Engine 20.10-28 serve 1.41; Docker 29 refuses it
+                # (its minimum is 1.44): then :meth:`_negotiate` picks one it serves.
+                self._docker = aiodocker.Docker(url=self.host, api_version=f"v{self.api_version}")
             except ValueError as exc:
                 raise InvalidInput(f"DORMANT_DOCKER_HOST {self.host!r}: {exc}") from exc
         return self._docker
@@ -155,7 +173,24 @@ class DockerBase(Runtime):
         fn: Callable[[aiodocker.Docker], Awaitable[T]],
         timeout: float | None = None,
     ) -> T:
-        """Run one Engine API call with a deadline; every failure leaves as a DormantError."""
+        """Run one Engine API call with a deadline; every failure leaves as a DormantError. A
+        call the engine refuses for its API version is made again once, in one it serves."""
+        try:
+            return await self._call_once(what, fn, timeout)
+        except RuntimeFailure as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, DockerError) and refuses_api_version(cause)):
+                raise
+            if not await self._negotiate(what, cause):
+                raise
+        return await self._call_once(what, fn, timeout)
+
+    async def _call_once(
+        self,
+        what: str,
+        fn: Callable[[aiodocker.Docker], Awaitable[T]],
+        timeout: float | None,
+    ) -> T:
         docker = self._client()
         limit = self.api_timeout if timeout is None else timeout
         try:
@@ -171,6 +206,39 @@ class DockerBase(Runtime):
             raise RuntimeUnavailable(f"{what}: container engine unreachable: {exc}") from exc
         except (ValueError, KeyError, TypeError) as exc:  # a malformed answer
             raise RuntimeFailure(f"{what}: unexpected answer from the engine: {exc!r}") from exc
+
+    async def _negotiate(self, what: str, refusal: DockerError) -> bool:
+        """Speak the API version the engine serves nearest to 1.41 (the one dormant's requests
+        are written for; later versions keep every field it sends and reads): its minimum when
+        that is newer, its newest when older. True if the version changed."""
+
+        async def ask(d: aiodocker.Docker) -> Any:
+            return await d._query_json("version", versioned_api=False)
+
+        offered = await self._call_once("version", ask, None)
+        newest = _version(offered.get("ApiVersion"))
+        oldest = _version(offered.get("MinAPIVersion")) or newest
+        if newest is None or oldest is None:
+            return False
+        chosen = min(max(_version(API_VERSION) or oldest, oldest), newest)
+        text = f"{chosen[0]}.{chosen[1]}"
+        if text == self.api_version:
+            return False
+        log.warning(
+            "%s: the engine refused API %s (%s); speaking %s (it serves %s to %s)",
+            what,
+            self.api_version,
+            refusal.message,
+            text,
+            offered.get("MinAPIVersion"),
+            offered.get("ApiVersion"),
+        )
+        self.api_version = text
+        docker, self._docker = self._docker, None
+        if docker is not None:
+            with contextlib.suppress(Exception):
+                await docker.close()
+        return True
 
     async def _inspect_raw(self, name: str) -> dict[str, Any] | None:
         try:

@@ -69,3 +69,11 @@ def translate(exc: DockerError, what: str) -> DormantError:
     if exc.status in (502, 503, 504) or any(mark in low for mark in _TEMPORARY_MARKS):
         return TemporaryError(detail)
     return RuntimeFailure(detail)
+
+
+def refuses_api_version(exc: DockerError) -> bool:
+    """The engine refused the request's API version: Docker Engine answers 400 "client version
+    1.41 is too old. Minimum supported API version is 1.44" (Docker 29) or "... is too new.
+    Maximum supported API version is ..." (before 20.10). Podman serves 1.41."""
+    low = _message(exc).lower()
+    return exc.status == 400 and "supported api version" in low
