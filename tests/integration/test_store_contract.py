@@ -23,6 +23,8 @@ from dormant.store import (
 )
 from dormant.store.records import ApiKeyRecord, InstanceRecord
 
+from .migrated import migrated_fixture, store_fixture  # noqa: F401  (stores from migrated templates)
+
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -9,6 +9,7 @@ from datetime import timedelta
 from dormant.policy import State
 from dormant.store import NewEvent, Store
 
+from .migrated import migrated_fixture, store_fixture  # noqa: F401  (stores from migrated templates)
 from .test_store_contract import T0, record
 
 
