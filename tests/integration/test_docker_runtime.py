@@ -196,6 +196,26 @@ async def test_container_that_never_listens_times_out_and_is_stopped(
     assert info is not None and info.status is ContainerStatus.STOPPED
 
 
+async def test_a_host_port_another_container_holds_is_a_temporary_failure(
+    runtime: DockerRuntime, engine: ContainerEngine
+) -> None:
+    """Docker Engine says "port is already allocated", Podman "address already in use": both
+    are worth a retry (the other container may be an orphan the reconciler removes)."""
+    s = spec(sid())
+    holder = f"dormant-holder-{RUN_ID}"
+    engine.cli(
+        "run", "-d", "--name", holder, "--label", f"{RUN_LABEL}={RUN_ID}",
+        "-p", f"127.0.0.1:{s.port}:{CONTAINER_PORT}", IMAGE,
+    )  # fmt: skip
+    state = await runtime.create(s)
+    with pytest.raises(TemporaryError):
+        await runtime.start(s.name, state)
+    engine.remove_containers([holder])
+    state = await runtime.start(s.name, state)  # the port is free again: it serves
+    assert await asyncio.to_thread(http_get, s.port) is not None
+    await runtime.remove(s.name, state)
+
+
 async def test_unknown_image_is_refused_before_anything_is_made(runtime: DockerRuntime) -> None:
     s = spec(sid(), image="localhost/no-such-image:1")
     with pytest.raises(ImageMissing, match="no-such-image"):

@@ -20,7 +20,10 @@ from dormant.errors import (
 log = logging.getLogger("dormant.runtimes.docker")
 
 # Engine messages (lower-cased) by meaning. Docker and Podman word these differently.
-_CONFLICT_MARKS = ("already in use", "is already in use by", "name is already in use")
+# A container name taken: Docker 'The container name "/x" is already in use by container …'
+# (409), Podman 'the container name "x" is already in use by …' (500). Not a bare "already in
+# use": Podman's taken host port says "address already in use", which a retry can fix.
+_CONFLICT_MARKS = ("is already in use by", "name is already in use")
 _TEMPORARY_MARKS = (
     "removal of container",
     "already in progress",
@@ -32,6 +35,10 @@ _TEMPORARY_MARKS = (
     "connection reset",
     "resource temporarily unavailable",
     "address already in use",  # often a connection's TIME_WAIT on the port: it passes
+    # The host port is another container's: Docker Engine says "Bind for 127.0.0.1:P failed:
+    # port is already allocated", Podman "address already in use". Once that container is
+    # gone (an orphan the reconciler removes) a retry works, as on Podman.
+    "port is already allocated",
 )
 _IMAGE_MISSING_MARKS = ("no such image", "image not known", "failed to find image")
 
