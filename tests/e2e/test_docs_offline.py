@@ -29,6 +29,12 @@ ASSETS = Path(dormant.api.__file__).parent / "docs_assets"
 PACKAGE_JSON = Path(__file__).parent / "js" / "package.json"
 
 
+@pytest.fixture
+def server(module_server: Server) -> Server:
+    """Every test here only reads (pages, assets, headers): one server for the module."""
+    return module_server
+
+
 async def _shot(browser: Browser, path: Path) -> None:
     await browser.do("screenshot", path=str(path))
     assert path.read_bytes()[:8] == PNG

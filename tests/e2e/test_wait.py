@@ -13,6 +13,12 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture
+def server(module_server: Server) -> Server:
+    """The tests here share nothing but the server (each its own user and session)."""
+    return module_server
+
+
 def test_api_wait_answers_with_the_outcome(server: Server) -> None:
     api = server.client()
     created = api.post("/v1/sessions", params={"wait": 30}, json={"user_id": "wanda"})
