@@ -16,10 +16,16 @@ speaks the Engine API natively on the event loop, so a hundred concurrent operat
 threads, cancellation and timeouts work, and the label-filtered event stream is an ordinary async
 read. The SDK would need a thread per blocking call (and one parked per event stream).
 
-Errors are translated here, at the boundary: connection failures and timeouts become
-:class:`RuntimeUnavailable`; engine answers that a retry can fix (a removal in progress, 502-504)
-become :class:`TemporaryError`; the rest :class:`RuntimeFailure`. A name conflict is recognised by
-its message, because engines disagree on the status (Docker answers 409, Podman 500).
+Errors are translated at the boundary (``docker_errors``): connection failures and timeouts
+become :class:`RuntimeUnavailable`; engine answers that a retry can fix (a removal in progress, a
+host port still held, 502-504) become :class:`TemporaryError`; the rest :class:`RuntimeFailure`.
+Docker Engine and Podman answer the same situations with different statuses and words; where
+they differ, the code says which does what (and the README lists it).
+
+The runtime is built in layers, one concept a module: ``docker_spec`` (templates checked, the
+create body), ``docker_base`` (the client, its API version, one call, image and network),
+``docker_volumes``, ``docker_ready`` (endpoint and readiness) and this module (the lifecycle,
+stats, listing and events). Every public name stays importable from here.
 """
 
 from __future__ import annotations
@@ -29,8 +35,6 @@ import contextlib
 import json
 import logging
 import math
-import socket
-import struct
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -72,6 +76,7 @@ from dormant.runtimes.docker_errors import (
     refuses_api_version,
     translate,
 )
+from dormant.runtimes.docker_ready import DockerReadiness, _endpoint, _published_port
 from dormant.runtimes.docker_spec import (
     MAX_CPUS,
     MAX_MEMORY,
@@ -87,7 +92,6 @@ from dormant.runtimes.docker_spec import (
     validate_mounts,
     validate_spec,
 )
-from dormant.runtimes.docker_volumes import DockerVolumes
 from dormant.runtimes.stats import (
     ContainerStats,
     cpu_percent_between,
@@ -129,7 +133,7 @@ __all__ = [
 log = logging.getLogger("dormant.runtimes.docker")
 
 
-class DockerRuntime(DockerVolumes):
+class DockerRuntime(DockerReadiness):
     """Containers on a Docker Engine API at ``host`` (``unix://``, ``tcp://`` or ``http://``).
 
     ``host`` defaults to ``DORMANT_DOCKER_HOST``, then ``DOCKER_HOST``, then the usual socket.
@@ -255,78 +259,6 @@ class DockerRuntime(DockerVolumes):
         if endpoint is None:
             return {k: v for k, v in state.items() if k != "endpoint"}
         return {**state, "endpoint": endpoint.as_dict()}
-
-    async def _wait_ready(self, name: str, endpoint: Endpoint | None, timeout: float) -> None:
-        """Until the endpoint accepts a connection; fail fast if the container exits."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        next_inspect = loop.time()
-        delay = 0.005
-        port = None if endpoint is None else endpoint.port
-        while True:
-            if endpoint is not None and await self._answers(name, endpoint):
-                return
-            now = loop.time()
-            if now >= next_inspect or port is None:
-                await self._fail_unless_running(name, await self._inspect_raw(name))
-                if port is None:
-                    return  # nothing published (network_mode none): running is all we can see
-                next_inspect = now + 0.25
-            if now > deadline:
-                tail = await self._log_tail(name)
-                with contextlib.suppress(DormantError):
-                    await self.stop(name, {"stop_timeout": 1})
-                raise RuntimeFailure(
-                    f"container did not answer on port {port} within {timeout:g}s; "
-                    f"last output: {tail}"
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-
-    async def _answers(self, name: str, endpoint: Endpoint) -> bool:
-        """The container accepts a connection at ``endpoint`` (and still runs).
-
-        Docker Engine publishes a port through its userland proxy (``docker-proxy``), which
-        accepts for a container that does not listen yet, or has just exited, and hangs up once
-        its own connection to the container fails; Podman publishes with netfilter rules, so
-        there an accepted connection is the container's own. The connection is held open over an
-        inspect of the container (whose round trip grows with the engine's load, as the proxy's
-        delay does) and then checked for that hang-up: no fixed wait tells them apart on a busy
-        machine, and a container that exited is reported with its exit code."""
-        connection = await _connect(endpoint.host, endpoint.port)
-        if connection is None:
-            return False
-        reader, writer = connection
-        try:
-            if await _hung_up(reader):
-                return False
-            await self._fail_unless_running(name, await self._inspect_raw(name))
-            return not await _hung_up(reader)
-        finally:
-            await _reset(writer)
-
-    async def _fail_unless_running(self, name: str, info: dict[str, Any] | None) -> None:
-        if info is None:
-            raise RuntimeFailure(f"{name} vanished while starting")
-        state = info.get("State") or {}
-        if state.get("Status") != "running":
-            raise RuntimeFailure(
-                f"container exited with code {state.get('ExitCode')} while starting"
-                f"{'; ' + state['Error'] if state.get('Error') else ''}; "
-                f"last output: {await self._log_tail(name)}"
-            )
-
-    async def _probe(self, host: str, port: int) -> bool:
-        """Something accepts at ``host:port`` and does not hang up at once (see :meth:`_answers`
-        for Docker's userland proxy, which does)."""
-        connection = await _connect(host, port)
-        if connection is None:
-            return False
-        reader, writer = connection
-        try:
-            return not await _hung_up(reader)
-        finally:
-            await _reset(writer)
 
     async def exec(self, name: str, command: list[str], timeout: float) -> tuple[int, str]:
         async def run(docker: aiodocker.Docker) -> tuple[int, str]:
@@ -488,76 +420,3 @@ class DockerRuntime(DockerVolumes):
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise RuntimeUnavailable(f"events: container engine unreachable: {exc}") from exc
         raise RuntimeUnavailable("events: the engine closed the event stream")
-
-
-def _exposed_port(info: dict[str, Any]) -> int | None:
-    for key in (info.get("Config") or {}).get("ExposedPorts") or {}:
-        return int(str(key).split("/")[0])
-    return None
-
-
-def _endpoint(info: dict[str, Any], probe_host: str) -> Endpoint | None:
-    """Where a running container serves (and readiness is probed): the published port on
-    ``probe_host``; with the host's network the container's own port there; on a network
-    without a published port the container's address on it; with no network nothing
-    (running is all that can be seen)."""
-    mode = (info.get("HostConfig") or {}).get("NetworkMode")
-    if mode == "none":
-        return None
-    if mode == "host":
-        port = _exposed_port(info)
-        return None if port is None else Endpoint(probe_host, port)
-    if (published := _published_port(info)) is not None:
-        return Endpoint(probe_host, published)
-    networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
-    port = _exposed_port(info)
-    ordered = [networks[mode]] if mode in networks else []
-    for net in [*ordered, *networks.values()]:
-        address = (net or {}).get("IPAddress")
-        if address and port is not None:
-            return Endpoint(str(address), port)
-    return None
-
-
-def _published_port(info: dict[str, Any]) -> int | None:
-    ports = (info.get("NetworkSettings") or {}).get("Ports") or {}
-    bindings = (info.get("HostConfig") or {}).get("PortBindings") or {}
-    for source in (ports, bindings):
-        for binds in source.values():
-            for bind in binds or []:
-                if bind.get("HostPort"):
-                    return int(bind["HostPort"])
-    return None
-
-
-async def _connect(
-    host: str, port: int
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-    try:
-        async with asyncio.timeout(1.0):
-            return await asyncio.open_connection(host, port)
-    except (OSError, TimeoutError):
-        return None
-
-
-async def _hung_up(reader: asyncio.StreamReader) -> bool:
-    """The peer closed (or reset) the connection, or does within a few milliseconds."""
-    try:
-        async with asyncio.timeout(0.005):
-            return await reader.read(1) == b""
-    except TimeoutError:
-        return False
-    except OSError:
-        return True
-
-
-async def _reset(writer: asyncio.StreamWriter) -> None:
-    """Close with a reset rather than a FIN: no TIME_WAIT left on an ephemeral port that a
-    session's published port might need next."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
