@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import uuid
@@ -163,7 +164,7 @@ class PrivatePodmanService(PrivateApi):
 
 
 class SocketRelay(PrivateApi):
-    """Docker Engine's API relayed by ``socat`` on a private socket. One dockerd serves every
+    """Docker Engine's API relayed on a private socket (``unix_relay.py``). One dockerd serves every
     test (and the swarm runtime's), and a second one cannot share its data root, so an outage
     of Docker's API is this relay killed with SIGKILL: every connection and the socket go, as
     when dockerd dies; the containers live on (containerd's shims keep them), as with
@@ -174,11 +175,8 @@ class SocketRelay(PrivateApi):
         self.target = unix_socket_of(target)
 
     def command(self) -> list[str]:
-        return [
-            "socat",
-            f"UNIX-LISTEN:{self.socket},fork,unlink-early",
-            f"UNIX-CONNECT:{self.target}",
-        ]
+        relay = Path(__file__).with_name("unix_relay.py")
+        return [sys.executable, str(relay), str(self.socket), self.target]
 
 
 @dataclass
