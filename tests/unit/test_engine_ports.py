@@ -324,3 +324,19 @@ def test_endpoint_of_records_from_before_endpoints_were_reported() -> None:
         assert endpoint_of(old.replace(runtime_state={"endpoint": bad})) == Endpoint(
             "127.0.0.1", 8123
         )
+
+
+def test_only_host_port_runtimes_are_given_a_host_port() -> None:
+    from dormant.engine.templates import Template
+
+    given = {
+        (runtime, network): Template("t", runtime=runtime, network=network).needs_host_port
+        for runtime in ("process", "docker", "swarm", "kubernetes")
+        for network in (None, "sessions")
+    }
+    # a pod serves on its own address; a container on a network on its address there
+    assert [k for k, v in given.items() if v] == [
+        ("process", None),
+        ("docker", None),
+        ("swarm", None),
+    ]

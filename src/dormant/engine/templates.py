@@ -71,8 +71,9 @@ class Template:
     @property
     def needs_host_port(self) -> bool:
         """Whether a session of this template is given a host port (from DORMANT_PORT_RANGE):
-        all but those on a ``network``."""
-        return self.network is None
+        all but those on a ``network`` and the kubernetes runtime's (a pod serves on its own
+        address; a host port would be held and never used)."""
+        return self.network is None and self.runtime != "kubernetes"
 
     def check_request_env(self, env: Mapping[str, str]) -> None:
         """Refuse (``InvalidInput``, naming the variable) what a request may not set."""
