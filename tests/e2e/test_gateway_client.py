@@ -78,10 +78,10 @@ async def test_async_client_drives_a_session_and_a_realtime_connection(server: S
 
         await eventually(closed, what="the disconnect counted")
         events = await dormant.events(sid)
-        assert [e["code"] for e in events if e["type"] == "activity"][:2] == [
-            "connect",
-            "disconnect",
-        ]
+        # Activity reported over REST ("build") is sampled and written in batches, so it may land
+        # on the timeline before or after the connection's own entries: compare those alone.
+        codes = [e["code"] for e in events if e["type"] == "activity"]
+        assert [c for c in codes if c in ("connect", "disconnect")] == ["connect", "disconnect"]
         assert (await dormant.sleep(sid))["accepted"] == "sleep"
 
         async def asleep() -> bool:
