@@ -56,9 +56,19 @@ if [ "$#" -gt 0 ]; then
   exit
 fi
 # Unit tests use only CPU, a fake clock and their own temporary files: one worker per core.
-# Integration and end-to-end tests run in one process after them: they share the engines, the
-# session's leak checks purge by this process's run id, and the heavy ones load every core.
+# Integration and end-to-end tests spend most of their time waiting (for containers, servers,
+# timeouts), so they run in three workers on any machine. Each worker is a test run of its own:
+# its containers, volumes and services carry its run id, its ports come from its own slice, and
+# its session checks purge what it made; scripts/leak-check.sh then checks the engines after all.
 status=0
+snapshot=$(mktemp)
+bash scripts/leak-check.sh snapshot "$snapshot"
 .venv/bin/pytest -q -p no:cacheprovider -n auto --dist worksteal tests/unit || status=$?
-.venv/bin/pytest -q -p no:cacheprovider --ignore=tests/unit || status=$?
+# The long bursts (xdist_group "bursts") go to one worker, one after another; the gateway storm
+# (marker "alone") takes every core and runs last, by itself.
+.venv/bin/pytest -q -p no:cacheprovider -n "${DORMANT_TEST_WORKERS:-3}" --dist loadgroup \
+  -m "not alone" --ignore=tests/unit || status=$?
+.venv/bin/pytest -q -p no:cacheprovider -m alone --ignore=tests/unit || status=$?
+bash scripts/leak-check.sh check "$snapshot" || status=1
+rm -f "$snapshot"
 exit "$status"

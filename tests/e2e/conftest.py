@@ -31,7 +31,14 @@ CLI_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 START_TIMEOUT = 30.0
 # Below the kernel's ephemeral range (32768-): an outgoing connection never takes a session port.
-_PORT_LOW, _PORT_HIGH = 20000, 32700
+# 30200-30400 are test_docker_engine's own ranges. Each pytest-xdist worker claims only from its
+# own slice, so two workers never hand out the same block (a bind check alone cannot tell a port
+# another worker has claimed but not yet bound).
+_PORT_LOW, _PORT_HIGH = 20000, 30000
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_WORKERS = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+_SLICE = (_PORT_HIGH - _PORT_LOW) // _WORKERS
+_PORT_LOW, _PORT_HIGH = _PORT_LOW + _WORKER * _SLICE, _PORT_LOW + (_WORKER + 1) * _SLICE
 _claimed: set[int] = set()
 
 

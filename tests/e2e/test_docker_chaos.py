@@ -40,7 +40,8 @@ from ..integration.engines import (
 if TYPE_CHECKING:
     from .conftest import Server
 
-pytestmark = pytest.mark.e2e
+# The long bursts share one pytest-xdist worker (one after another, beside the lighter tests).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bursts")]
 
 SESSIONS = int(os.environ.get("DORMANT_CHAOS_SESSIONS", "100"))
 KILLS = int(os.environ.get("DORMANT_CHAOS_KILLS", "10"))

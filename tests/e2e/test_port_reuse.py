@@ -15,7 +15,8 @@ import pytest
 if TYPE_CHECKING:
     from .conftest import Server
 
-pytestmark = pytest.mark.e2e
+# The long bursts share one pytest-xdist worker (one after another, beside the lighter tests).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bursts")]
 
 PORTS = 101
 SESSIONS = 300

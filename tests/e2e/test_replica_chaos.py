@@ -25,7 +25,8 @@ from .replicas import Cluster, replica_set, run_all
 if TYPE_CHECKING:
     from .conftest import Server
 
-pytestmark = pytest.mark.e2e
+# The long bursts share one pytest-xdist worker (one after another, beside the lighter tests).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bursts")]
 
 SESSIONS = int(os.environ.get("DORMANT_CHAOS_REPLICA_SESSIONS", "300"))
 SPREAD = 20  # seconds over which the deadlines fall

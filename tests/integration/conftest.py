@@ -84,7 +84,9 @@ def no_leaked_containers() -> Iterator[None]:
         used.remove_volumes(volumes)
         if left or volumes:
             problems.append(f"{used.kind}: containers {left}, volumes {sorted(volumes)}")
-        if os.environ.get("CI"):
+        # Any run's: only where this process is the only test run (a pytest-xdist worker would
+        # take the other workers' containers; scripts/test.sh checks the engines after them all).
+        if os.environ.get("CI") and not os.environ.get("PYTEST_XDIST_WORKER"):
             stray = container_names(used.managed_containers(all_runs=True))
             used.remove_containers(stray)
             stray_volumes = used.managed_volumes(all_runs=True)
