@@ -215,6 +215,29 @@ class ContainerSpec:
     workdir: str | None = None
     shm_size: str | None = None
 
+    def container_env(self) -> dict[str, str]:
+        """A container backend's environment for the session: the template's, then ``PORT``,
+        ``DORMANT_SESSION`` and ``DORMANT_CONTAINER``, which the template cannot override."""
+        assert self.container_port is not None
+        return {
+            **self.env,
+            "PORT": str(self.container_port),
+            "DORMANT_SESSION": self.session_id,
+            "DORMANT_CONTAINER": self.name,
+        }
+
+    def container_command(self) -> list[str] | None:
+        """``command`` with ``{port}``, ``{session}`` and ``{workdir}`` filled in (container
+        backends), or None for the image's own."""
+        if not self.command:
+            return None
+        values = {
+            "port": str(self.container_port),
+            "session": self.session_id,
+            "workdir": self.workdir or "/",
+        }
+        return [part.format(**values) for part in self.command]
+
 
 @dataclass(frozen=True, slots=True)
 class ContainerInfo:

@@ -176,17 +176,7 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
     validate_spec(spec)
     assert spec.container_port is not None
     inner = f"{spec.container_port}/tcp"
-    values = {
-        "port": str(spec.container_port),
-        "session": spec.session_id,
-        "workdir": spec.workdir or "/",
-    }
-    env = {
-        **spec.env,
-        "PORT": str(spec.container_port),
-        "DORMANT_SESSION": spec.session_id,
-        "DORMANT_CONTAINER": spec.name,
-    }
+    env = spec.container_env()
     host: dict[str, Any] = {
         "RestartPolicy": {"Name": "no"},
         "ReadonlyRootfs": spec.read_only,
@@ -230,8 +220,9 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
         "StopTimeout": math.ceil(spec.stop_timeout),
         "HostConfig": host,
     }
-    if spec.command:
-        config["Cmd"] = [part.format(**values) for part in spec.command]
+    command = spec.container_command()
+    if command is not None:
+        config["Cmd"] = command
     if spec.user is not None:
         config["User"] = spec.user
     if spec.workdir is not None:

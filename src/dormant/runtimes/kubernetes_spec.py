@@ -195,17 +195,7 @@ def validate(spec: ContainerSpec) -> None:
 
 def _container(spec: ContainerSpec) -> dict[str, Any]:
     assert spec.container_port is not None
-    values = {
-        "port": str(spec.container_port),
-        "session": spec.session_id,
-        "workdir": spec.workdir or "/",
-    }
-    env = {
-        **spec.env,
-        "PORT": str(spec.container_port),
-        "DORMANT_SESSION": spec.session_id,
-        "DORMANT_CONTAINER": spec.name,
-    }
+    env = spec.container_env()
     security: dict[str, Any] = {
         "readOnlyRootFilesystem": spec.read_only,
         "allowPrivilegeEscalation": not spec.no_new_privileges,
@@ -236,9 +226,10 @@ def _container(spec: ContainerSpec) -> dict[str, Any]:
             "failureThreshold": 1,
         },
     }
-    if spec.command:
+    command = spec.container_command()
+    if command is not None:
         # ``command`` is the image's CMD on the docker runtime: Kubernetes calls that ``args``.
-        container["args"] = [part.format(**values) for part in spec.command]
+        container["args"] = command
     if spec.workdir is not None:
         container["workingDir"] = spec.workdir
     res = spec.resources
