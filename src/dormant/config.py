@@ -392,6 +392,11 @@ class Settings(BaseModel):
     #: The swarm runtime's Docker Engine API, a Swarm manager (``DORMANT_SWARM_HOST``);
     #: default ``docker_host``'s default.
     swarm_host: str | None = Field(default=None, max_length=500)
+    #: The volume driver of the volumes the swarm runtime makes (``DORMANT_SWARM_VOLUME_DRIVER``,
+    #: a plugin every node has): then volumes are not pinned to the node that made them.
+    swarm_volume_driver: str | None = Field(
+        default=None, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
+    )
     #: The kubernetes runtime: the namespace its pods and claims live in, and where its
     #: credentials come from: in-cluster (a service account) when dormant runs in a pod, else
     #: this kubeconfig file (default ``KUBECONFIG`` or ``~/.kube/config``) and context.

@@ -99,7 +99,11 @@ def build_runtimes(settings: Settings) -> dict[str, Runtime]:
     if "swarm" in wanted:
         from dormant.runtimes.swarm import SwarmRuntime
 
-        runtimes["swarm"] = SwarmRuntime(settings.swarm_host, scope=settings.docker_scope_labels())
+        runtimes["swarm"] = SwarmRuntime(
+            settings.swarm_host,
+            scope=settings.docker_scope_labels(),
+            volume_driver=settings.swarm_volume_driver,
+        )
     if "kubernetes" in wanted:
         from dormant.runtimes.kubernetes import KubernetesRuntime
 

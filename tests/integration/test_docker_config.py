@@ -95,3 +95,13 @@ def test_a_docker_template_needs_an_image_and_a_port(
 def test_a_port_range_outside_the_allowed_ports_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="port range"):
         load(tmp_path, GOOD, DORMANT_PORT_RANGE="80-90")
+
+
+def test_the_swarm_volume_driver_is_a_setting_passed_to_the_runtime(tmp_path: Path) -> None:
+    swarm = '[templates.box]\nruntime = "swarm"\nimage = "localhost/dormant-httpd:2"\nport = 8080\n'
+    settings = load(tmp_path, swarm, DORMANT_SWARM_VOLUME_DRIVER="rexray/ebs:latest")
+    assert settings.swarm_volume_driver == "rexray/ebs:latest"  # type: ignore[attr-defined]
+    runtimes = build_runtimes(settings)  # type: ignore[arg-type]
+    assert runtimes["swarm"].volume_driver == "rexray/ebs:latest"  # type: ignore[attr-defined]
+    with pytest.raises(InvalidInput, match="swarm_volume_driver"):
+        load(tmp_path, swarm, DORMANT_SWARM_VOLUME_DRIVER="local; rm -rf /")

@@ -34,6 +34,10 @@ log = logging.getLogger("dormant.runtimes.docker")
 class DockerVolumes(DockerBase):
     """The volume half of the docker runtime (a base of :class:`DockerRuntime`)."""
 
+    #: The engine's volume driver for the volumes dormant makes (None: the engine's default,
+    #: ``local``); the swarm runtime lets the operator name one that spans nodes.
+    volume_driver: str | None = None
+
     async def _inspect_volume(self, name: str) -> dict[str, Any] | None:
         try:
             data: dict[str, Any] = await self._call(
@@ -51,7 +55,10 @@ class DockerVolumes(DockerBase):
             _check_owner(volume, info)
 
     async def _create_volume(self, volume: VolumeMount) -> dict[str, Any]:
-        body = json.dumps({"Name": volume.name, "Labels": {**volume.labels, **self.scope}})
+        made: dict[str, Any] = {"Name": volume.name, "Labels": {**volume.labels, **self.scope}}
+        if self.volume_driver is not None:
+            made["Driver"] = self.volume_driver
+        body = json.dumps(made)
         try:
             info: dict[str, Any] = await self._call(
                 f"create volume {volume.name}",
@@ -62,7 +69,12 @@ class DockerVolumes(DockerBase):
             if found is None:
                 raise
             return found
-        log.info("volume %s created (retain=%s)", volume.name, volume.retain)
+        log.info(
+            "volume %s created (retain=%s, driver=%s)",
+            volume.name,
+            volume.retain,
+            self.volume_driver or "local",
+        )
         return info
 
     async def _check_volumes_after_create(self, spec: ContainerSpec) -> None:

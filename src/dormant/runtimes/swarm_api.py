@@ -16,7 +16,7 @@ import aiodocker
 from aiodocker.exceptions import DockerError
 
 from dormant.errors import RuntimeFailure, TemporaryError
-from dormant.runtimes.base import ContainerInfo, ContainerStatus, Endpoint, VolumeMount
+from dormant.runtimes.base import ContainerInfo, ContainerStatus, Endpoint
 from dormant.runtimes.docker import DEFAULT_HOST, ContainerMissing, DockerRuntime, _parse_time
 
 log = logging.getLogger("dormant.runtimes.swarm")
@@ -47,7 +47,7 @@ class SwarmApi(DockerRuntime):
             probe_host=probe_host,
             scope=scope,
         )
-        self.volume_driver = volume_driver or os.environ.get("DORMANT_SWARM_VOLUME_DRIVER") or None
+        self.volume_driver = volume_driver
         self._node: str | None = None
         self._addresses: dict[str, str] = {}
         #: Names of dormant's services seen by this process: their events are followed.
@@ -130,29 +130,6 @@ class SwarmApi(DockerRuntime):
             return True
 
         return await self._call(f"update {spec['Name']}", update)
-
-    async def _create_volume(self, volume: VolumeMount) -> dict[str, Any]:
-        """As for the docker runtime, with the operator's volume driver when one is named."""
-        if self.volume_driver is None:
-            return await super()._create_volume(volume)
-        body = json.dumps(
-            {
-                "Name": volume.name,
-                "Driver": self.volume_driver,
-                "Labels": {**volume.labels, **self.scope},
-            }
-        )
-        try:
-            made: dict[str, Any] = await self._api(
-                f"create volume {volume.name}", "volumes/create", method="POST", data=body
-            )
-        except RuntimeFailure:
-            found = await self._inspect_volume(volume.name)  # made meanwhile?
-            if found is None:
-                raise
-            return found
-        log.info("volume %s created with driver %s", volume.name, self.volume_driver)
-        return made
 
     async def _ensure_overlay(self, network: str) -> None:
         """Make ``network`` an attachable overlay network (without dormant's labels: shared,
