@@ -3,6 +3,8 @@
 # Swarm state and the test image stay; they make the next start fast). With --purge first
 # removes every service and container labelled dormant.managed=true.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 RUN_DIR=${DORMANT_DOCKER_RUN_DIR:-/run/dormant}
 SOCK="$RUN_DIR/docker.sock"
@@ -20,17 +22,6 @@ if [ "${1:-}" = "--purge" ] && [ -S "$SOCK" ]; then
   [ -z "$ids" ] || d rm -f -v $ids >/dev/null
 fi
 
-if [ -f "$PIDFILE" ]; then
-  pid=$(cat "$PIDFILE")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid"
-    for _ in $(seq 1 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$PIDFILE"
-fi
+stop_pidfile "$PIDFILE" 100
 rm -f "$SOCK"
 echo "docker-down: stopped" >&2

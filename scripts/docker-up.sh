@@ -14,6 +14,8 @@
 # Prints `export DORMANT_DOCKER_ENGINE_HOST=unix:///run/dormant/docker.sock` on its last line.
 # scripts/docker-down.sh undoes what this started (dockerd; the data root and image stay).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 RUN_DIR=${DORMANT_DOCKER_RUN_DIR:-/run/dormant}
 SOCK="$RUN_DIR/docker.sock"
@@ -53,10 +55,7 @@ d() { "$DOCKER" -H "unix://$SOCK" "$@"; }
 
 # 2. dockerd ---------------------------------------------------------------------------------
 mkdir -p "$RUN_DIR" "$DATA_ROOT" "$EXEC_ROOT"
-ping_ok() {
-  curl -fsS --max-time 2 --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1
-}
-if ping_ok; then
+if ping_ok "$SOCK"; then
   log "dockerd already answers on $SOCK"
 else
   if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
@@ -64,18 +63,16 @@ else
     sleep 1
   fi
   rm -f "$SOCK"
-  # setsid: the daemon outlives this script and the test run that started it.
-  setsid /usr/sbin/dockerd \
+  # setsid: the daemon outlives this script and the test run that started it; in / (see
+  # podman-up.sh: nothing it starts may inherit a directory that is removed later).
+  (cd / && exec setsid /usr/sbin/dockerd \
     --host "unix://$SOCK" \
     --data-root "$DATA_ROOT" \
     --exec-root "$EXEC_ROOT" \
     --pidfile "$PIDFILE" \
-    >>"$LOG" 2>&1 </dev/null &
-  for _ in $(seq 1 300); do
-    ping_ok && break
-    sleep 0.2
-  done
-  if ! ping_ok; then
+    >>"$LOG" 2>&1 </dev/null) &
+  # (dockerd writes its pid file itself, a while after it starts: no early exit on it)
+  if ! wait_for_ping "$SOCK" 300; then
     log "dockerd did not answer on $SOCK within 60s; its log:"
     tail -30 "$LOG" >&2
     exit 1

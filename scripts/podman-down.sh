@@ -3,6 +3,8 @@
 # configuration and the test images stay; they are harmless and make the next start fast).
 # With --purge also removes every container labelled dormant.managed=true.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 RUN_DIR=${DORMANT_PODMAN_RUN_DIR:-/run/dormant}
 SOCK="$RUN_DIR/podman.sock"
@@ -16,17 +18,6 @@ if [ "${1:-}" = "--purge" ] && command -v podman >/dev/null 2>&1; then
   fi
 fi
 
-if [ -f "$PIDFILE" ]; then
-  pid=$(cat "$PIDFILE")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid"
-    for _ in $(seq 1 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$PIDFILE"
-fi
+stop_pidfile "$PIDFILE" 50
 rm -f "$SOCK"
 echo "podman-down: stopped" >&2

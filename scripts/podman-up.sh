@@ -12,6 +12,8 @@
 # Prints `export DORMANT_DOCKER_HOST=unix:///run/dormant/podman.sock` on its last line.
 # scripts/podman-down.sh undoes what this started (the service; the images stay).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 RUN_DIR=${DORMANT_PODMAN_RUN_DIR:-/run/dormant}
 SOCK="$RUN_DIR/podman.sock"
@@ -78,10 +80,7 @@ if ! podman image exists "$IMAGE"; then
 fi
 
 # 4. the Docker-compatible API service ------------------------------------------------------
-ping_ok() {
-  curl -fsS --max-time 2 --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1
-}
-if ping_ok; then
+if ping_ok "$SOCK"; then
   log "service already answers on $SOCK"
 else
   if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
@@ -89,20 +88,13 @@ else
     sleep 0.5
   fi
   rm -f "$SOCK"
-  # setsid: the service outlives this script and the test run that started it.
-  setsid podman system service --time=0 "unix://$SOCK" >>"$LOG" 2>&1 </dev/null &
+  # setsid: the service outlives this script and the test run that started it. In /: its
+  # conmons inherit its working directory, and one removed later (a deleted checkout) makes
+  # every container start fail with "write child: broken pipe".
+  (cd / && exec setsid podman system service --time=0 "unix://$SOCK" >>"$LOG" 2>&1 </dev/null) &
   echo $! >"$PIDFILE"
-  for _ in $(seq 1 150); do
-    ping_ok && break
-    if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
-      log "podman system service exited; its log:"
-      tail -20 "$LOG" >&2
-      exit 1
-    fi
-    sleep 0.2
-  done
-  if ! ping_ok; then
-    log "podman system service did not answer on $SOCK within 30s"
+  if ! wait_for_ping "$SOCK" 150 "$PIDFILE"; then
+    log "podman system service exited or did not answer on $SOCK within 30s; its log:"
     tail -20 "$LOG" >&2
     exit 1
   fi

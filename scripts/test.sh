@@ -64,7 +64,7 @@ status=0
 snapshot=$(mktemp)
 bash scripts/leak-check.sh snapshot "$snapshot"
 .venv/bin/pytest -q -p no:cacheprovider -n auto --dist worksteal tests/unit || status=$?
-# The long bursts (xdist_group "bursts") go to one worker, one after another; the gateway storm
+# The long bursts (xdist_group "bursts-a" and "-b") go to two workers, each in turn; the storm
 # (marker "alone") takes every core and runs last, by itself.
 .venv/bin/pytest -q -p no:cacheprovider -n "${DORMANT_TEST_WORKERS:-3}" --dist loadgroup \
   -m "not alone" --ignore=tests/unit || status=$?

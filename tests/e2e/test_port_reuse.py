@@ -15,8 +15,9 @@ import pytest
 if TYPE_CHECKING:
     from .conftest import Server
 
-# The long bursts share one pytest-xdist worker (one after another, beside the lighter tests).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bursts")]
+# A long burst: it shares a pytest-xdist worker with one engine's chaos test (test_docker_chaos.py),
+# so that the longest tests are spread over two workers, each running its share in turn.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bursts-b")]
 
 PORTS = 101
 SESSIONS = 300

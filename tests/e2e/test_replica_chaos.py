@@ -25,8 +25,9 @@ from .replicas import Cluster, replica_set, run_all
 if TYPE_CHECKING:
     from .conftest import Server
 
-# The long bursts share one pytest-xdist worker (one after another, beside the lighter tests).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bursts")]
+# A long burst: it shares a pytest-xdist worker with one engine's chaos test (test_docker_chaos.py),
+# so that the longest tests are spread over two workers, each running its share in turn.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bursts-a")]
 
 SESSIONS = int(os.environ.get("DORMANT_CHAOS_REPLICA_SESSIONS", "300"))
 SPREAD = 20  # seconds over which the deadlines fall
