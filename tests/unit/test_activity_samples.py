@@ -3,6 +3,7 @@ kind and source), written with the activity flush; ``/v1/stats`` counts from the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -12,7 +13,7 @@ import pytest
 from dormant.api import create_api
 from dormant.api.auth import create_key
 from dormant.errors import TemporaryError
-from dormant.policy import ActivityKind
+from dormant.policy import ActivityKind, ActivityTimes
 from dormant.reconciler import Reconciler
 from dormant.store import Store
 from dormant.testing import FlakyStore
@@ -87,3 +88,33 @@ async def test_stats_count_states_levels_and_transitions(rig: Rig, api: httpx.As
         "disconnected": 0,
     }
     assert stats["transitions_by_reason"] == {"create": {"create": 3}, "sleep": {"manual": 1}}
+
+
+async def test_activity_being_flushed_is_still_seen_by_reads_and_decisions(rig: Rig) -> None:
+    """The flush takes the buffer before the store has the batch: in between, a read or a sleep
+    decision must not fall back to the row's older activity."""
+    record = await rig.engine.create_session(tenant="t", user_id="u")
+    await rig.settle()
+    rig.clock.advance(3600)  # idle long enough to be due for sleep on the stored row
+    rig.engine.record_activity(record.id, ActivityKind.CHAT, source="api")
+    written = asyncio.Event()
+    release = asyncio.Event()
+    store_write = rig.store.flush_activity
+
+    async def held(batch: dict[str, ActivityTimes]) -> None:
+        written.set()
+        await release.wait()
+        await store_write(batch)
+
+    rig.store.flush_activity = held  # type: ignore[method-assign]
+    flushing = asyncio.create_task(rig.engine.flush())
+    await written.wait()
+    seen = await rig.engine.get(record.id)
+    assert (seen.last_activity_kind, seen.last_activity_at) == ("chat", rig.clock.now())
+    stored = await rig.store.get_session(record.id)
+    assert stored is not None and stored.last_activity_kind != "chat"  # not written yet
+    assert rig.engine._still_due(stored, "idle") is False
+    release.set()
+    assert await flushing == 1
+    after = await rig.store.get_session(record.id)
+    assert after is not None and after.last_activity_kind == "chat"

@@ -100,12 +100,15 @@ class ActivityBuffer(OperationRunner):
         if not self._pending:
             return 0
         batch, self._pending = self._pending, {}
+        self._flushing = batch  # still seen by reads and decisions while it is written
         try:
             await self.store.flush_activity(batch)
         except BaseException:  # also cancellation at shutdown: keep them for the next flush
             for sid, times in batch.items():
                 self._pending[sid] = merge_times(times, self._pending.get(sid))
             raise
+        finally:
+            self._flushing = {}
         return len(batch)
 
     async def _flush_loop(self) -> None:

@@ -114,6 +114,8 @@ class EngineCore:
         self.listeners: list[Listener] = []
         self._state: dict[str, State] = {}
         self._pending: dict[str, ActivityTimes] = {}
+        #: The batch a flush is writing: until that write is done the store may not show it.
+        self._flushing: dict[str, ActivityTimes] = {}
         self._warned: set[str] = set()
         self._locks: dict[str, _SessionLock] = {}
         self._due_slots = asyncio.Semaphore(self.settings.due_concurrency)

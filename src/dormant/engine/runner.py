@@ -314,8 +314,7 @@ class OperationRunner(SessionWriter):
             await self._finish_op(op_id, OperationStatus.DONE, attempts, None)
 
     def _still_due(self, record: SessionRecord, code: str) -> bool:
-        pending = self._pending.get(record.id)
-        fresh = merge_pending(record, pending) if pending is not None else record
+        fresh = merge_pending(record, self._unflushed(record.id))
         decision = decide(fresh.view(), self.policy_of(fresh), self.clock.now())
         if decision.due(self.clock.now()) and decision.action is Action.SLEEP:
             return True

@@ -34,6 +34,13 @@ from dormant.store.records import NewEvent, SessionRecord
 
 
 class SessionWriter(EngineCore):
+    def _unflushed(self, session_id: str) -> ActivityTimes | None:
+        """Activity this instance has seen that the store's row may not show yet: the buffer,
+        and the batch a flush is writing (taken out of the buffer before its write is done)."""
+        pending = self._pending.get(session_id)
+        flushing = self._flushing.get(session_id)
+        return pending if flushing is None else merge_times(flushing, pending)
+
     def policy_of(self, record: SessionRecord) -> PolicySettings:
         if "adaptive" in record.policy:  # sleep_after learned (dormant.policy.adaptive)
             return self._adaptive_policy(record)
@@ -41,7 +48,7 @@ class SessionWriter(EngineCore):
 
     def _adaptive_policy(self, record: SessionRecord) -> PolicySettings:
         if record.id not in self._learners and record.state.live:
-            last = merge_pending(record, self._pending.get(record.id)).last_activity_at
+            last = merge_pending(record, self._unflushed(record.id)).last_activity_at
             learner = learner_of(
                 record.policy,
                 record.tenant,
@@ -118,8 +125,7 @@ class SessionWriter(EngineCore):
         record = await self.store.get_session(session_id)
         if record is None:
             return None
-        pending = self._pending.get(session_id)
-        return merge_pending(record, pending) if pending is not None else record
+        return merge_pending(record, self._unflushed(session_id))
 
     def describe(
         self, record: SessionRecord, now: datetime | None = None
