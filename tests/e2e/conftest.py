@@ -34,7 +34,7 @@ START_TIMEOUT = 30.0
 # 30200-30400 are test_docker_engine's own ranges. Each pytest-xdist worker claims only from its
 # own slice, so two workers never hand out the same block (a bind check alone cannot tell a port
 # another worker has claimed but not yet bound).
-_PORT_LOW, _PORT_HIGH = 20000, 30000
+_PORT_LOW, _PORT_HIGH = 10000, 30000
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 _WORKERS = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 _SLICE = (_PORT_HIGH - _PORT_LOW) // _WORKERS
@@ -98,6 +98,12 @@ def claim_ports(count: int) -> list[int]:
             _claimed.update(block)
             return block
     pytest.fail(f"found no {count} consecutive free ports in {_PORT_LOW}-{_PORT_HIGH}")
+
+
+def release_ports(block: list[int]) -> None:
+    """Hand back ports that nothing of this run listens on any more (a worker's slice is a
+    share of the range: without this, a few servers of a hundred ports each use it up)."""
+    _claimed.difference_update(block)
 
 
 def port_answers(port: int, path: str = "/") -> httpx.Response | None:
@@ -185,6 +191,7 @@ class Server:
         self.home = home
         self.home.mkdir(parents=True, exist_ok=True)
         block = claim_ports(ports + 2)
+        self._ports = list(block)
         self.port = block[0]
         #: dormant's session proxy (DORMANT_PROXY_PORT)
         self.proxy_port = block[-1]
@@ -394,6 +401,8 @@ class Server:
         deadline = time.monotonic() + 10
         while (left := self.marked()) and time.monotonic() < deadline:
             time.sleep(0.05)
+        if not left:  # nothing of this server's holds a port: another server may have them
+            release_ports(self._ports)
         return sorted(left)
 
 
