@@ -328,10 +328,20 @@ def test_endpoint_of_records_from_before_endpoints_were_reported() -> None:
 
 def test_only_host_port_runtimes_are_given_a_host_port() -> None:
     from dormant.engine.templates import Template
+    from dormant.runtimes.docker import DockerRuntime
+    from dormant.runtimes.kubernetes import KubernetesRuntime
+    from dormant.runtimes.process import ProcessRuntime
+    from dormant.runtimes.swarm import SwarmRuntime
 
+    classes = {
+        "process": ProcessRuntime,
+        "docker": DockerRuntime,
+        "swarm": SwarmRuntime,
+        "kubernetes": KubernetesRuntime,
+    }
     given = {
-        (runtime, network): Template("t", runtime=runtime, network=network).needs_host_port
-        for runtime in ("process", "docker", "swarm", "kubernetes")
+        (runtime, network): Template("t", runtime=runtime, network=network).needs_host_port(cls)
+        for runtime, cls in classes.items()
         for network in (None, "sessions")
     }
     # a pod serves on its own address; a container on a network on its address there

@@ -315,7 +315,7 @@ class Engine(Admission):
         now = self.clock.now()
         sid = new_session_id(now)
         name = container_name(sid)
-        port = await self.ports.allocate() if tpl.needs_host_port else None
+        port = await self.ports.allocate() if self._needs_host_port(tpl) else None
         try:
             record = SessionRecord(
                 id=sid,

@@ -59,6 +59,9 @@ class OperationRunner(SessionWriter):
     def _template(self, record: SessionRecord) -> Template:
         return self.catalog.templates.get(record.template) or Template(name=record.template)
 
+    def _needs_host_port(self, tpl: Template) -> bool:
+        return tpl.needs_host_port(self.runtimes.get(tpl.runtime))
+
     def _releases_port(self, record: SessionRecord) -> bool:
         """Whether the session's host port goes back to the pool while it sleeps or has failed:
         it has one and its runtime binds the port at start (``Runtime.ports_follow_start``)."""
@@ -82,7 +85,7 @@ class OperationRunner(SessionWriter):
         session needs a host port and has none (it was released while it slept). A port that
         another instance's session took meanwhile (the unique index refuses the write) is
         given up for another one. Raises ``CapacityExhausted`` when no port is free."""
-        if record.port is not None or not self._template(record).needs_host_port:
+        if record.port is not None or not self._needs_host_port(self._template(record)):
             return await write({})
         for attempt in range(1, PORT_ATTEMPTS + 1):
             port = await self.ports.allocate()
@@ -152,7 +155,7 @@ class OperationRunner(SessionWriter):
                 if op_id is not None:
                     await self._finish_op(op_id, OperationStatus.SUPERSEDED, 0, None)
                 return
-            if record.port is None and self._template(record).needs_host_port:
+            if record.port is None and self._needs_host_port(self._template(record)):
                 # Its port was released (it slept or failed) and no wake took one: take one now.
                 current = record
                 try:

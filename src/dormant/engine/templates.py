@@ -12,7 +12,7 @@ from dormant.engine.volumes import VolumeTemplate
 from dormant.errors import InvalidInput
 from dormant.policy import DEFAULT_PRESET, PRESETS, PolicySettings
 from dormant.runtimes import Resources
-from dormant.runtimes.base import BindMount
+from dormant.runtimes.base import BindMount, Runtime
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +68,11 @@ class Template:
     health_failures: int = 3
     restart: int = 3
 
-    @property
-    def needs_host_port(self) -> bool:
-        """Whether a session of this template is given a host port (from DORMANT_PORT_RANGE):
-        all but those on a ``network`` and the kubernetes runtime's (a pod serves on its own
-        address; a host port would be held and never used)."""
-        return self.network is None and self.runtime != "kubernetes"
+    def needs_host_port(self, runtime: Runtime | type[Runtime] | None) -> bool:
+        """Whether a session of this template on ``runtime`` is given a host port (from
+        DORMANT_PORT_RANGE): all but those on a ``network`` and those of a runtime whose
+        sessions serve on an address of their own (:attr:`Runtime.host_ports`)."""
+        return self.network is None and (runtime is None or runtime.host_ports)
 
     def check_request_env(self, env: Mapping[str, str]) -> None:
         """Refuse (``InvalidInput``, naming the variable) what a request may not set."""

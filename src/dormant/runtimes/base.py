@@ -260,6 +260,9 @@ class Runtime(abc.ABC):
     #: release it while the session sleeps and hand it a new one at wake (see the contract).
     #: False: the port is bound at ``create`` and stays the session's until it is deleted.
     ports_follow_start: ClassVar[bool] = False
+    #: Whether a session serves on a host port from dormant's range. False: it serves on an
+    #: address of its own (a Kubernetes pod), so holding a host port for it would waste one.
+    host_ports: ClassVar[bool] = True
 
     @abc.abstractmethod
     async def create(self, spec: ContainerSpec) -> dict[str, Any]:

@@ -106,6 +106,7 @@ class KubernetesRuntime(Runtime):
     name: ClassVar[str] = "kubernetes"
     #: No host port at all: a pod serves at its own address.
     ports_follow_start: ClassVar[bool] = False
+    host_ports: ClassVar[bool] = False  # a pod serves on its own address
 
     def __init__(
         self,
