@@ -26,7 +26,9 @@ Contract (every backend, every method):
   free one at wake, and the backend must serve on ``state["port"]`` (a container still running
   on another port is restarted on it). A backend that binds the port at ``create`` (the docker
   runtime publishes it then; the Engine API cannot change a stopped container's bindings)
-  leaves it false, and the session keeps its port until it is deleted.
+  leaves it false, and the session keeps its port until it is deleted. A backend whose
+  sessions serve on an address of their own (a pod IP) sets :attr:`Runtime.host_ports` false
+  and is never given one.
 - **Errors are translated.** Raise :class:`dormant.errors.TemporaryError` (or
   :class:`RuntimeUnavailable`) for conditions worth retrying and :class:`RuntimeFailure` for
   the rest, with ``raise ... from exc``. Never let a backend library's exception escape.
